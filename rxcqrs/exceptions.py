@@ -1,0 +1,95 @@
+"""The one exception tree of rxcqrs: everything it raises on purpose is an ``RxCqrsError``.
+
+Driver errors (kafka-python, cassandra-driver, fastavro) are wrapped with ``raise ... from exc`` so the
+original stays reachable as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RxCqrsError",
+    "ConfigError",
+    "ServiceError",
+    "JavaNotFoundError",
+    "MavenError",
+    "PortInUseError",
+    "ServiceStartError",
+    "SerializationError",
+    "PoisonRecordError",
+    "CommitError",
+    "OffsetOrderError",
+    "StageError",
+    "RetriesExhaustedError",
+    "NotAppliedError",
+    "DeliveryError",
+    "FlowError",
+    "IdentifierError",
+]
+
+
+class RxCqrsError(Exception):
+    """Root of every error rxcqrs raises on purpose."""
+
+
+class ConfigError(RxCqrsError, ValueError):
+    """A setting is missing, malformed or inconsistent."""
+
+
+class IdentifierError(ConfigError):
+    """A keyspace, table or column name is not a safe CQL identifier."""
+
+
+class ServiceError(RxCqrsError):
+    """The local Kafka/Cassandra servers could not be fetched, started, probed or stopped."""
+
+
+class JavaNotFoundError(ServiceError):
+    """No JDK 17 was found (both servers need it; Cassandra 5.0 cannot run on 21+)."""
+
+
+class MavenError(ServiceError):
+    """Maven is missing or could not resolve an artifact."""
+
+
+class PortInUseError(ServiceError):
+    """A port a server needs is already bound by a process rxcqrs did not start."""
+
+
+class ServiceStartError(ServiceError):
+    """A server process exited during start-up or was not ready in time (message holds the log tail)."""
+
+
+class SerializationError(RxCqrsError):
+    """Bytes could not be decoded, or an object could not be encoded."""
+
+
+class PoisonRecordError(SerializationError):
+    """A consumed record cannot be turned into a command: bad Avro, bad key, unknown action."""
+
+
+class CommitError(RxCqrsError):
+    """An offset commit failed."""
+
+
+class OffsetOrderError(CommitError):
+    """An offset was acknowledged that was never emitted, or a commit would go backwards."""
+
+
+class StageError(RxCqrsError):
+    """A stage could not process an element."""
+
+
+class RetriesExhaustedError(StageError):
+    """A retriable failure kept happening until the backoff reached its maximum delay."""
+
+
+class NotAppliedError(StageError):
+    """A lightweight transaction was not applied (an optimistic-lock conflict)."""
+
+
+class DeliveryError(StageError):
+    """A record could not be delivered to Kafka."""
+
+
+class FlowError(RxCqrsError):
+    """A running flow failed (the cause is attached)."""

@@ -1,0 +1,97 @@
+"""Fetch the server jars from Maven Central into the per-user jar cache, once per pinned version.
+
+Each server has a pom kept in this package (``poms/<server>/pom.xml``); ``mvn dependency:copy-dependencies``
+copies its runtime closure into ``<jars>/<server>-<hash of the pom>/``. A changed pom (a new pinned
+version) gets a new directory, so it is fetched again; an unchanged one is never fetched twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+from rxcqrs.exceptions import MavenError
+
+__all__ = ["fetch_jars", "pom_text", "pinned_version", "file_lock"]
+
+_COMPLETE = ".complete"
+
+
+def pom_text(server: str) -> str:
+    return (resources.files("rxcqrs.services") / "poms" / server / "pom.xml").read_text()
+
+
+def pinned_version(server: str) -> str:
+    """The server version the pom pins (``<kafka.version>`` / ``<cassandra.version>``)."""
+    match = re.search(rf"<{server}\.version>([^<]+)</{server}\.version>", pom_text(server))
+    if not match:
+        raise MavenError(f"the {server} pom pins no <{server}.version>")
+    return match.group(1)
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock, so two checkouts never fetch or start the same server at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _failed_artifacts(output: str) -> list[str]:
+    names = re.findall(r"(?:Could not (?:find|resolve|transfer) artifact|Failure to find) ([\w.\-]+:[\w.\-]+:[\w.\-:]+)",
+                       output)
+    names += re.findall(r"Could not resolve dependencies for project [^:]+:[^:]+:[^:]+:[^:]+: (.+?)(?:\n|$)",
+                        output)
+    return list(dict.fromkeys(names))
+
+
+def fetch_jars(server: str, jar_cache: Path, *, quiet: bool = True) -> Path:
+    """Return the lib directory with every jar ``server`` needs, fetching it with Maven if needed."""
+    pom = pom_text(server)
+    digest = hashlib.sha256(pom.encode()).hexdigest()[:12]
+    lib = jar_cache / f"{server}-{pinned_version(server)}-{digest}"
+    if (lib / _COMPLETE).exists():
+        return lib
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise MavenError(f"Maven (mvn) is needed once to fetch the {server} jars from Maven Central; "
+                         "install it (Debian: apt-get install maven) or put a filled jar cache at RXCQRS_JARS")
+    with file_lock(jar_cache / f".{server}.lock"):
+        if (lib / _COMPLETE).exists():
+            return lib
+        with tempfile.TemporaryDirectory(prefix=f"{server}-pom-", dir=jar_cache) as work:
+            pom_path = Path(work) / "pom.xml"
+            pom_path.write_text(pom)
+            staging = Path(work) / "lib"
+            cmd = [mvn, "-B", "-f", str(pom_path), "dependency:copy-dependencies", "-DincludeScope=runtime",
+                   f"-DoutputDirectory={staging}"]
+            if quiet:
+                cmd.insert(2, "-q")
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "MAVEN_OPTS": "-Xmx512m"})
+            if proc.returncode != 0:
+                output = proc.stdout + proc.stderr
+                missing = _failed_artifacts(output)
+                what = f"could not resolve {', '.join(missing)}" if missing else "failed"
+                tail = "\n".join(output.strip().splitlines()[-15:])
+                raise MavenError(f"Maven {what} while fetching the {server} jars (pom {server}-{digest}):\n{tail}")
+            jars = list(staging.glob("*.jar"))
+            if not jars:
+                raise MavenError(f"Maven copied no jars for {server}")
+            (staging / _COMPLETE).write_text(f"{len(jars)} jars\n")
+            if lib.exists():
+                shutil.rmtree(lib)
+            staging.rename(lib)
+    return lib

@@ -1,0 +1,218 @@
+"""How to configure, launch and probe each server: Apache Kafka 4.x (KRaft) and Apache Cassandra 5.0."""
+
+from __future__ import annotations
+
+import base64
+import re
+import string
+import subprocess
+import uuid
+from abc import ABC, abstractmethod
+from importlib import resources
+from pathlib import Path
+
+from rxcqrs.services.settings import ServicesSettings
+
+__all__ = ["Server", "KafkaServer", "CassandraServer", "SERVERS"]
+
+
+def render(template: str, **values: object) -> str:
+    text = (resources.files("rxcqrs.services") / "templates" / template).read_text()
+    return string.Template(text).substitute({k: str(v) for k, v in values.items()})
+
+
+class Server(ABC):
+    """One server kind: its directories under the home, its ports, its command line and its probe."""
+
+    name: str
+    fatal_lines: tuple[str, ...] = ()
+
+    def __init__(self, settings: ServicesSettings) -> None:
+        self.settings = settings
+        self.dir = settings.home / self.name
+        self.conf = self.dir / "conf"
+        self.data = self.dir / "data"
+        self.logs = self.dir / "logs"
+        self.tmp = self.dir / "tmp"
+        self.log = self.logs / "server.out"
+        self.state_file = self.dir / "server.json"
+
+    @property
+    @abstractmethod
+    def ports(self) -> dict[str, int]:
+        """Name (as in ``ServicesSettings``) -> port, for every port the server binds."""
+
+    @property
+    def marker(self) -> str:
+        """A path on the command line that identifies this instance (its conf directory)."""
+        return str(self.conf)
+
+    @abstractmethod
+    def prepare(self, java: str, lib: Path) -> None:
+        """Write configs (and format storage) before a start."""
+
+    @abstractmethod
+    def command(self, java: str, lib: Path) -> list[str]:
+        """The JVM command line."""
+
+    @abstractmethod
+    def probe(self) -> str:
+        """Make a real client request; return the version the server reports. Raises until ready."""
+
+    def make_dirs(self) -> None:
+        for path in (self.conf, self.data, self.logs, self.tmp):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+class KafkaServer(Server):
+    name = "kafka"
+    fatal_lines = ("Exiting Kafka due to fatal exception", "Exiting Kafka.")
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {"kafka_port": self.settings.kafka_port, "kafka_controller_port": self.settings.kafka_controller_port}
+
+    def _jvm_opts(self) -> list[str]:
+        heap = self.settings.kafka_heap
+        return [f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+                "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent",
+                "-XX:MaxInlineLevel=15", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
+                f"-Djava.io.tmpdir={self.tmp}", f"-Dkafka.logs.dir={self.logs}",
+                f"-Dlog4j2.configurationFile={self.conf / 'log4j2.properties'}"]
+
+    def prepare(self, java: str, lib: Path) -> None:
+        self.make_dirs()
+        s = self.settings
+        (self.conf / "server.properties").write_text(render(
+            "kafka-server.properties", host=s.host, port=s.kafka_port, controller_port=s.kafka_controller_port,
+            data_dir=self.data))
+        (self.conf / "log4j2.properties").write_text(render("kafka-log4j2.properties"))
+        if not (self.data / "meta.properties").exists():
+            cluster_id = _cluster_id()
+            cmd = [java, *self._jvm_opts(), "-cp", f"{lib}/*", "kafka.tools.StorageTool", "format",
+                   "-t", cluster_id, "-c", str(self.conf / "server.properties"), "--ignore-formatted"]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.dir)
+            with open(self.log, "a") as out:
+                out.write(f"==== storage format (cluster id {cluster_id}) exit {proc.returncode}\n"
+                          f"{proc.stdout}{proc.stderr}\n")
+            if proc.returncode != 0:
+                from rxcqrs.exceptions import ServiceStartError
+                raise ServiceStartError(f"kafka storage format failed (exit {proc.returncode}):\n"
+                                        f"{(proc.stdout + proc.stderr)[-3000:]}")
+
+    def command(self, java: str, lib: Path) -> list[str]:
+        return [java, *self._jvm_opts(), "-cp", f"{lib}/*", "kafka.Kafka", str(self.conf / "server.properties")]
+
+    def probe(self) -> str:
+        # imported here so `rxcqrs services` works before kafka-python is importable (clear error)
+        from kafka.admin import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap, bootstrap_timeout_ms=3000,
+                                 request_timeout_ms=5000, client_id="rxcqrs-services-probe")
+        try:
+            admin.describe_cluster()
+            features = admin.describe_features()
+        finally:
+            admin.close()
+        return _kafka_version(self.log, features)
+
+
+def _cluster_id() -> str:
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
+
+
+def _kafka_version(log: Path, features: object) -> str:
+    """The broker's own version: its AppInfo log line of this run, plus the finalized metadata.version."""
+    version = "unknown"
+    try:
+        text = log.read_text(errors="replace")
+        starts = text.rfind("==== rxcqrs start")
+        found = re.findall(r"Kafka version: (\S+)", text[max(starts, 0):])
+        if found:
+            version = found[-1]
+    except OSError:
+        pass
+    metadata = _metadata_version(features)
+    return f"{version} (metadata.version {metadata})" if metadata else version
+
+
+def _metadata_version(features: object) -> str | None:
+    """kafka-python 3 returns ``{'metadata.version': {'finalized': (lo, hi), ...}, ...}``."""
+    if not isinstance(features, dict):
+        return None
+    finalized = (features.get("metadata.version") or {}).get("finalized")
+    return None if not finalized else f"level {finalized[-1]}"
+
+
+class CassandraServer(Server):
+    name = "cassandra"
+    fatal_lines = ("encountered during startup", "Exception encountered during startup")
+
+    _JPMS_EXPORTS = ("java.base/jdk.internal.misc", "java.management.rmi/com.sun.jmx.remote.internal.rmi",
+                     "java.management/com.sun.jmx.remote.security", "java.rmi/sun.rmi.registry",
+                     "java.rmi/sun.rmi.server", "java.sql/java.sql", "java.base/java.lang.ref",
+                     "jdk.unsupported/sun.misc", "jdk.compiler/com.sun.tools.javac.file",
+                     "jdk.attach/sun.tools.attach")
+    _JPMS_OPENS = ("java.base/java.lang.module", "java.base/jdk.internal.loader", "java.base/jdk.internal.ref",
+                   "java.base/jdk.internal.reflect", "java.base/jdk.internal.math", "java.base/jdk.internal.module",
+                   "java.base/jdk.internal.util.jar", "jdk.management/com.sun.management.internal",
+                   "java.base/sun.nio.ch", "java.base/java.io", "java.base/java.lang.reflect",
+                   "jdk.compiler/com.sun.tools.javac", "java.base/java.lang", "java.base/java.util",
+                   "java.base/java.nio")
+
+    @property
+    def ports(self) -> dict[str, int]:
+        s = self.settings
+        return {"cassandra_port": s.cassandra_port, "cassandra_storage_port": s.cassandra_storage_port,
+                "cassandra_jmx_port": s.cassandra_jmx_port}
+
+    def prepare(self, java: str, lib: Path) -> None:
+        self.make_dirs()
+        s = self.settings
+        (self.conf / "cassandra.yaml").write_text(render(
+            "cassandra.yaml", host=s.host, port=s.cassandra_port, storage_port=s.cassandra_storage_port,
+            data_dir=self.data))
+        (self.conf / "logback.xml").write_text(render("cassandra-logback.xml"))
+
+    def command(self, java: str, lib: Path) -> list[str]:
+        s = self.settings
+        heap = s.cassandra_heap
+        jpms = [f"--add-exports={m}=ALL-UNNAMED" for m in self._JPMS_EXPORTS]
+        jpms += [f"--add-opens={m}=ALL-UNNAMED" for m in self._JPMS_OPENS]
+        jamm = sorted(lib.glob("jamm-*.jar"))
+        agent = [f"-javaagent:{jamm[0]}"] if jamm else []
+        return [
+            java, f"-Xms{heap}", f"-Xmx{heap}", "-Xss256k", "-XX:+UseG1GC", "-XX:+ParallelRefProcEnabled",
+            "-XX:MaxGCPauseMillis=300", "-XX:+ExitOnOutOfMemoryError", "-XX:TieredStopAtLevel=1",
+            "-ea", "-da:net.openhft...",
+            "-Djava.net.preferIPv4Stack=true", "-Djdk.attach.allowAttachSelf=true",
+            "-Dio.netty.tryReflectionSetAccessible=true", "-Dio.netty.allocator.useCacheForAllThreads=true",
+            "-Dio.netty.allocator.maxOrder=11", *jpms, *agent,
+            f"-Dcassandra.config=file://{self.conf / 'cassandra.yaml'}", f"-Dcassandra.storagedir={self.data}",
+            f"-Dcassandra.logdir={self.logs}", f"-Dlogback.configurationFile={self.conf / 'logback.xml'}",
+            "-Dcassandra-foreground=yes", f"-Dcassandra.jmx.local.port={s.cassandra_jmx_port}",
+            f"-Djava.rmi.server.hostname={s.host}", "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+            "-Dcassandra.ring_delay_ms=1000", "-Dcassandra.system_distributed.default_rf=1",
+            "-Dcassandra.system_traces.default_rf=1", "-Dcassandra.superuser_setup_delay_ms=0",
+            "-Dcassandra.unsafesystem=true", "-Dcassandra.test.flush_local_schema_changes=false",
+            f"-Djava.io.tmpdir={self.tmp}",
+            "-cp", f"{self.conf}:{lib}/*", "org.apache.cassandra.service.CassandraDaemon",
+        ]
+
+    def probe(self) -> str:
+        from cassandra.cluster import Cluster
+
+        cluster = Cluster([self.settings.host], port=self.settings.cassandra_port, connect_timeout=3,
+                          control_connection_timeout=3, protocol_version=5)
+        try:
+            session = cluster.connect()
+            row = session.execute("SELECT release_version FROM system.local", timeout=5).one()
+            return str(row.release_version)
+        finally:
+            cluster.shutdown()
+
+
+SERVERS: dict[str, type[Server]] = {"cassandra": CassandraServer, "kafka": KafkaServer}
