@@ -1,0 +1,87 @@
+"""Tickets: how a record's fate travels back from the stages to the commit gate.
+
+Every envelope carries a :class:`Ticket`. A stage settles it once, with ``ack()`` (done) or
+``nack(error)`` (failed after the stage's own retries), possibly later and from another thread. A broadcast
+splits a ticket into one child per branch: the parent is acked when every child is, and nacked by the first
+child nack. Settling twice is ignored, so a late duplicate callback can never double-count.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+__all__ = ["Ticket", "Settle"]
+
+#: called once with ``None`` (ack) or the error (nack)
+Settle = Callable[[BaseException | None], None]
+
+_ONCE = threading.Lock()
+
+
+def _ignore(_error: BaseException | None) -> None:
+    return None
+
+
+class Ticket:
+    """A settle-once handle for one record (or one branch's share of it)."""
+
+    __slots__ = ("_settle", "_settled", "count")
+
+    def __init__(self, settle: Settle = _ignore, count: Callable[[str, int], None] | None = None) -> None:
+        self._settle = settle
+        self._settled = False
+        #: where stages report per-record metrics (retries, dead-lettered, ...) for the flow that emitted it
+        self.count: Callable[[str, int], None] = count or (lambda _name, _n: None)
+
+    @classmethod
+    def untracked(cls) -> "Ticket":
+        """A ticket nobody waits for (records that did not come from a gated source)."""
+        return cls()
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    def _claim(self) -> bool:
+        with _ONCE:
+            if self._settled:
+                return False
+            self._settled = True
+            return True
+
+    def ack(self) -> None:
+        if self._claim():
+            self._settle(None)
+
+    def nack(self, error: BaseException) -> None:
+        if self._claim():
+            self._settle(error)
+
+    def split(self, n: int) -> list["Ticket"]:
+        """``n`` child tickets that jointly settle this one."""
+        if n < 1:
+            raise ValueError("split needs at least one branch")
+        if n == 1:
+            return [self]
+        join = _Join(self, n)
+        return [Ticket(join.child_settled, self.count) for _ in range(n)]
+
+
+class _Join:
+    __slots__ = ("_parent", "_remaining", "_lock")
+
+    def __init__(self, parent: Ticket, n: int) -> None:
+        self._parent = parent
+        self._remaining = n
+        self._lock = threading.Lock()
+
+    def child_settled(self, error: BaseException | None) -> None:
+        if error is not None:
+            self._parent.nack(error)
+            return
+        with self._lock:
+            self._remaining -= 1
+            last = self._remaining == 0
+        if last:
+            self._parent.ack()

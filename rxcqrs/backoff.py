@@ -1,0 +1,51 @@
+"""The one exponential backoff shared by every retrying stage (Kafka and Cassandra alike).
+
+delay(n) = min(max, min * 2**n) * (1 + random() * random_factor); a stage retries while the delay is below
+``max`` and gives up once it reaches it (with the defaults 100 ms, 30 s, 0.2: about nine retries).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from rxcqrs.exceptions import ConfigError
+
+__all__ = ["Backoff"]
+
+
+@dataclass(frozen=True)
+class Backoff:
+    min_delay: float = 0.1
+    max_delay: float = 30.0
+    random_factor: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_delay <= self.max_delay:
+            raise ConfigError(f"backoff needs 0 < min_delay <= max_delay, got {self.min_delay}, {self.max_delay}")
+        if not 0 <= self.random_factor <= 1:
+            raise ConfigError(f"backoff random_factor must be in [0, 1], got {self.random_factor}")
+
+    def base_delay(self, attempt: int) -> float:
+        """The delay before jitter: ``min(max, min * 2**attempt)``."""
+        if attempt >= 30:
+            return self.max_delay
+        return min(self.max_delay, self.min_delay * (2 ** max(attempt, 0)))
+
+    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float | None:
+        """Seconds to wait before retry number ``attempt`` (0-based), or ``None``: give up."""
+        base = self.base_delay(attempt)
+        if base >= self.max_delay:
+            return None
+        return base * (1 + rand() * self.random_factor)
+
+    def max_attempts(self) -> int:
+        """How many retries happen before giving up."""
+        attempt = 0
+        while self.base_delay(attempt) < self.max_delay:
+            attempt += 1
+        return attempt
+
+    def with_(self, **changes: float) -> "Backoff":
+        return replace(self, **changes)

@@ -1,0 +1,206 @@
+"""The commit gate: which offsets may be committed, given acks that arrive in any order from any thread.
+
+Per partition the gate keeps the offsets that were emitted and not yet committed, in emission order. An
+offset is *done* when its ticket was acked (a broadcast acks only once every branch acked). The
+*watermark* is one past the longest done prefix: committing it can never skip a record that is not done.
+A nacked offset stays in place and holds the watermark back until the partition is rewound or revoked.
+
+Assignments have epochs: a settle for an epoch that was revoked or rewound is ignored, so a late ack from
+a database callback can never move the watermark of a newer assignment.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from rxcqrs.exceptions import OffsetOrderError
+from rxcqrs.messages import TopicPartition
+
+__all__ = ["CommitGate", "Failure"]
+
+_PENDING, _DONE, _FAILED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The first nacked offset of a partition, with its error."""
+
+    tp: TopicPartition
+    offset: int
+    error: BaseException
+    epoch: int
+
+
+@dataclass
+class _Track:
+    epoch: int
+    offsets: deque[int] = field(default_factory=deque)
+    states: dict[int, int] = field(default_factory=dict)
+    last_emitted: int | None = None
+    watermark: int | None = None  # next offset to commit: every emitted offset below it is done
+    committed: int | None = None
+    failure: Failure | None = None
+
+    def in_flight(self) -> int:
+        return sum(1 for s in self.states.values() if s == _PENDING)
+
+
+class CommitGate:
+    """Thread-safe; settles come from any thread, everything else is called by the poll thread."""
+
+    def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._tracks: dict[TopicPartition, _Track] = {}
+        self._epochs = 0
+        self._in_flight = 0
+        self._done_since_commit = 0
+        self._on_change = on_change  # wakes the poll thread
+
+    # -- assignment ---------------------------------------------------------------------------------------
+    def assign(self, tp: TopicPartition, committed: int | None = None) -> int:
+        """Start tracking ``tp`` under a new epoch (a new assignment or a rewind)."""
+        with self._lock:
+            return self._new_track(tp, committed)
+
+    def _new_track(self, tp: TopicPartition, committed: int | None) -> int:
+        old = self._tracks.get(tp)
+        if old is not None:
+            self._in_flight -= old.in_flight()
+        self._epochs += 1
+        self._tracks[tp] = _Track(self._epochs, committed=committed, watermark=committed)
+        return self._epochs
+
+    def revoke(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Stop tracking ``tps``; return the done watermarks that still need a commit."""
+        to_commit: dict[TopicPartition, int] = {}
+        with self._lock:
+            for tp in tps:
+                track = self._tracks.pop(tp, None)
+                if track is None:
+                    continue
+                self._in_flight -= track.in_flight()
+                if track.watermark is not None and track.watermark != track.committed:
+                    to_commit[tp] = track.watermark
+            self._changed.notify_all()
+        return to_commit
+
+    def rewind(self, tp: TopicPartition) -> int | None:
+        """Forget everything after the watermark of ``tp`` under a new epoch; return where to seek."""
+        with self._lock:
+            track = self._tracks.get(tp)
+            if track is None:
+                return None
+            position = track.watermark if track.watermark is not None else (
+                track.offsets[0] if track.offsets else None)
+            self._new_track(tp, track.committed)
+            self._tracks[tp].watermark = position
+            self._changed.notify_all()
+            return position
+
+    def assigned(self) -> set[TopicPartition]:
+        with self._lock:
+            return set(self._tracks)
+
+    def epoch(self, tp: TopicPartition) -> int | None:
+        with self._lock:
+            track = self._tracks.get(tp)
+            return None if track is None else track.epoch
+
+    # -- records ------------------------------------------------------------------------------------------
+    def emit(self, tp: TopicPartition, offset: int) -> int:
+        """Record that ``offset`` is about to be emitted; return the epoch its ticket must carry."""
+        with self._lock:
+            track = self._tracks.get(tp)
+            if track is None:
+                raise OffsetOrderError(f"{tp} is not assigned; cannot emit offset {offset}")
+            if track.last_emitted is not None and offset <= track.last_emitted:
+                raise OffsetOrderError(f"{tp}: offset {offset} emitted after {track.last_emitted}")
+            track.last_emitted = offset
+            track.offsets.append(offset)
+            track.states[offset] = _PENDING
+            self._in_flight += 1
+            return track.epoch
+
+    def settle(self, tp: TopicPartition, epoch: int, offset: int, error: BaseException | None) -> bool:
+        """Ack (``error is None``) or nack an emitted offset. Returns False if it was stale and ignored."""
+        with self._lock:
+            track = self._tracks.get(tp)
+            if track is None or track.epoch != epoch or track.states.get(offset) != _PENDING:
+                return False
+            self._in_flight -= 1
+            if error is None:
+                track.states[offset] = _DONE
+                self._done_since_commit += 1
+                while track.offsets and track.states[track.offsets[0]] == _DONE:
+                    done = track.offsets.popleft()
+                    del track.states[done]
+                    track.watermark = done + 1
+            else:
+                track.states[offset] = _FAILED
+                if track.failure is None:
+                    track.failure = Failure(tp, offset, error, epoch)
+            self._changed.notify_all()
+        self._on_change()
+        return True
+
+    # -- queries ------------------------------------------------------------------------------------------
+    def in_flight(self, tps: Iterable[TopicPartition] | None = None) -> int:
+        with self._lock:
+            if tps is None:
+                return self._in_flight
+            return sum(self._tracks[tp].in_flight() for tp in tps if tp in self._tracks)
+
+    def failures(self) -> list[Failure]:
+        with self._lock:
+            return [t.failure for t in self._tracks.values() if t.failure is not None]
+
+    def watermarks(self) -> dict[TopicPartition, int | None]:
+        with self._lock:
+            return {tp: t.watermark for tp, t in self._tracks.items()}
+
+    def committed(self) -> dict[TopicPartition, int | None]:
+        with self._lock:
+            return {tp: t.committed for tp, t in self._tracks.items()}
+
+    def done_since_commit(self) -> int:
+        with self._lock:
+            return self._done_since_commit
+
+    def to_commit(self) -> dict[TopicPartition, int]:
+        """Watermarks that moved past the last commit."""
+        with self._lock:
+            return {tp: t.watermark for tp, t in self._tracks.items()
+                    if t.watermark is not None and t.watermark != t.committed}
+
+    def mark_committed(self, offsets: dict[TopicPartition, int]) -> None:
+        with self._lock:
+            self._done_since_commit = 0
+            for tp, offset in offsets.items():
+                track = self._tracks.get(tp)
+                if track is None:
+                    continue
+                if track.committed is not None and offset < track.committed:
+                    raise OffsetOrderError(f"{tp}: commit {offset} would go back from {track.committed}")
+                track.committed = offset
+
+    def wait_settled(self, tps: Iterable[TopicPartition] | None, timeout: float) -> bool:
+        """Block until nothing is in flight for ``tps`` (all partitions if ``None``); False on timeout."""
+        wanted = None if tps is None else list(tps)
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                if wanted is None:
+                    busy = self._in_flight
+                else:
+                    busy = sum(self._tracks[tp].in_flight() for tp in wanted if tp in self._tracks)
+                if busy == 0:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)

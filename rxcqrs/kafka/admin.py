@@ -1,0 +1,55 @@
+"""Topic helpers over ``KafkaAdminClient`` (create with partitions, wait until usable, delete)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from rxcqrs.exceptions import ConfigError, FlowError
+from rxcqrs.kafka.settings import default_bootstrap
+
+__all__ = ["create_topics", "delete_topics", "admin_client"]
+
+
+def admin_client(bootstrap_servers: str | None = None, **options: Any) -> Any:
+    from kafka.admin import KafkaAdminClient
+
+    servers = bootstrap_servers or default_bootstrap()
+    try:
+        return KafkaAdminClient(bootstrap_servers=servers.split(","), client_id="rxcqrs-admin", **options)
+    except Exception as exc:
+        raise FlowError(f"cannot reach Kafka at {servers}: {exc!r}") from exc
+
+
+def create_topics(topics: dict[str, int] | Iterable[str], *, bootstrap_servers: str | None = None,
+                  replication_factor: int = 1, configs: dict[str, str] | None = None,
+                  exist_ok: bool = True) -> None:
+    """Create topics (name -> partitions, or names with 1 partition) and wait until their metadata is visible."""
+    from kafka.errors import TopicAlreadyExistsError
+
+    wanted = dict(topics) if isinstance(topics, dict) else {name: 1 for name in topics}
+    for name, partitions in wanted.items():
+        if not name or len(name) > 249 or not all(c.isalnum() or c in "._-" for c in name):
+            raise ConfigError(f"invalid Kafka topic name {name!r}: use 1-249 of [a-zA-Z0-9._-]")
+        if partitions < 1:
+            raise ConfigError(f"topic {name!r} needs at least one partition")
+    admin = admin_client(bootstrap_servers)
+    try:
+        for name, partitions in wanted.items():
+            spec = {"num_partitions": partitions, "replication_factor": replication_factor,
+                    "configs": dict(configs or {})}
+            try:
+                admin.create_topics({name: spec})
+            except TopicAlreadyExistsError:
+                if not exist_ok:
+                    raise
+        admin.wait_for_topics(list(wanted), timeout_ms=30_000)
+    finally:
+        admin.close()
+
+
+def delete_topics(names: Iterable[str], *, bootstrap_servers: str | None = None) -> None:
+    admin = admin_client(bootstrap_servers)
+    try:
+        admin.delete_topics(list(names))
+    finally:
+        admin.close()

@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import reactivex
+from reactivex import Observable, abc
+from reactivex import operators as ops
+from reactivex.disposable import CompositeDisposable
+
+from rxcqrs.exceptions import ConfigError
+from rxcqrs.messages import Envelope
+
+__all__ = ["Branch", "branch_", "broadcast_", "AckAll", "split_stages"]
+
+
+class AckAll(abc.ObserverBase[Any]):
+    """The end of a pipeline without a sink: whatever arrives there is done."""
+
+    def on_next(self, value: Any) -> None:
+        if isinstance(value, Envelope):
+            value.ack()
+
+    def on_error(self, error: Exception) -> None:
+        pass
+
+    def on_completed(self) -> None:
+        pass
+
+
+def _is_observer(stage: Any) -> bool:
+    return isinstance(stage, abc.ObserverBase) or (
+        not callable(stage) and all(hasattr(stage, m) for m in ("on_next", "on_error", "on_completed")))
+
+
+def split_stages(stages: Sequence[Any]) -> tuple[list[Callable[[Observable[Any]], Observable[Any]]], Any]:
+    """Operators first, optionally one observer (the sink) last."""
+    if not stages:
+        return [], AckAll()
+    *operators, last = stages
+    for op in operators:
+        if _is_observer(op) or not callable(op):
+            raise ConfigError(f"only the last stage may be an observer (sink); got {op!r} in the middle")
+    if _is_observer(last):
+        return list(operators), last
+    if not callable(last):
+        raise ConfigError(f"a stage must be an operator or an observer, got {last!r}")
+    return [*operators, last], AckAll()
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One leg of a broadcast: operators, then a sink (an observer); without a sink envelopes are acked."""
+
+    operators: tuple[Callable[[Observable[Any]], Observable[Any]], ...]
+    sink: Any
+
+
+def branch_(*stages: Any) -> Branch:
+    operators, sink = split_stages(stages)
+    return Branch(tuple(operators), sink)
+
+
+class _Guard:
+    """Where a branch meets the shared subject: an exception from the branch becomes a nack of that branch's
+    share of the envelope, so it can never reach the other branches as ``on_error``."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __call__(self, source: Observable[Any]) -> Observable[Any]:
+        def subscribe(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None = None
+                      ) -> abc.DisposableBase:
+            def on_next(envelopes: list[Envelope[Any]]) -> None:
+                env = envelopes[self.index]
+                try:
+                    observer.on_next(env)
+                except Exception as exc:
+                    env.count("branch_errors")
+                    env.nack(exc)
+
+            return source.subscribe(on_next, observer.on_error, observer.on_completed, scheduler=scheduler)
+
+        return reactivex.create(subscribe)
+
+
+class _Join:
+    """Completes the broadcast's output when every branch completed; fails it on the first branch error."""
+
+    def __init__(self, n: int, observer: abc.ObserverBase[Any]) -> None:
+        self._remaining = n
+        self._observer = observer
+        self._lock = threading.Lock()
+        self._finished = False
+
+    def end(self, sink: Any) -> abc.ObserverBase[Any]:
+        join = self
+
+        class End(abc.ObserverBase[Any]):
+            def on_next(self, value: Any) -> None:
+                sink.on_next(value)
+
+            def on_error(self, error: Exception) -> None:
+                try:
+                    sink.on_error(error)
+                finally:
+                    join._fail(error)
+
+            def on_completed(self) -> None:
+                try:
+                    sink.on_completed()
+                finally:
+                    join._complete()
+
+        return End()
+
+    def _fail(self, error: Exception) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+        self._observer.on_error(error)
+
+    def _complete(self) -> None:
+        with self._lock:
+            self._remaining -= 1
+            if self._remaining or self._finished:
+                return
+            self._finished = True
+        self._observer.on_completed()
+
+
+def broadcast_(*branches: Any) -> Callable[[Observable[Envelope[Any]]], Observable[Any]]:
+    if len(branches) < 1:
+        raise ConfigError("broadcast needs at least one branch")
+    legs = [b if isinstance(b, Branch) else branch_(b) for b in branches]
+    n = len(legs)
+
+    def _op(source: Observable[Envelope[Any]]) -> Observable[Any]:
+        def subscribe(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None = None
+                      ) -> abc.DisposableBase:
+            # publish() + subscribe every branch + connect(): share() could start a synchronous source before
+            # the second branch subscribed, and that branch would miss records.
+            published = source.pipe(ops.map(lambda env: env.split(n)), ops.publish())
+            join = _Join(n, observer)
+            subscriptions = [
+                published.pipe(_Guard(i), *leg.operators).subscribe(join.end(leg.sink), scheduler=scheduler)
+                for i, leg in enumerate(legs)
+            ]
+            subscriptions.append(published.connect(scheduler=scheduler))
+            return CompositeDisposable(*[s for s in subscriptions if s is not None])
+
+        return reactivex.create(subscribe)
+
+    return _op

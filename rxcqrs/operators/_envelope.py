@@ -1,0 +1,61 @@
+"""The building block of rxcqrs operators: a per-envelope failure nacks that envelope, the stream goes on."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import reactivex
+from reactivex import Observable, abc
+
+from rxcqrs.exceptions import RxCqrsError, StageError
+from rxcqrs.messages import Envelope
+
+__all__ = ["envelope_operator", "emit", "stage_error", "Handler"]
+
+Handler = Callable[[Envelope[Any], abc.ObserverBase[Any]], None]
+
+
+class _Downstream(Exception):
+    """Carries an exception raised *below* an operator up through it, so only the broadcast guard sees it."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def emit(observer: abc.ObserverBase[Any], value: Any) -> None:
+    try:
+        observer.on_next(value)
+    except Exception as exc:
+        raise _Downstream(exc) from exc
+
+
+def stage_error(stage: str, env: Envelope[Any], exc: BaseException) -> RxCqrsError:
+    if isinstance(exc, RxCqrsError):
+        return exc
+    error = StageError(f"{stage} failed on {env.meta}: {exc!r}")
+    error.__cause__ = exc
+    return error
+
+
+def envelope_operator(handle: Handler, name: str) -> Callable[[Observable[Any]], Observable[Any]]:
+    """Wrap ``handle(envelope, downstream)``: its own exceptions nack the envelope (counted as
+    ``<name>_errors``); exceptions from further downstream pass through untouched."""
+
+    def _op(source: Observable[Any]) -> Observable[Any]:
+        def subscribe(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None = None
+                      ) -> abc.DisposableBase:
+            def on_next(env: Envelope[Any]) -> None:
+                try:
+                    handle(env, observer)
+                except _Downstream as wrapped:
+                    raise wrapped.error from None
+                except Exception as exc:
+                    env.count(f"{name}_errors")
+                    env.nack(stage_error(name, env, exc))
+
+            return source.subscribe(on_next, observer.on_error, observer.on_completed, scheduler=scheduler)
+
+        return reactivex.create(subscribe)
+
+    return _op

@@ -1,0 +1,67 @@
+"""Common ground of the sinks: in-flight accounting, completion that waits for in-flight work, a failure slot.
+
+A sink is a reactivex observer. It settles each envelope it receives (ack on success, nack on failure)
+from whatever thread its driver calls back on, and never lets ``on_completed`` return while requests are
+still in flight (dendrites loses them).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from reactivex import abc
+
+__all__ = ["SinkBase"]
+
+
+class SinkBase(abc.ObserverBase[Any]):
+    def __init__(self) -> None:
+        self._idle = threading.Condition()
+        self._in_flight = 0
+        self.error: BaseException | None = None  # the sink's own fatal error
+        self.upstream_error: BaseException | None = None
+        self.completed = threading.Event()
+
+    @property
+    def in_flight(self) -> int:
+        with self._idle:
+            return self._in_flight
+
+    def _begin(self) -> None:
+        with self._idle:
+            self._in_flight += 1
+
+    def _end(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.notify_all()
+
+    def _fail(self, error: BaseException) -> None:
+        with self._idle:
+            if self.error is None:
+                self.error = error
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until nothing is in flight; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def close(self) -> None:
+        """Release what the sink owns (called once, after the last in-flight request finished)."""
+
+    def on_completed(self) -> None:
+        self.wait_idle()
+        self.close()
+        self.completed.set()
+
+    def on_error(self, error: Exception) -> None:
+        self.upstream_error = error
+        self.wait_idle()
+        self.close()
+        self.completed.set()
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error

@@ -1,0 +1,70 @@
+"""Shared test helpers: wait on conditions (never sleep for a fixed time), build sources over the fakes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+from rxcqrs.kafka import ConsumerSettings, KafkaSource, SourceSettings
+from rxcqrs.messages import Envelope
+from rxcqrs.testing import FakeBroker, FakeConsumer
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until truthy; fail the test with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def fake_source(broker: FakeBroker, topic: str | list[str], group: str = "g", demand: str = "auto",
+                **settings: Any) -> KafkaSource:
+    defaults: dict[str, Any] = {"poll_timeout": 0.01, "keepalive_interval": 0.05, "commit_interval": 0.05}
+    defaults.update(settings)
+    return KafkaSource(topic, ConsumerSettings(group_id=group, max_poll_records=defaults.pop("max_poll_records", 500)),
+                       SourceSettings(**defaults), demand=demand,  # type: ignore[arg-type]
+                       consumer_factory=lambda cfg: FakeConsumer(broker, **cfg))
+
+
+class Collect:
+    """A sink that records envelopes and acks them (or holds them when ``hold``)."""
+
+    def __init__(self, hold: bool = False, fail: Callable[[Envelope[Any]], BaseException | None] | None = None):
+        self.items: list[Envelope[Any]] = []
+        self.hold = hold
+        self.fail = fail
+        self.errors: list[BaseException] = []
+        self.completed = threading.Event()
+        self._lock = threading.Lock()
+
+    def on_next(self, env: Envelope[Any]) -> None:
+        with self._lock:
+            self.items.append(env)
+        error = self.fail(env) if self.fail else None
+        if error is not None:
+            env.nack(error)
+        elif not self.hold:
+            env.ack()
+
+    def on_error(self, error: BaseException) -> None:
+        self.errors.append(error)
+        self.completed.set()
+
+    def on_completed(self) -> None:
+        self.completed.set()
+
+    def offsets(self, partition: int | None = None) -> list[int]:
+        with self._lock:
+            return [e.meta.offset for e in self.items if partition is None or e.meta.partition == partition]
+
+    def values(self) -> list[Any]:
+        with self._lock:
+            return [e.value for e in self.items]
