@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from rxcqrs.exceptions import ServiceError, ServiceStartError
-from rxcqrs.services.fetch import fetch_jars, file_lock, pinned_version
+from rxcqrs.services.jars import fetch_jars, file_lock, pinned_version
 from rxcqrs.services.java import find_java17
 from rxcqrs.services.process import ServerState, check_ports_free, launch, terminate, wait_ready
 from rxcqrs.services.servers import SERVERS, CassandraServer, KafkaServer, Server

@@ -1,0 +1,60 @@
+# rxcqrs: `make demo` and `make test` do all set-up themselves (venv, install, real servers).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+RXCQRS := $(VENV)/bin/rxcqrs
+PYTEST_ARGS ?=
+
+.PHONY: help install services services-down services-status demo test unit integration notebooks lint typecheck bench clean
+
+help:
+	@echo "make demo     - set up everything, start Kafka + Cassandra, run the main job"
+	@echo "make test     - set up everything, start the servers, run unit + integration tests + notebooks"
+	@echo "make unit     - fast tests on in-memory fakes only (no servers)"
+	@echo "make bench    - throughput benchmarks (figures, not assertions)"
+	@echo "make services-down - stop the servers (add WIPE=1 to delete their data)"
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+install: $(VENV)/.installed
+
+services: install
+	$(RXCQRS) services up
+
+services-down: install
+	$(RXCQRS) services down $(if $(WIPE),--wipe,)
+
+services-status: install
+	$(RXCQRS) services status
+
+demo: services
+	$(RXCQRS) demo
+
+test: services
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: install
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: services
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+notebooks: services
+	$(PY) -m pytest --nbmake notebooks $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check rxcqrs tests
+
+typecheck: install
+	$(VENV)/bin/mypy rxcqrs
+
+bench: services
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
