@@ -1,0 +1,215 @@
+"""KafkaSource and KafkaSink against the real broker: gated commits, a long stall without a rebalance,
+rebalances with members joining and leaving, the dead-letter topic, a producer-side retry."""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from collections import Counter
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from rxcqrs import run
+from rxcqrs.backoff import Backoff
+from rxcqrs.kafka import ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings
+from rxcqrs.messages import Envelope, OutgoingRecord
+from rxcqrs.operators import DeadLetters, broadcast, decode
+from rxcqrs.timers import call_later
+from tests.helpers import Collect, wait_until
+
+
+def produce(bootstrap: str, topic: str, count: int, partitions: int, key: Any = None) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    for i in range(count):
+        k = key(i) if key else str(uuid.uuid4()).encode()
+        producer.send(topic, key=k, value=str(i).encode(), partition=i % partitions)
+    producer.flush()
+    producer.close()
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int | None]:
+    """What the group committed, read by a consumer that never joins the group."""
+    reader = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return {p: reader.committed(TopicPartition(topic, p)) for p in range(partitions)}
+    finally:
+        reader.close()
+
+
+def source(bootstrap: str, topic: str, group: str, **settings: Any) -> KafkaSource:
+    consumer_opts = {k: settings.pop(k) for k in list(settings) if k in ("max_poll_interval_ms", "max_poll_records",
+                                                                       "session_timeout_ms", "rebalance")}
+    return KafkaSource(topic, ConsumerSettings(group_id=group, bootstrap_servers=bootstrap, **consumer_opts),
+                       SourceSettings(**settings))
+
+
+class SlowAck(Collect):
+    """Acks each envelope a few milliseconds later, from the timer thread (like a database callback)."""
+
+    def on_next(self, env: Envelope[Any]) -> None:
+        with self._lock:
+            self.items.append(env)
+        call_later(random.random() * 0.005, env.ack)
+
+
+def test_commits_follow_the_acks_of_both_branches(topic_factory, kafka_bootstrap, group_id) -> None:  # type: ignore[no-untyped-def]
+    topic = topic_factory(2)
+    produce(kafka_bootstrap, topic, 200, 2)
+    commands, events = Collect(), Collect(hold=True)
+    flow = run(source(kafka_bootstrap, topic, group_id, commit_interval=0.1), broadcast(commands, events))
+    wait_until(lambda: len(events.items) == 200 or len(events.items) >= 1, 30, "records")
+    wait_until(lambda: len(commands.items) == len(events.items) and len(events.items) > 0, 30)
+    assert committed(kafka_bootstrap, group_id, topic, 2) == {0: None, 1: None}
+    events.hold = False
+    held = list(events.items)
+    first = [e for e in held if e.meta.partition == 0][:3]
+    for env in first:
+        env.ack()
+    wait_until(lambda: committed(kafka_bootstrap, group_id, topic, 2)[0] == first[-1].meta.offset + 1, 30,
+               "a commit of the first three of partition 0")
+    for env in held:
+        env.ack()
+    wait_until(lambda: committed(kafka_bootstrap, group_id, topic, 2) == {0: 100, 1: 100}, 60, "all committed")
+    flow.stop_and_wait()
+    assert sorted(int(e.value) for e in commands.items) == list(range(200))
+
+
+def test_a_stalled_downstream_keeps_the_member_in_the_group(topic_factory, kafka_bootstrap, group_id) -> None:  # type: ignore[no-untyped-def]
+    """max_poll_interval_ms = 10 s; the sink holds its records for 30 s. The paused source keeps polling:
+    no rebalance, no redelivery, and the commit follows the late acks."""
+    topic = topic_factory(2)
+    produce(kafka_bootstrap, topic, 20, 2)
+    sink = Collect(hold=True)
+    src = source(kafka_bootstrap, topic, group_id, max_poll_interval_ms=10_000, session_timeout_ms=6_000,
+                 max_in_flight=10)
+    flow = run(src, sink)
+    wait_until(lambda: len(sink.items) == 10, 30, "a full window")
+    assigned = src.metrics.get("assigned")
+    stalled = threading.Event()
+    call_later(30.0, stalled.set)
+    # a second member of the group would take partitions if the first one had been evicted
+    assert stalled.wait(40)
+    assert len(sink.items) == 10 and src.metrics.get("revoked") == 0 and src.metrics.get("assigned") == assigned
+    assert src.metrics.get("keepalive_polls") >= 20
+    sink.hold = False
+    for env in list(sink.items):
+        env.ack()
+    wait_until(lambda: committed(kafka_bootstrap, group_id, topic, 2) == {0: 10, 1: 10}, 30, "everything committed")
+    assert src.metrics.get("revoked") == 0  # (closing the consumer below revokes, as it should)
+    flow.stop_and_wait()
+    offsets = Counter((e.meta.partition, e.meta.offset) for e in sink.items)
+    assert len(offsets) == 20 and max(offsets.values()) == 1, "no redelivery"
+
+
+def test_members_joining_and_leaving_mid_stream_lose_nothing(topic_factory, kafka_bootstrap, group_id) -> None:  # type: ignore[no-untyped-def]
+    """Records keep arriving (~600/s) while a third member joins and then one of the first two leaves."""
+    topic = topic_factory(4)
+    total = 6000
+    done_producing = threading.Event()
+
+    def steady_producer() -> None:
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
+        pacer = threading.Event()
+        for i in range(total):
+            producer.send(topic, key=str(uuid.uuid4()).encode(), value=str(i).encode(), partition=i % 4)
+            if i % 60 == 59:
+                producer.flush()
+                pacer.wait(0.1)  # load pacing, not a synchronisation
+        producer.flush()
+        producer.close()
+        done_producing.set()
+
+    threading.Thread(target=steady_producer, daemon=True).start()
+    sinks = [SlowAck() for _ in range(3)]
+
+    def member(i: int) -> Any:
+        return run(source(kafka_bootstrap, topic, group_id, max_poll_records=50, max_in_flight=50,
+                          session_timeout_ms=6_000, commit_interval=0.2), sinks[i])
+
+    def processed() -> int:
+        return len({(e.meta.partition, e.meta.offset) for s in sinks for e in list(s.items)})
+
+    a, b = member(0), member(1)
+    wait_until(lambda: processed() >= 600, 60, "two members at work")
+    c = member(2)  # a third member joins
+    wait_until(lambda: len(sinks[2].items) > 0, 60, "the third member gets partitions and records")
+    assert not done_producing.is_set(), "the producer should still be running (mid-stream)"
+    a.stop_and_wait(60)  # one leaves (a clean close: its partitions move at once)
+    assert done_producing.wait(120)
+    wait_until(lambda: committed(kafka_bootstrap, group_id, topic, 4) == {p: total // 4 for p in range(4)}, 120,
+               "every partition committed to its end")
+    b.stop_and_wait(60)
+    c.stop_and_wait(60)
+    seen = {(e.meta.partition, e.meta.offset) for s in sinks for e in s.items}
+    assert seen == {(p, o) for p in range(4) for o in range(total // 4)}, "none lost"
+    values = {int(e.value) for s in sinks for e in s.items}
+    assert values == set(range(total))
+
+
+def test_poison_records_land_in_the_dead_letter_topic(topic_factory, kafka_bootstrap, group_id) -> None:  # type: ignore[no-untyped-def]
+    topic = topic_factory(1)
+    good = str(uuid.uuid4()).encode()
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    producer.send(topic, key=good, value=b"1", headers=[("trace", b"abc")])
+    producer.send(topic, key=good, value=b"\xff\xfe")
+    producer.send(topic, key=b"not-a-uuid", value=b"3")
+    producer.send(topic, key=good, value=b"4")
+    producer.flush()
+    producer.close()
+    dead_sink = KafkaSink(ProducerSettings(bootstrap_servers=kafka_bootstrap))
+    sink = Collect()
+    flow = run(source(kafka_bootstrap, topic, group_id),
+               decode(lambda b: int(b.decode()), require_uuid_key=True, dead_letters=DeadLetters(dead_sink)), sink)
+    wait_until(lambda: committed(kafka_bootstrap, group_id, topic, 1) == {0: 4}, 60, "all four committed")
+    flow.stop_and_wait()
+    dead_sink.on_completed()
+    assert sink.values() == [1, 4]
+    reader = KafkaConsumer(topic + ".dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+                           consumer_timeout_ms=10_000)
+    dead = sorted((r for _, r in zip(range(2), reader)), key=lambda r: dict(r.headers)["rxcqrs.source.offset"])
+    reader.close()
+    assert [(r.key, r.value) for r in dead] == [(good, b"\xff\xfe"), (b"not-a-uuid", b"3")]
+    headers = dict(dead[0].headers)
+    assert headers["rxcqrs.source.topic"] == topic.encode() and headers["rxcqrs.source.offset"] == b"1"
+    assert headers["rxcqrs.error.type"] == b"PoisonRecordError"
+
+
+def test_the_sink_retries_while_the_broker_is_frozen_then_delivers(topic_factory, kafka_bootstrap,  # type: ignore[no-untyped-def]
+                                                                     services_settings) -> None:
+    """A real transient failure: the broker process is frozen (SIGSTOP), sends time out (retriable), the sink
+    backs off and retries; once the broker runs again (SIGCONT) the retry is delivered and acked once. The
+    frozen broker may also still write the first attempt: delivery is at-least-once, as documented.
+
+    The producer is not idempotent here: kafka-python 3.0.12's idempotent producer never sends again on a
+    partition after a batch expired in flight (Java bumps the epoch, KAFKA-14397); see the README."""
+    import os
+    import signal
+
+    from rxcqrs import services
+    from rxcqrs.acks import Ticket
+    from rxcqrs.messages import RecordMetadata
+
+    topic = topic_factory(1)
+    settings = ProducerSettings(bootstrap_servers=kafka_bootstrap, linger_ms=0, delivery_timeout_ms=2_000,
+                                max_block_ms=2_000, extra={"request_timeout_ms": 1_000, "enable_idempotence": False})
+    sink = KafkaSink(settings, topic, backoff=Backoff(0.2, 30.0, 0.0))
+    sink.on_next(OutgoingRecord(b"warm-up"))  # metadata is known before the broker freezes
+    assert sink.wait_idle(30) and sink.sent == 1
+    (kafka,) = services.status(["kafka"], services_settings)
+    results: list[BaseException | None] = []
+    os.kill(kafka.pid, signal.SIGSTOP)
+    try:
+        sink.on_next(Envelope(OutgoingRecord(b"hello", b"k"), RecordMetadata("x", 0, 0, 0), Ticket(results.append)))
+        wait_until(lambda: sink.retries >= 1, 60, "a retry")
+    finally:
+        os.kill(kafka.pid, signal.SIGCONT)
+    wait_until(lambda: results, 90, "delivery")
+    sink.on_completed()
+    assert results == [None] and sink.sent == 2
+    reader = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+                           consumer_timeout_ms=5_000)
+    values = [r.value for r in reader]
+    assert values[0] == b"warm-up" and set(values[1:]) == {b"hello"} and 1 <= len(values[1:]) <= 2
+    reader.close()
