@@ -14,7 +14,7 @@ from rxcqrs.messages import Envelope
 from rxcqrs.operators._broadcast import AckAll, Branch
 from rxcqrs.operators._decode import DeadLetters, Decoder
 
-__all__ = ["map_value", "filter_value", "tap", "decode", "broadcast", "branch", "Branch", "DeadLetters", "AckAll"]
+__all__ = ["map_value", "map_envelope", "filter_value", "tap", "decode", "broadcast", "branch", "Branch", "DeadLetters", "AckAll"]
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -29,6 +29,14 @@ def map_value(mapper: Callable[[T], U]) -> Callable[[Observable[Envelope[T]]], O
     from rxcqrs.operators._map_value import map_value_
 
     return map_value_(mapper)
+
+
+def map_envelope(mapper: Callable[[Envelope[T]], U]) -> Callable[[Observable[Envelope[T]]], Observable[Envelope[U]]]:
+    """Like :func:`map_value`, but the mapper sees the whole envelope (value and record metadata), e.g. to
+    turn a command into an event whose id is the record key and whose time is the record timestamp."""
+    from rxcqrs.operators._map_value import map_envelope_
+
+    return map_envelope_(mapper)
 
 
 def filter_value(predicate: Callable[[T], bool]) -> Callable[[Observable[Envelope[T]]], Observable[Envelope[T]]]:

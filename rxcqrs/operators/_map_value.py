@@ -7,7 +7,7 @@ from reactivex import Observable, abc
 from rxcqrs.messages import Envelope
 from rxcqrs.operators._envelope import emit, envelope_operator
 
-__all__ = ["map_value_", "filter_value_", "tap_"]
+__all__ = ["map_value_", "map_envelope_", "filter_value_", "tap_"]
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -18,6 +18,13 @@ def map_value_(mapper: Callable[[T], U]) -> Callable[[Observable[Envelope[T]]], 
         emit(observer, env.with_value(mapper(env.value)))
 
     return envelope_operator(handle, "map_value")
+
+
+def map_envelope_(mapper: Callable[[Envelope[T]], U]) -> Callable[[Observable[Envelope[T]]], Observable[Envelope[U]]]:
+    def handle(env: Envelope[Any], observer: abc.ObserverBase[Any]) -> None:
+        emit(observer, env.with_value(mapper(env)))
+
+    return envelope_operator(handle, "map_envelope")
 
 
 def filter_value_(predicate: Callable[[T], bool]) -> Callable[[Observable[Envelope[T]]], Observable[Envelope[T]]]:

@@ -1,0 +1,23 @@
+"""Cassandra stages, the Event Log, the duplicates query, compensation and rebuild.
+
+Stages are reactivex observers/operators: :class:`CassandraRetrySink` (a command function, optimistic
+locking, retries), :func:`cassandra_retry_flow` (the same, passing envelopes on: the serial variant),
+:func:`cassandra_bind`, :class:`CassandraSink` (statements, bounded concurrency) and :class:`CassandraQuery`
+(rows on demand, one page at a time).
+"""
+
+from rxcqrs.cassandra.bind import cassandra_bind
+from rxcqrs.cassandra.compensation import CompensationReport, Compensator, RebuildReport, Rebuilder
+from rxcqrs.cassandra.eventlog import Duplicate, EventLog, LoggedEvent
+from rxcqrs.cassandra.executor import CassandraExecutor, is_transient, was_applied
+from rxcqrs.cassandra.identifiers import cql_type, identifier, qualified
+from rxcqrs.cassandra.query import CassandraQuery
+from rxcqrs.cassandra.retry_sink import CassandraRetrySink, cassandra_retry_flow
+from rxcqrs.cassandra.schema import create_keyspace, create_table, drop_keyspace, prepare
+from rxcqrs.cassandra.settings import CassandraSettings, connect
+from rxcqrs.cassandra.sink import CassandraSink
+
+__all__ = ["CassandraExecutor", "CassandraQuery", "CassandraRetrySink", "CassandraSettings", "CassandraSink",
+           "CompensationReport", "Compensator", "Duplicate", "EventLog", "LoggedEvent", "RebuildReport",
+           "Rebuilder", "cassandra_bind", "cassandra_retry_flow", "connect", "cql_type", "create_keyspace",
+           "create_table", "drop_keyspace", "identifier", "is_transient", "prepare", "qualified", "was_applied"]

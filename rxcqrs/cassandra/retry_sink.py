@@ -1,0 +1,114 @@
+"""CassandraRetrySink (an observer) and cassandra_retry_flow (the serial variant's operator).
+
+Your function turns a command into a statement (or ``(query, params)``, or ``None`` for nothing to write).
+It runs on a small worker pool, so it may read first (optimistic locking: read the version, then
+``UPDATE ... IF version = ?``). A lightweight transaction that was not applied calls the function again, so
+it re-reads; transient errors are retried with the shared backoff; the element itself is retried.
+Commands of one Kafka partition are never in flight together.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, TypeVar
+
+import reactivex
+from reactivex import Observable, abc
+
+from rxcqrs.backoff import Backoff
+from rxcqrs.cassandra.executor import Job
+from rxcqrs.cassandra.stage import OrderBy, make_executor, order_key
+from rxcqrs.messages import Envelope
+from rxcqrs.sink import SinkBase
+
+__all__ = ["CassandraRetrySink", "cassandra_retry_flow"]
+
+T = TypeVar("T")
+CommandFn = Callable[..., Any]
+
+
+def _maker(fn: CommandFn, item: Any, with_meta: bool) -> Callable[[], Any]:
+    if isinstance(item, Envelope):
+        return (lambda: fn(item.value, item.meta)) if with_meta else (lambda: fn(item.value))
+    return lambda: fn(item)
+
+
+class CassandraRetrySink(SinkBase):
+    """Execute ``fn(command)`` (or ``fn(command, meta)`` with ``with_meta``) per envelope; ack on success."""
+
+    def __init__(self, session: Any, fn: CommandFn, *, max_concurrency: int = 16, backoff: Backoff | None = None,
+                 order_by: OrderBy = "partition", retry_not_applied: bool = True, with_meta: bool = False,
+                 name: str = "CassandraRetrySink") -> None:
+        super().__init__()
+        self.fn = fn
+        self.order_by = order_by
+        self.retry_not_applied = retry_not_applied
+        self.with_meta = with_meta
+        self.executor = make_executor(session, name, max_concurrency, backoff, workers=max_concurrency)
+
+    def on_next(self, item: Any) -> None:
+        self._begin()
+        self.executor.submit(item if isinstance(item, Envelope) else None, _maker(self.fn, item, self.with_meta),
+                             self._ok, self._bad, key=order_key(self.order_by, item),
+                             retry_not_applied=self.retry_not_applied)
+
+    def _ok(self, job: Job, _rows: Any) -> None:
+        if job.env is not None:
+            job.env.ack()
+        self._end()
+
+    def _bad(self, job: Job, error: BaseException) -> None:
+        if job.env is not None:
+            job.env.nack(error)
+        else:
+            self._fail(error)
+        self._end()
+
+    def close(self) -> None:
+        self.executor.close()
+
+
+def cassandra_retry_flow(session: Any, fn: CommandFn, *, max_concurrency: int = 16, backoff: Backoff | None = None,
+                         order_by: OrderBy = "partition", retry_not_applied: bool = True, with_meta: bool = False,
+                         name: str = "cassandra_retry_flow"
+                         ) -> Callable[[Observable[Envelope[T]]], Observable[Envelope[T]]]:
+    """Like :class:`CassandraRetrySink`, but passes each envelope on (unchanged) once its command succeeded,
+    in partition order: the serial variant (command, then event log). Failures nack and are not passed on."""
+
+    def _op(source: Observable[Envelope[T]]) -> Observable[Envelope[T]]:
+        def subscribe(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None = None
+                      ) -> abc.DisposableBase:
+            executor = make_executor(session, name, max_concurrency, backoff, workers=max_concurrency)
+            emit_lock = threading.Lock()
+
+            def ok(job: Job, _rows: Any) -> None:
+                with emit_lock:  # results arrive on driver threads: serialize on_next downstream
+                    try:
+                        observer.on_next(job.env)
+                    except Exception as exc:
+                        if job.env is not None:
+                            job.env.nack(exc)
+
+            def bad(job: Job, error: BaseException) -> None:
+                if job.env is not None:
+                    job.env.nack(error)
+
+            def on_next(item: Any) -> None:
+                executor.submit(item if isinstance(item, Envelope) else None, _maker(fn, item, with_meta), ok, bad,
+                                key=order_key(order_by, item), retry_not_applied=retry_not_applied)
+
+            def on_completed() -> None:
+                executor.wait_idle()
+                executor.close()
+                observer.on_completed()
+
+            def on_error(error: Exception) -> None:
+                executor.wait_idle()
+                executor.close()
+                observer.on_error(error)
+
+            return source.subscribe(on_next, on_error, on_completed, scheduler=scheduler)
+
+        return reactivex.create(subscribe)
+
+    return _op

@@ -1,0 +1,51 @@
+"""CassandraSink: executes statements (inserts, deletes) with bounded concurrency and acks each envelope.
+
+Values are statements (``BoundStatement``, ``SimpleStatement``) or ``(query, params)``. Errors where the
+coordinator applied nothing (unavailable, overloaded, no host) are always retried; timeouts, whose outcome
+is unknown, only for idempotent statements (``statement.is_idempotent`` or ``idempotent=True``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rxcqrs.backoff import Backoff
+from rxcqrs.cassandra.executor import Job
+from rxcqrs.cassandra.stage import OrderBy, make_executor, order_key
+from rxcqrs.messages import Envelope
+from rxcqrs.sink import SinkBase
+
+__all__ = ["CassandraSink"]
+
+
+class CassandraSink(SinkBase):
+    def __init__(self, session: Any, *, max_concurrency: int = 64, backoff: Backoff | None = None,
+                 idempotent: bool | None = None, order_by: OrderBy = None, name: str = "CassandraSink") -> None:
+        super().__init__()
+        self.idempotent = idempotent
+        self.order_by = order_by
+        self.executor = make_executor(session, name, max_concurrency, backoff, workers=0)
+
+    def on_next(self, item: Any) -> None:
+        env = item if isinstance(item, Envelope) else None
+        statement = env.value if env is not None else item
+        target = statement[0] if isinstance(statement, tuple) else statement
+        idempotent = self.idempotent if self.idempotent is not None else bool(getattr(target, "is_idempotent", False))
+        self._begin()
+        self.executor.submit(env, lambda: statement, self._ok, self._bad, key=order_key(self.order_by, item),
+                             retry_timeouts=idempotent)
+
+    def _ok(self, job: Job, _rows: Any) -> None:
+        if job.env is not None:
+            job.env.ack()
+        self._end()
+
+    def _bad(self, job: Job, error: BaseException) -> None:
+        if job.env is not None:
+            job.env.nack(error)
+        else:
+            self._fail(error)
+        self._end()
+
+    def close(self) -> None:
+        self.executor.close()
