@@ -110,8 +110,9 @@ class KafkaSource:
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.metrics.gauge("in_flight", self.gate.in_flight)
+        self._committed: dict[TopicPartition, int] = {}  # last commit per partition, kept after a revoke
         self.metrics.gauge("committed", lambda: {f"{tp.topic}/{tp.partition}": off
-                                                 for tp, off in sorted(self.gate.committed().items())})
+                                                 for tp, off in sorted(self._committed.items())})
         self.metrics.gauge("lag", lambda: sum(self._lag.values()))
         self.observable: Observable[Envelope[bytes | None]] = reactivex.create(self._subscribe)
 
@@ -369,8 +370,12 @@ class KafkaSource:
             log.warning("commit of %s failed (will retry): %r", offsets, exc)
             self._last_commit = now
             return
-        self.gate.mark_committed(offsets)
+        self._committed_now(offsets)
         self._last_commit = now
+
+    def _committed_now(self, offsets: dict[TopicPartition, int]) -> None:
+        self.gate.mark_committed(offsets)
+        self._committed.update(offsets)
         self.metrics.incr("commits")
 
     # -- failures -----------------------------------------------------------------------------------------
@@ -443,7 +448,7 @@ def _listener(source: KafkaSource, consumer: ConsumerLike) -> Any:
             if offsets:
                 try:
                     await consumer.commit_async(_offsets(offsets))
-                    source.metrics.incr("commits")
+                    source._committed_now(offsets)
                 except Exception as exc:  # the group moved on: those records will be redelivered
                     source.metrics.incr("commit_failures")
                     log.warning("%s: commit on revoke failed: %r", source.name, exc)

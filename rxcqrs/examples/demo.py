@@ -1,0 +1,172 @@
+"""``make demo`` / ``rxcqrs demo``: the whole mission on the local servers, with a real crash in the middle.
+
+1. produce ~10,000 shopping-cart commands over 100 carts (plus a few poison records);
+2. run the parallel pipeline in a child process, with its live progress display;
+3. kill that process (SIGKILL) part way, while records are in flight, and start it again: the records that
+   were processed but not committed are delivered again;
+4. query the event log for events logged more than once, and compensate (rebuild the carts that disagree
+   with the fold of their distinct logged events);
+5. check every cart against the reference: the same command stream folded in memory.
+
+Exit 0 only if every cart matches.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import IO, Any
+
+__all__ = ["main"]
+
+CARTS = 100
+COMMANDS = 10_000
+PARTITIONS = 8
+SEED = 2026
+CRASH_AT = 0.4  # fraction of the commands committed before the crash
+
+
+def _consumer(topic: str, group: str, keyspace: str, idle: float) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "rxcqrs.examples.shoppingcart", "consume", "--topic", topic,
+                             "--group", group, "--keyspace", keyspace, "--mode", "parallel",
+                             "--stop-when-idle", str(idle)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+
+
+def _relay(stream: IO[str], prefix: str) -> threading.Thread:
+    def pump() -> None:
+        for line in stream:
+            print(f"{prefix}{line.rstrip()}", flush=True)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return thread
+
+
+def _committed(topic: str, group: str) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    from rxcqrs.kafka.settings import default_bootstrap
+
+    reader = KafkaConsumer(bootstrap_servers=default_bootstrap(), group_id=group, enable_auto_commit=False)
+    try:
+        return sum(reader.committed(TopicPartition(topic, p)) or 0 for p in range(PARTITIONS))
+    finally:
+        reader.close()
+
+
+def _poison(topic: str) -> list[Any]:
+    from rxcqrs.examples.shoppingcart.codec import command_codec
+    from rxcqrs.examples.shoppingcart.domain import Command
+    from rxcqrs.messages import OutgoingRecord
+
+    bad_action = command_codec().encode(Command("Checkout", uuid.uuid4(), uuid.uuid4(), None)).replace(
+        b"Checkout", b"Teleport")
+    valid = command_codec().encode(Command("SetOwner", uuid.uuid4(), uuid.uuid4(), None))
+    return [OutgoingRecord(b"\x00\xffnot avro", str(uuid.uuid4()).encode(), topic, partition=0),
+            OutgoingRecord(bad_action, str(uuid.uuid4()).encode(), topic, partition=1),
+            OutgoingRecord(valid, b"not-a-uuid", topic, partition=2)]
+
+
+def main() -> int:
+    from rxcqrs.cassandra import CassandraSettings, connect
+    from rxcqrs.examples.shoppingcart.generator import generate, reference
+    from rxcqrs.examples.shoppingcart.pipeline import publish_commands
+    from rxcqrs.examples.shoppingcart.store import CartStore
+    from rxcqrs.kafka import create_topics
+
+    run_id = time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:4]
+    topic, group, keyspace = f"demo.{run_id}.cmds", f"demo.{run_id}", f"demo_{run_id}"
+    started = time.monotonic()
+    print(f"== rxcqrs demo {run_id}: topic {topic}, keyspace {keyspace}", flush=True)
+
+    commands = generate(CARTS, COMMANDS, SEED)
+    create_topics({topic: PARTITIONS})
+    poison = _poison(topic)
+    sent = publish_commands(commands, topic, PARTITIONS, extra=poison)
+    print(f"== produced {len(commands)} commands for {CARTS} carts (+{len(poison)} poison records), "
+          f"{sent} records on {PARTITIONS} partitions", flush=True)
+
+    print("== consuming (parallel: command and event log in a broadcast, commits gated by both)", flush=True)
+    first = _consumer(topic, group, keyspace, idle=5)
+    relay = _relay(first.stdout, "   run 1 | ")  # type: ignore[arg-type]
+    crash_after = int(COMMANDS * CRASH_AT)
+    while first.poll() is None and _committed(topic, group) < crash_after:
+        time.sleep(0.2)
+    if first.poll() is not None:
+        print(f"!! the consumer ended before the crash point (exit {first.returncode})", flush=True)
+        return 1
+    at_crash = _committed(topic, group)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    relay.join(5)
+    print(f"== CRASH: killed the consumer (SIGKILL) with {at_crash} records committed; restarting it",
+          flush=True)
+
+    second = _consumer(topic, group, keyspace, idle=5)
+    relay = _relay(second.stdout, "   run 2 | ")  # type: ignore[arg-type]
+    if second.wait() != 0:
+        print(f"!! the restarted consumer failed (exit {second.returncode})", flush=True)
+        return 1
+    relay.join(5)
+    consumed_for = time.monotonic() - started
+
+    session = connect(CassandraSettings())
+    try:
+        store = CartStore(session, keyspace)
+        duplicates = list(store.log.duplicates(session))
+        extra_rows = sum(d.times_logged - 1 for d in duplicates)
+        print(f"== duplicates query: {len(duplicates)} events logged more than once ({extra_rows} extra rows)",
+              flush=True)
+        report = store.rebuilder().run()
+        print(f"== compensation (rebuild from the distinct logged events): {report.examined} carts examined, "
+              f"{report.rewritten} rewritten, {report.unchanged} already right", flush=True)
+        again = store.rebuilder().run()
+        expected = reference(commands)
+        actual = dict(store.all_carts())
+        wrong = [cid for cid, cart in expected.items() if actual.get(cid) != cart]
+        wrong += [cid for cid in actual if cid not in expected]
+        dead = _dead_letters(topic)
+    finally:
+        session.cluster.shutdown()
+
+    took = time.monotonic() - started
+    print("== summary", flush=True)
+    print(f"   commands            {len(commands)} (+{len(poison)} poison)", flush=True)
+    print(f"   events logged       {len(commands) + extra_rows} rows for {len(commands)} events", flush=True)
+    print(f"   duplicates found    {len(duplicates)}", flush=True)
+    print(f"   compensations       {report.rewritten} carts rebuilt (a second run rebuilt {again.rewritten})",
+          flush=True)
+    print(f"   dead-lettered       {dead} (in {topic}.dlq)", flush=True)
+    print(f"   carts verified      {len(expected) - len(wrong)}/{len(expected)} match the in-memory reference",
+          flush=True)
+    print(f"   time                {took:.1f}s ({len(commands) / consumed_for:.0f} records/s end to end "
+          "including the crash and restart)", flush=True)
+    print(f"   inspect             rxcqrs cart show --keyspace {keyspace} [--cart ID]", flush=True)
+    if wrong or again.rewritten:
+        print(f"!! {len(wrong)} carts differ from the reference, e.g. {wrong[:3]}", flush=True)
+        return 1
+    print("== OK: every cart matches", flush=True)
+    return 0
+
+
+def _dead_letters(topic: str) -> int:
+    from kafka import KafkaConsumer
+
+    from rxcqrs.kafka.settings import default_bootstrap
+
+    reader = KafkaConsumer(topic + ".dlq", bootstrap_servers=default_bootstrap(), auto_offset_reset="earliest",
+                           consumer_timeout_ms=3000, enable_auto_commit=False)
+    try:
+        return sum(1 for _ in reader)
+    finally:
+        reader.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

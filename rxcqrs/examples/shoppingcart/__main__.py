@@ -1,0 +1,5 @@
+import sys
+
+from rxcqrs.examples.shoppingcart.cli import main
+
+sys.exit(main())

@@ -1,0 +1,239 @@
+"""``python -m rxcqrs.examples.shoppingcart`` (or ``rxcqrs cart``): produce, consume, show, duplicates, compensate.
+
+Every option has a default for the local servers (``rxcqrs services up``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+import uuid
+from typing import Any, Sequence
+
+from rxcqrs.exceptions import RxCqrsError
+
+__all__ = ["main", "consume"]
+
+DEFAULT_TOPIC = "shoppingcart.cmds"
+DEFAULT_GROUP = "shoppingcart"
+DEFAULT_KEYSPACE = "shoppingcart"
+
+
+def _session() -> Any:
+    from rxcqrs.cassandra import CassandraSettings, connect
+
+    return connect(CassandraSettings())
+
+
+def produce(args: argparse.Namespace) -> int:
+    from rxcqrs.examples.shoppingcart.generator import generate
+    from rxcqrs.examples.shoppingcart.pipeline import publish_commands
+    from rxcqrs.kafka import create_topics
+
+    create_topics({args.topic: args.partitions})
+    commands = generate(args.carts, args.commands, args.seed)
+    started = time.monotonic()
+    sent = publish_commands(commands, args.topic, args.partitions)
+    took = time.monotonic() - started
+    print(f"produced {sent} commands for {args.carts} carts to {args.topic} ({args.partitions} partitions, "
+          f"seed {args.seed}) in {took:.1f}s ({sent / max(took, 1e-9):.0f}/s)", flush=True)
+    return 0
+
+
+class Progress:
+    """One line per interval: records/s, in flight, committed, retries, dead-lettered."""
+
+    def __init__(self, flow: Any) -> None:
+        self.flow = flow
+        self.last_in = 0
+        self.last_t = time.monotonic()
+
+    def line(self) -> str:
+        m = self.flow.metrics.snapshot()
+        now = time.monotonic()
+        rate = (m.get("records_in", 0) - self.last_in) / max(now - self.last_t, 1e-9)
+        self.last_in, self.last_t = m.get("records_in", 0), now
+        committed = sum(v for v in (m.get("committed") or {}).values() if v)
+        return (f"[{m['elapsed_s']:7.1f}s] in {m.get('records_in', 0):>7} ({rate:7.0f}/s)  in-flight "
+                f"{m.get('in_flight', 0):>4}  committed {committed:>7}  lag {m.get('lag', 0):>6}  retries "
+                f"{m.get('retries', 0):>4}  dead-lettered {m.get('dead_lettered', 0):>3}  nacked "
+                f"{m.get('nacked', 0):>3}")
+
+
+def consume(args: argparse.Namespace) -> int:
+    from rxcqrs.examples.shoppingcart.pipeline import start_pipeline
+    from rxcqrs.examples.shoppingcart.store import CartStore
+    from rxcqrs.kafka import ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings
+    from rxcqrs.operators import DeadLetters
+
+    from rxcqrs.kafka import create_topics
+
+    create_topics([args.topic + ".dlq"])  # the dead-letter topic exists before the first poison record
+    session = _session()
+    store = CartStore(session, args.keyspace, idempotent=args.idempotent)
+    store.create()
+    source = KafkaSource(args.topic, ConsumerSettings(group_id=args.group),
+                         SourceSettings(max_in_flight=args.window, failure_policy=args.on_failure,
+                                        prefetch=args.prefetch))
+    dead_letter_sink = KafkaSink(ProducerSettings())
+    flow = start_pipeline(source, store, mode=args.mode, dead_letters=DeadLetters(dead_letter_sink))
+    print(f"consuming {args.topic} as group {args.group} into keyspace {args.keyspace} ({args.mode}"
+          f"{', idempotent commands' if args.idempotent else ''})", flush=True)
+
+    def stop(signum: int, _frame: Any) -> None:
+        print(f"signal {signum}: draining", flush=True)
+        flow.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    progress = Progress(flow)
+    assigned_at: float | None = None
+    last_in, last_change = -1, time.monotonic()
+    while not flow.wait(args.progress_every):
+        print(progress.line(), flush=True)
+        metrics = flow.metrics
+        now = time.monotonic()
+        if assigned_at is None and metrics.get("assigned") > 0:
+            assigned_at = last_change = now
+        if metrics.get("records_in") != last_in:
+            last_in, last_change = metrics.get("records_in"), now
+        if args.stop_when_idle is not None and assigned_at is not None and now - last_change >= args.stop_when_idle:
+            print(f"no record for {args.stop_when_idle:g}s: draining", flush=True)
+            flow.stop()
+    print(progress.line(), flush=True)
+    dead_letter_sink.on_completed()
+    session.cluster.shutdown()
+    m = flow.metrics.snapshot()
+    print(f"done: {m.get('records_in', 0)} records, {m.get('acked', 0)} acked, {m.get('retries', 0)} retries, "
+          f"{m.get('dead_lettered', 0)} dead-lettered, {m.get('commits', 0)} commits", flush=True)
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    from rxcqrs.examples.shoppingcart.store import CartStore
+
+    session = _session()
+    store = CartStore(session, args.keyspace)
+    try:
+        if args.cart:
+            cart_id = uuid.UUID(args.cart)
+            found = store.read(cart_id)
+            print(f"cart {cart_id}: " + ("not found" if found is None else
+                                         f"owner {found[0].owner}, version {found[0].version}, items "
+                                         f"{ {str(k): v for k, v in found[0].items.items()} }"))
+            for event in sorted(store.log.events(session, cart_id), key=lambda e: e.order):
+                print(f"  {event.event_time:%Y-%m-%d %H:%M:%S.%f} {event.payload['action']:<10} "
+                      f"owner={event.payload['owner']} item={event.payload['item']} count={event.payload['count']} "
+                      f"event={event.event_id} from {event.source[0]}/{event.source[1]}@{event.source[2]}")
+            for row in store.rejected(cart_id):
+                print(f"  rejected {row.action} (event {row.event_id}): {row.reason}")
+            return 0
+        count = 0
+        for cart_id, cart in store.all_carts():
+            count += 1
+            if count <= args.limit:
+                print(f"{cart_id} owner {cart.owner} version {cart.version:>3} items {len(cart.items)}")
+        print(f"{count} carts in {args.keyspace}")
+        return 0
+    finally:
+        session.cluster.shutdown()
+
+
+def duplicates(args: argparse.Namespace) -> int:
+    from rxcqrs.examples.shoppingcart.store import cart_event_log
+
+    session = _session()
+    try:
+        log = cart_event_log(args.keyspace)
+        found = list(log.duplicates(session, uuid.UUID(args.cart) if args.cart else None))
+        for dup in found:
+            print(f"cart {dup.entity_id} event {dup.event_id} at {dup.event_time:%H:%M:%S.%f} logged "
+                  f"{dup.times_logged} times")
+        print(f"{len(found)} events logged more than once ({sum(d.times_logged - 1 for d in found)} extra rows)")
+        return 0
+    finally:
+        session.cluster.shutdown()
+
+
+def compensate(args: argparse.Namespace) -> int:
+    from rxcqrs.examples.shoppingcart.store import CartStore
+
+    session = _session()
+    try:
+        store = CartStore(session, args.keyspace)
+        report = store.rebuilder().run()
+        for cart_id, before, after in report.details:
+            print(f"rebuilt cart {cart_id}: {before} -> {after}")
+        print(f"compensation (rebuild from the event log): {report.examined} carts examined, {report.rewritten} "
+              f"rewritten, {report.unchanged} already right, {report.conflicts} conflicts retried")
+        return 0
+    finally:
+        session.cluster.shutdown()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rxcqrs cart", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("produce", help="publish a reproducible command stream")
+    p.add_argument("--topic", default=DEFAULT_TOPIC)
+    p.add_argument("--carts", type=int, default=100)
+    p.add_argument("--commands", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--partitions", type=int, default=8)
+    p.set_defaults(run=produce)
+
+    c = sub.add_parser("consume", help="run the CQRS pipeline")
+    c.add_argument("--topic", default=DEFAULT_TOPIC)
+    c.add_argument("--group", default=DEFAULT_GROUP)
+    c.add_argument("--keyspace", default=DEFAULT_KEYSPACE)
+    c.add_argument("--mode", choices=["parallel", "serial"], default="parallel")
+    c.add_argument("--stop-when-idle", type=float, default=None, metavar="SECONDS",
+                   help="drain, commit and exit 0 once no record arrived for SECONDS (counted from the assignment)")
+    c.add_argument("--idempotent", action="store_true", help="skip redelivered commands (exact without rebuild)")
+    c.add_argument("--window", type=int, default=1000, help="records in flight at most")
+    c.add_argument("--on-failure", choices=["stop", "rewind"], default="rewind")
+    c.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=False,
+                   help="poll again while the previous poll is still in flight (bounded by --window)")
+    c.add_argument("--progress-every", type=float, default=1.0, metavar="SECONDS")
+    c.set_defaults(run=consume)
+
+    s = sub.add_parser("show", help="carts, or one cart with its events")
+    s.add_argument("--keyspace", default=DEFAULT_KEYSPACE)
+    s.add_argument("--cart")
+    s.add_argument("--limit", type=int, default=20)
+    s.set_defaults(run=show)
+
+    d = sub.add_parser("duplicates", help="events logged more than once")
+    d.add_argument("--keyspace", default=DEFAULT_KEYSPACE)
+    d.add_argument("--cart")
+    d.set_defaults(run=duplicates)
+
+    k = sub.add_parser("compensate", help="restore every cart that disagrees with its event log")
+    k.add_argument("--keyspace", default=DEFAULT_KEYSPACE)
+    k.set_defaults(run=compensate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("cassandra", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.INFO if args.verbose else logging.ERROR)
+    try:
+        return int(args.run(args))
+    except RxCqrsError as exc:
+        print(f"rxcqrs cart: error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # e.g. a malformed --cart
+        print(f"rxcqrs cart: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
