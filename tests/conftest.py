@@ -60,17 +60,13 @@ def group_id(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def cassandra_cluster(servers: Any, services_settings: ServicesSettings) -> Iterator[Any]:
-    from cassandra.cluster import Cluster
+def cassandra_session(servers: Any, services_settings: ServicesSettings) -> Iterator[Any]:
+    from rxcqrs.cassandra import CassandraSettings, connect
 
-    cluster = Cluster([services_settings.host], port=services_settings.cassandra_port, protocol_version=5)
-    yield cluster
-    cluster.shutdown()
-
-
-@pytest.fixture(scope="session")
-def cassandra_session(cassandra_cluster: Any) -> Any:
-    return cassandra_cluster.connect()
+    session = connect(CassandraSettings(contact_points=(services_settings.host,),
+                                        port=services_settings.cassandra_port, protocol_version=5))
+    yield session
+    session.cluster.shutdown()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ Commands of one Kafka partition are never in flight together.
 
 from __future__ import annotations
 
+import queue
 import threading
 from typing import Any, Callable, TypeVar
 
@@ -73,21 +74,37 @@ def cassandra_retry_flow(session: Any, fn: CommandFn, *, max_concurrency: int = 
                          name: str = "cassandra_retry_flow"
                          ) -> Callable[[Observable[Envelope[T]]], Observable[Envelope[T]]]:
     """Like :class:`CassandraRetrySink`, but passes each envelope on (unchanged) once its command succeeded,
-    in partition order: the serial variant (command, then event log). Failures nack and are not passed on."""
+    in partition order: the serial variant (command, then event log). Failures nack and are not passed on.
+
+    Downstream runs on the flow's own emitter thread, never on the driver's event loop (a blocking call
+    there, such as preparing a statement, would deadlock the driver)."""
 
     def _op(source: Observable[Envelope[T]]) -> Observable[Envelope[T]]:
         def subscribe(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None = None
                       ) -> abc.DisposableBase:
             executor = make_executor(session, name, max_concurrency, backoff, workers=max_concurrency)
-            emit_lock = threading.Lock()
+            outbox: "queue.SimpleQueue[tuple[str, Any]]" = queue.SimpleQueue()
+
+            def emitter() -> None:
+                while True:
+                    kind, value = outbox.get()
+                    if kind == "next":
+                        try:
+                            observer.on_next(value)
+                        except Exception as exc:
+                            value.nack(exc)
+                    elif kind == "completed":
+                        observer.on_completed()
+                        return
+                    else:
+                        observer.on_error(value)
+                        return
+
+            threading.Thread(target=emitter, name=f"rxcqrs-{name}-emitter", daemon=True).start()
 
             def ok(job: Job, _rows: Any) -> None:
-                with emit_lock:  # results arrive on driver threads: serialize on_next downstream
-                    try:
-                        observer.on_next(job.env)
-                    except Exception as exc:
-                        if job.env is not None:
-                            job.env.nack(exc)
+                if job.env is not None:
+                    outbox.put(("next", job.env))
 
             def bad(job: Job, error: BaseException) -> None:
                 if job.env is not None:
@@ -97,17 +114,13 @@ def cassandra_retry_flow(session: Any, fn: CommandFn, *, max_concurrency: int = 
                 executor.submit(item if isinstance(item, Envelope) else None, _maker(fn, item, with_meta), ok, bad,
                                 key=order_key(order_by, item), retry_not_applied=retry_not_applied)
 
-            def on_completed() -> None:
+            def finish(kind: str, value: Any) -> None:
                 executor.wait_idle()
                 executor.close()
-                observer.on_completed()
+                outbox.put((kind, value))
 
-            def on_error(error: Exception) -> None:
-                executor.wait_idle()
-                executor.close()
-                observer.on_error(error)
-
-            return source.subscribe(on_next, on_error, on_completed, scheduler=scheduler)
+            return source.subscribe(on_next, lambda e: finish("error", e), lambda: finish("completed", None),
+                                    scheduler=scheduler)
 
         return reactivex.create(subscribe)
 

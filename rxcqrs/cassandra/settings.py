@@ -34,7 +34,8 @@ class CassandraSettings:
     request_timeout: float = 10.0
     connect_timeout: float = 10.0
     fetch_size: int = 1000
-    protocol_version: int | None = None
+    #: pinned to avoid the driver's noisy downgrade dance (Cassandra 5.0 speaks v5); None = negotiate
+    protocol_version: int | None = 5
     username: str | None = None
     password: str | None = None
     ssl_options: Mapping[str, Any] | None = None

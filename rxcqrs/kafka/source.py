@@ -441,7 +441,10 @@ def _listener(source: KafkaSource, consumer: ConsumerLike) -> Any:
             tps = [_tp(k) for k in revoked]
             if not tps:
                 return
-            settled = source.gate.wait_settled(tps, source.settings.revoke_settle_timeout)
+            # give in-flight records of these partitions a moment to settle, so their commits count (not when
+            # the source is being stopped without draining: then they are left to be redelivered)
+            settled = source._stop_mode == "now" or source.gate.wait_settled(
+                tps, source.settings.revoke_settle_timeout)
             offsets = source.gate.revoke(tps)
             source.metrics.incr("revoked", len(tps))
             log.info("%s: revoked %s (settled: %s), committing %s", source.name, tps, settled, offsets)

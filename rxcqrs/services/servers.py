@@ -204,9 +204,10 @@ class CassandraServer(Server):
 
     def probe(self) -> str:
         from cassandra.cluster import Cluster
+        from cassandra.policies import RoundRobinPolicy
 
         cluster = Cluster([self.settings.host], port=self.settings.cassandra_port, connect_timeout=3,
-                          control_connection_timeout=3, protocol_version=5)
+                          control_connection_timeout=3, protocol_version=5, load_balancing_policy=RoundRobinPolicy())
         try:
             session = cluster.connect()
             row = session.execute("SELECT release_version FROM system.local", timeout=5).one()
