@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, Callable
 
 from rxcqrs.kafka import ConsumerSettings, KafkaSource, SourceSettings
 from rxcqrs.messages import Envelope
-from rxcqrs.testing import FakeBroker, FakeConsumer
+from rxcqrs.testing import FakeBroker, FakeConsumer, wait_until
 
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until truthy; fail the test with ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    delay = 0.002
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
+__all__ = ["Collect", "fake_source", "wait_until"]
 
 
 def fake_source(broker: FakeBroker, topic: str | list[str], group: str = "g", demand: str = "auto",

@@ -49,15 +49,9 @@ def _relay(stream: IO[str], prefix: str) -> threading.Thread:
 
 
 def _committed(topic: str, group: str) -> int:
-    from kafka import KafkaConsumer, TopicPartition
+    from rxcqrs.kafka import committed_offsets
 
-    from rxcqrs.kafka.settings import default_bootstrap
-
-    reader = KafkaConsumer(bootstrap_servers=default_bootstrap(), group_id=group, enable_auto_commit=False)
-    try:
-        return sum(reader.committed(TopicPartition(topic, p)) or 0 for p in range(PARTITIONS))
-    finally:
-        reader.close()
+    return sum(offset or 0 for offset in committed_offsets(group, topic).values())
 
 
 def _poison(topic: str) -> list[Any]:

@@ -7,7 +7,7 @@ from typing import Any, Iterable
 from rxcqrs.exceptions import ConfigError, FlowError
 from rxcqrs.kafka.settings import default_bootstrap
 
-__all__ = ["create_topics", "delete_topics", "admin_client"]
+__all__ = ["create_topics", "delete_topics", "admin_client", "committed_offsets"]
 
 
 def admin_client(bootstrap_servers: str | None = None, **options: Any) -> Any:
@@ -53,3 +53,16 @@ def delete_topics(names: Iterable[str], *, bootstrap_servers: str | None = None)
         admin.delete_topics(list(names))
     finally:
         admin.close()
+
+
+def committed_offsets(group_id: str, topic: str, *, bootstrap_servers: str | None = None) -> dict[int, int | None]:
+    """What ``group_id`` committed for each partition of ``topic`` (read by a consumer that never joins)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    servers = bootstrap_servers or default_bootstrap()
+    reader = KafkaConsumer(bootstrap_servers=servers.split(","), group_id=group_id, enable_auto_commit=False)
+    try:
+        partitions = reader.partitions_for_topic(topic) or set()
+        return {p: reader.committed(TopicPartition(topic, p)) for p in sorted(partitions)}
+    finally:
+        reader.close()

@@ -9,11 +9,12 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 
 from rxcqrs import run
 from rxcqrs.backoff import Backoff
-from rxcqrs.kafka import ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings
+from rxcqrs.kafka import (ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings,
+                          committed_offsets)
 from rxcqrs.messages import Envelope, OutgoingRecord
 from rxcqrs.operators import DeadLetters, broadcast, decode
 from rxcqrs.timers import call_later
@@ -31,11 +32,9 @@ def produce(bootstrap: str, topic: str, count: int, partitions: int, key: Any = 
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int | None]:
     """What the group committed, read by a consumer that never joins the group."""
-    reader = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        return {p: reader.committed(TopicPartition(topic, p)) for p in range(partitions)}
-    finally:
-        reader.close()
+    found = committed_offsets(group, topic, bootstrap_servers=bootstrap)
+    assert len(found) == partitions
+    return found
 
 
 def source(bootstrap: str, topic: str, group: str, **settings: Any) -> KafkaSource:
