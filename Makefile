@@ -36,7 +36,7 @@ demo: services
 	$(RXCQRS) demo
 
 test: services
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --nbmake --nbmake-timeout=900 tests notebooks $(PYTEST_ARGS)
 
 unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
