@@ -109,7 +109,7 @@ class FakeBroker:
         self.committed: dict[str, dict[TopicPartition, int]] = defaultdict(dict)
         self.commit_log: list[tuple[str, dict[TopicPartition, int]]] = []
         self._members: dict[str, list["FakeConsumer"]] = defaultdict(list)
-        self.owners: dict[TopicPartition, "FakeConsumer"] = {}
+        self.owners: dict[tuple[str, TopicPartition], "FakeConsumer"] = {}  # (group, tp) -> member
 
     def create_topic(self, name: str, partitions: int = 1) -> None:
         with self._lock:
@@ -224,12 +224,12 @@ class FakeConsumer:
                 for tp in revoked:
                     self._positions.pop(tp, None)
                     self._paused.discard(tp)
-                    self.broker.owners.pop(tp, None)
+                    self.broker.owners.pop((self.group_id, tp), None)
                 self._assigned -= revoked
         with self.broker._lock:
-            added = {tp for tp in target - self._assigned if self.broker.owners.get(tp) in (None, self)}
+            added = {tp for tp in target - self._assigned if self.broker.owners.get((self.group_id, tp)) in (None, self)}
             for tp in added:
-                self.broker.owners[tp] = self
+                self.broker.owners[(self.group_id, tp)] = self
                 committed = self.broker.committed[self.group_id].get(tp)
                 self._positions[tp] = committed if committed is not None else (
                     0 if self.auto_offset_reset == "earliest" else self.broker.end_offset(tp))
@@ -326,8 +326,8 @@ class FakeConsumer:
         self._call_listener("on_partitions_revoked", set(self._assigned))
         with self.broker._lock:
             for tp in self._assigned:
-                if self.broker.owners.get(tp) is self:
-                    del self.broker.owners[tp]
+                if self.broker.owners.get((self.group_id, tp)) is self:
+                    del self.broker.owners[(self.group_id, tp)]
             self._assigned = set()
         self.closed = True
         self.broker.leave(self)
