@@ -12,7 +12,7 @@ from reactivex import Observable, abc
 
 from rxcqrs.exceptions import FlowError
 from rxcqrs.metrics import Metrics
-from rxcqrs.operators._broadcast import split_stages
+from rxcqrs.operators._broadcast import Ending, split_stages
 
 __all__ = ["run", "Flow"]
 
@@ -52,27 +52,9 @@ class Flow:
         if not self.wait(timeout):
             raise FlowError(f"the flow did not stop within {timeout}s")
 
-    def _observer(self, sink: Any) -> abc.ObserverBase[Any]:
-        flow = self
-
-        class End(abc.ObserverBase[Any]):
-            def on_next(self, value: Any) -> None:
-                sink.on_next(value)
-
-            def on_error(self, error: Exception) -> None:
-                try:
-                    sink.on_error(error)
-                finally:
-                    flow.error = error
-                    flow._done.set()
-
-            def on_completed(self) -> None:
-                try:
-                    sink.on_completed()
-                finally:
-                    flow._done.set()
-
-        return End()
+    def _ended(self, error: Exception | None) -> None:
+        self.error = error
+        self._done.set()
 
     def __repr__(self) -> str:
         state = "running" if self.running else ("failed" if self.error else "completed")
@@ -85,5 +67,5 @@ def run(source: Any, *stages: Any) -> Flow:
     observable: Observable[Any] = getattr(source, "observable", source)
     operators, sink = split_stages(stages)
     flow = Flow(source, sink)
-    flow._subscription = observable.pipe(*operators).subscribe(flow._observer(sink))
+    flow._subscription = observable.pipe(*operators).subscribe(Ending(sink, flow._ended))
     return flow

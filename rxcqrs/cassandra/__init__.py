@@ -7,7 +7,7 @@ locking, retries), :func:`cassandra_retry_flow` (the same, passing envelopes on:
 """
 
 from rxcqrs.cassandra.bind import cassandra_bind
-from rxcqrs.cassandra.compensation import CompensationReport, Compensator, RebuildReport, Rebuilder
+from rxcqrs.cassandra.compensation import CompensationReport, Compensator, Rebuilder, RebuildReport
 from rxcqrs.cassandra.eventlog import Duplicate, EventLog, LoggedEvent
 from rxcqrs.cassandra.executor import CassandraExecutor, is_transient, was_applied
 from rxcqrs.cassandra.identifiers import cql_type, identifier, qualified

@@ -36,7 +36,7 @@ def was_applied(rows: Any) -> bool | None:
         return None
     first = rows[0]
     if isinstance(first, dict):
-        return first.get("[applied]")  # type: ignore[no-any-return]
+        return first.get("[applied]")
     fields = getattr(first, "_fields", ())
     if fields and fields[0] == "applied":
         return bool(first[0])

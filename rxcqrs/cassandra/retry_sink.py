@@ -18,9 +18,8 @@ from reactivex import Observable, abc
 
 from rxcqrs.backoff import Backoff
 from rxcqrs.cassandra.executor import Job
-from rxcqrs.cassandra.stage import OrderBy, make_executor, order_key
+from rxcqrs.cassandra.stage import ExecutorSink, OrderBy, make_executor, order_key
 from rxcqrs.messages import Envelope
-from rxcqrs.sink import SinkBase
 
 __all__ = ["CassandraRetrySink", "cassandra_retry_flow"]
 
@@ -34,7 +33,7 @@ def _maker(fn: CommandFn, item: Any, with_meta: bool) -> Callable[[], Any]:
     return lambda: fn(item)
 
 
-class CassandraRetrySink(SinkBase):
+class CassandraRetrySink(ExecutorSink):
     """Execute ``fn(command)`` (or ``fn(command, meta)`` with ``with_meta``) per envelope; ack on success."""
 
     def __init__(self, session: Any, fn: CommandFn, *, max_concurrency: int = 16, backoff: Backoff | None = None,
@@ -52,21 +51,6 @@ class CassandraRetrySink(SinkBase):
         self.executor.submit(item if isinstance(item, Envelope) else None, _maker(self.fn, item, self.with_meta),
                              self._ok, self._bad, key=order_key(self.order_by, item),
                              retry_not_applied=self.retry_not_applied)
-
-    def _ok(self, job: Job, _rows: Any) -> None:
-        if job.env is not None:
-            job.env.ack()
-        self._end()
-
-    def _bad(self, job: Job, error: BaseException) -> None:
-        if job.env is not None:
-            job.env.nack(error)
-        else:
-            self._fail(error)
-        self._end()
-
-    def close(self) -> None:
-        self.executor.close()
 
 
 def cassandra_retry_flow(session: Any, fn: CommandFn, *, max_concurrency: int = 16, backoff: Backoff | None = None,

@@ -10,15 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from rxcqrs.backoff import Backoff
-from rxcqrs.cassandra.executor import Job
-from rxcqrs.cassandra.stage import OrderBy, make_executor, order_key
+from rxcqrs.cassandra.stage import ExecutorSink, OrderBy, make_executor, order_key
 from rxcqrs.messages import Envelope
-from rxcqrs.sink import SinkBase
 
 __all__ = ["CassandraSink"]
 
 
-class CassandraSink(SinkBase):
+class CassandraSink(ExecutorSink):
     def __init__(self, session: Any, *, max_concurrency: int = 64, backoff: Backoff | None = None,
                  idempotent: bool | None = None, order_by: OrderBy = None, name: str = "CassandraSink") -> None:
         super().__init__()
@@ -34,18 +32,3 @@ class CassandraSink(SinkBase):
         self._begin()
         self.executor.submit(env, lambda: statement, self._ok, self._bad, key=order_key(self.order_by, item),
                              retry_timeouts=idempotent)
-
-    def _ok(self, job: Job, _rows: Any) -> None:
-        if job.env is not None:
-            job.env.ack()
-        self._end()
-
-    def _bad(self, job: Job, error: BaseException) -> None:
-        if job.env is not None:
-            job.env.nack(error)
-        else:
-            self._fail(error)
-        self._end()
-
-    def close(self) -> None:
-        self.executor.close()

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any, Callable, Hashable, Literal
 
 from rxcqrs.backoff import Backoff
-from rxcqrs.cassandra.executor import CassandraExecutor
+from rxcqrs.cassandra.executor import CassandraExecutor, Job
 from rxcqrs.messages import Envelope
+from rxcqrs.sink import SinkBase
 
-__all__ = ["OrderBy", "order_key", "make_executor"]
+__all__ = ["OrderBy", "order_key", "make_executor", "ExecutorSink"]
 
 #: "partition": never two jobs of one Kafka partition at once; "key": of one record key; None: no order
 OrderBy = Literal["partition", "key"] | Callable[[Any], Hashable] | None
@@ -29,3 +30,24 @@ def order_key(order_by: OrderBy, item: Any) -> Hashable:
 def make_executor(session: Any, name: str, max_concurrency: int, backoff: Backoff | None, workers: int
                   ) -> CassandraExecutor:
     return CassandraExecutor(session, max_concurrency=max_concurrency, backoff=backoff, workers=workers, name=name)
+
+
+class ExecutorSink(SinkBase):
+    """A sink over a :class:`CassandraExecutor`: settle each envelope when its job finished."""
+
+    executor: CassandraExecutor
+
+    def _ok(self, job: Job, _rows: Any) -> None:
+        if job.env is not None:
+            job.env.ack()
+        self._end()
+
+    def _bad(self, job: Job, error: BaseException) -> None:
+        if job.env is not None:
+            job.env.nack(error)
+        else:
+            self._fail(error)
+        self._end()
+
+    def close(self) -> None:
+        self.executor.close()

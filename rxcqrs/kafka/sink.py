@@ -35,7 +35,7 @@ def create_producer(settings: ProducerSettings) -> ProducerLike:
     from kafka import KafkaProducer
 
     try:
-        return KafkaProducer(**settings.to_kafka())  # type: ignore[no-any-return]
+        return KafkaProducer(**settings.to_kafka())
     except Exception as exc:
         raise DeliveryError(f"cannot create a Kafka producer for {settings.bootstrap_servers}: {exc!r}") from exc
 

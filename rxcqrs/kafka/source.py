@@ -51,7 +51,7 @@ class ConsumerLike(Protocol):
 def _kafka_consumer(config: dict[str, Any]) -> ConsumerLike:
     from kafka import KafkaConsumer
 
-    return KafkaConsumer(**config)  # type: ignore[no-any-return]
+    return KafkaConsumer(**config)
 
 
 def _offsets(offsets: dict[TopicPartition, int]) -> dict[Any, Any]:
@@ -96,7 +96,7 @@ class KafkaSource:
         self._demand = 0
         self._subscribed = False
         self._stop_mode: Literal["drain", "now"] | None = None
-        self._stop_error: BaseException | None = None
+        self._stop_error: Exception | None = None
         self._stop_deadline = float("inf")
         self.gate = CommitGate(on_change=self._wake.set)
         self._batch: deque[tuple[Any, int]] = deque()
@@ -159,24 +159,24 @@ class KafkaSource:
     # -- the poll thread ----------------------------------------------------------------------------------
     def _run(self, observer: abc.ObserverBase[Envelope[bytes | None]]) -> None:
         consumer: ConsumerLike | None = None
-        error: BaseException | None = None
+        error: Exception | None = None
         try:
             consumer = self._connect()
             self._loop(consumer, observer)
             error = self._stop_error
-        except BaseException as exc:
+        except Exception as exc:
             error = exc
             log.exception("source %s failed", self.name)
         finally:
             if consumer is not None:
                 try:
                     self._commit(consumer, force=True, strict=True)
-                except BaseException as exc:
+                except Exception as exc:
                     log.warning("final commit of %s failed: %r", self.name, exc)
                     error = error or exc
                 try:
                     consumer.close()
-                except BaseException as exc:
+                except Exception as exc:
                     log.warning("closing the consumer of %s failed: %r", self.name, exc)
             self.error = error
             self.done.set()
@@ -379,7 +379,7 @@ class KafkaSource:
         self.metrics.incr("commits")
 
     # -- failures -----------------------------------------------------------------------------------------
-    def _begin_stop(self, error: BaseException) -> None:
+    def _begin_stop(self, error: Exception) -> None:
         with self._lock:
             if self._stop_error is None:
                 self._stop_error = error
@@ -436,7 +436,7 @@ def _listener(source: KafkaSource, consumer: ConsumerLike) -> Any:
     from kafka import ConsumerRebalanceListener  # noqa: F401  (ensures kafka-python 3 is importable)
     from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 
-    class Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
+    class Listener(AsyncConsumerRebalanceListener):
         async def on_partitions_revoked(self, revoked: Any) -> None:
             tps = [_tp(k) for k in revoked]
             if not tps:

@@ -14,7 +14,8 @@ from rxcqrs.messages import Envelope
 from rxcqrs.operators._broadcast import AckAll, Branch
 from rxcqrs.operators._decode import DeadLetters, Decoder
 
-__all__ = ["map_value", "map_envelope", "filter_value", "tap", "decode", "broadcast", "branch", "Branch", "DeadLetters", "AckAll"]
+__all__ = ["map_value", "map_envelope", "filter_value", "tap", "decode", "broadcast", "branch", "Branch",
+           "DeadLetters", "AckAll"]
 
 T = TypeVar("T")
 U = TypeVar("U")

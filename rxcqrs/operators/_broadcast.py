@@ -12,7 +12,7 @@ from reactivex.disposable import CompositeDisposable
 from rxcqrs.exceptions import ConfigError
 from rxcqrs.messages import Envelope
 
-__all__ = ["Branch", "branch_", "broadcast_", "AckAll", "split_stages"]
+__all__ = ["Branch", "branch_", "broadcast_", "AckAll", "Ending", "split_stages"]
 
 
 class AckAll(abc.ObserverBase[Any]):
@@ -27,6 +27,29 @@ class AckAll(abc.ObserverBase[Any]):
 
     def on_completed(self) -> None:
         pass
+
+
+class Ending(abc.ObserverBase[Any]):
+    """Forwards to ``sink``; once the sink handled the terminal event, tells ``on_end(error or None)``."""
+
+    def __init__(self, sink: Any, on_end: Callable[[Exception | None], None]) -> None:
+        self._sink = sink
+        self._on_end = on_end
+
+    def on_next(self, value: Any) -> None:
+        self._sink.on_next(value)
+
+    def on_error(self, error: Exception) -> None:
+        try:
+            self._sink.on_error(error)
+        finally:
+            self._on_end(error)
+
+    def on_completed(self) -> None:
+        try:
+            self._sink.on_completed()
+        finally:
+            self._on_end(None)
 
 
 def _is_observer(stage: Any) -> bool:
@@ -95,25 +118,7 @@ class _Join:
         self._finished = False
 
     def end(self, sink: Any) -> abc.ObserverBase[Any]:
-        join = self
-
-        class End(abc.ObserverBase[Any]):
-            def on_next(self, value: Any) -> None:
-                sink.on_next(value)
-
-            def on_error(self, error: Exception) -> None:
-                try:
-                    sink.on_error(error)
-                finally:
-                    join._fail(error)
-
-            def on_completed(self) -> None:
-                try:
-                    sink.on_completed()
-                finally:
-                    join._complete()
-
-        return End()
+        return Ending(sink, lambda error: self._complete() if error is None else self._fail(error))
 
     def _fail(self, error: Exception) -> None:
         with self._lock:
@@ -142,9 +147,9 @@ def broadcast_(*branches: Any) -> Callable[[Observable[Envelope[Any]]], Observab
                       ) -> abc.DisposableBase:
             # publish() + subscribe every branch + connect(): share() could start a synchronous source before
             # the second branch subscribed, and that branch would miss records.
-            published = source.pipe(ops.map(lambda env: env.split(n)), ops.publish())
+            published = source.pipe(ops.map(lambda env: env.split(n)), ops.publish())  # type: ignore[attr-defined]
             join = _Join(n, observer)
-            subscriptions = [
+            subscriptions: list[abc.DisposableBase | None] = [
                 published.pipe(_Guard(i), *leg.operators).subscribe(join.end(leg.sink), scheduler=scheduler)
                 for i, leg in enumerate(legs)
             ]

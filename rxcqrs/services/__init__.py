@@ -42,7 +42,8 @@ class ServerStatus:
         if not self.running:
             return f"{self.name:<9} stopped   ({self.detail})"
         state = "running" if self.healthy else "UNHEALTHY"
-        return f"{self.name:<9} {state:<9} pid {self.pid}, 127.0.0.1 ports {ports}, version {self.version} ({self.detail})"
+        return (f"{self.name:<9} {state:<9} pid {self.pid}, 127.0.0.1 ports {ports}, version {self.version} "
+                f"({self.detail})")
 
 
 def _servers(names: Iterable[str] | None, settings: ServicesSettings) -> list[Server]:

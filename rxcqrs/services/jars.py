@@ -51,8 +51,8 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def _failed_artifacts(output: str) -> list[str]:
-    names = re.findall(r"(?:Could not (?:find|resolve|transfer) artifact|Failure to find) ([\w.\-]+:[\w.\-]+:[\w.\-:]+)",
-                       output)
+    artifact = r"([\w.\-]+:[\w.\-]+:[\w.\-:]+)"
+    names = re.findall(r"(?:Could not (?:find|resolve|transfer) artifact|Failure to find) " + artifact, output)
     names += re.findall(r"Could not resolve dependencies for project [^:]+:[^:]+:[^:]+:[^:]+: (.+?)(?:\n|$)",
                         output)
     return list(dict.fromkeys(names))

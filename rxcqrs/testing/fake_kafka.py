@@ -160,10 +160,11 @@ class FakeBroker:
             return
         topics = sorted(set().union(*(m.subscription for m in members)))
         tps = [TopicPartition(t, p) for t in topics for p in range(len(self.topics.get(t, [])))]
-        for member in members:
-            member._target = set()
+        targets: list[set[TopicPartition]] = [set() for _ in members]
         for i, tp in enumerate(tps):
-            members[i % len(members)]._target.add(tp)
+            targets[i % len(members)].add(tp)
+        for member, target in zip(members, targets, strict=True):
+            member._target = target
 
 
 class FakeConsumer:
@@ -227,7 +228,8 @@ class FakeConsumer:
                     self.broker.owners.pop((self.group_id, tp), None)
                 self._assigned -= revoked
         with self.broker._lock:
-            added = {tp for tp in target - self._assigned if self.broker.owners.get((self.group_id, tp)) in (None, self)}
+            owners = self.broker.owners
+            added = {tp for tp in target - self._assigned if owners.get((self.group_id, tp)) in (None, self)}
             for tp in added:
                 self.broker.owners[(self.group_id, tp)] = self
                 committed = self.broker.committed[self.group_id].get(tp)

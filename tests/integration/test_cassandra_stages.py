@@ -13,8 +13,19 @@ from cassandra import OperationTimedOut
 
 from rxcqrs.acks import Ticket
 from rxcqrs.backoff import Backoff
-from rxcqrs.cassandra import (CassandraQuery, CassandraRetrySink, CassandraSettings, CassandraSink, Compensator,
-                              EventLog, Rebuilder, cassandra_bind, connect, create_table, prepare)
+from rxcqrs.cassandra import (
+    CassandraQuery,
+    CassandraRetrySink,
+    CassandraSettings,
+    CassandraSink,
+    Compensator,
+    EventLog,
+    Rebuilder,
+    cassandra_bind,
+    connect,
+    create_table,
+    prepare,
+)
 from rxcqrs.exceptions import ConfigError, IdentifierError, RetriesExhaustedError, StageError
 from rxcqrs.messages import Envelope, RecordMetadata
 
@@ -202,7 +213,8 @@ def test_duplicates_query_finds_exactly_the_duplicates_and_compensation_is_idemp
     assert first.compensated == 4 and second.compensated == 0 and second.already_done == 4
 
     def balance(acct: uuid.UUID) -> int:  # as applied once per logging, plus the compensations
-        applied = sum((1 if act == "deposit" else -1) * amt * times for ac, _, _, act, amt, times in events if ac == acct)
+        applied = sum((1 if act == "deposit" else -1) * amt * times
+                      for ac, _, _, act, amt, times in events if ac == acct)
         adjust = sum(r.amount for r in s.execute(f"SELECT amount FROM {keyspace}.adjustments WHERE account = %s",
                                                  (acct,)))
         return applied + adjust

@@ -3,6 +3,7 @@ rebalances with members joining and leaving, the dead-letter topic, a producer-s
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import uuid
@@ -13,8 +14,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from rxcqrs import run
 from rxcqrs.backoff import Backoff
-from rxcqrs.kafka import (ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings,
-                          committed_offsets)
+from rxcqrs.kafka import ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings, committed_offsets
 from rxcqrs.messages import Envelope, OutgoingRecord
 from rxcqrs.operators import DeadLetters, broadcast, decode
 from rxcqrs.timers import call_later
@@ -167,7 +167,7 @@ def test_poison_records_land_in_the_dead_letter_topic(topic_factory, kafka_boots
     assert sink.values() == [1, 4]
     reader = KafkaConsumer(topic + ".dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
                            consumer_timeout_ms=10_000)
-    dead = sorted((r for _, r in zip(range(2), reader)), key=lambda r: dict(r.headers)["rxcqrs.source.offset"])
+    dead = sorted(itertools.islice(reader, 2), key=lambda r: dict(r.headers)["rxcqrs.source.offset"])
     reader.close()
     assert [(r.key, r.value) for r in dead] == [(good, b"\xff\xfe"), (b"not-a-uuid", b"3")]
     headers = dict(dead[0].headers)

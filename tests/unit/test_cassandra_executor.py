@@ -17,7 +17,6 @@ from rxcqrs.cassandra.identifiers import cql_type, identifier, qualified
 from rxcqrs.exceptions import IdentifierError, NotAppliedError, RetriesExhaustedError
 from rxcqrs.messages import Envelope, RecordMetadata
 from rxcqrs.testing.fake_cassandra import FakeSession, lwt_row
-from tests.helpers import wait_until
 
 FAST = Backoff(0.001, 0.05, 0.0)
 
@@ -142,7 +141,7 @@ def test_synchronous_failures_do_not_recurse() -> None:
 
     executor = CassandraExecutor(Closed(), max_concurrency=1, backoff=FAST)
     failures = []
-    for i in range(3000):
+    for _ in range(3000):
         executor.submit(None, lambda: "INSERT", lambda j, r: None, lambda j, e: failures.append(e), key="one")
     assert executor.wait_idle(10) and len(failures) == 3000
 

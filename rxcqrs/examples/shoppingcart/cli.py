@@ -11,7 +11,8 @@ import signal
 import sys
 import time
 import uuid
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 from rxcqrs.exceptions import RxCqrsError
 
@@ -22,10 +23,15 @@ DEFAULT_GROUP = "shoppingcart"
 DEFAULT_KEYSPACE = "shoppingcart"
 
 
-def _session() -> Any:
+@contextmanager
+def _session() -> Iterator[Any]:
     from rxcqrs.cassandra import CassandraSettings, connect
 
-    return connect(CassandraSettings())
+    session = connect(CassandraSettings())
+    try:
+        yield session
+    finally:
+        session.cluster.shutdown()
 
 
 def produce(args: argparse.Namespace) -> int:
@@ -64,15 +70,19 @@ class Progress:
 
 
 def consume(args: argparse.Namespace) -> int:
+    from rxcqrs.kafka import create_topics
+
+    create_topics([args.topic + ".dlq"])  # the dead-letter topic exists before the first poison record
+    with _session() as session:
+        return _consume(args, session)
+
+
+def _consume(args: argparse.Namespace, session: Any) -> int:
     from rxcqrs.examples.shoppingcart.pipeline import start_pipeline
     from rxcqrs.examples.shoppingcart.store import CartStore
     from rxcqrs.kafka import ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings
     from rxcqrs.operators import DeadLetters
 
-    from rxcqrs.kafka import create_topics
-
-    create_topics([args.topic + ".dlq"])  # the dead-letter topic exists before the first poison record
-    session = _session()
     store = CartStore(session, args.keyspace, idempotent=args.idempotent)
     store.create()
     source = KafkaSource(args.topic, ConsumerSettings(group_id=args.group),
@@ -105,7 +115,6 @@ def consume(args: argparse.Namespace) -> int:
             flow.stop()
     print(progress.line(), flush=True)
     dead_letter_sink.on_completed()
-    session.cluster.shutdown()
     m = flow.metrics.snapshot()
     print(f"done: {m.get('records_in', 0)} records, {m.get('acked', 0)} acked, {m.get('retries', 0)} retries, "
           f"{m.get('dead_lettered', 0)} dead-lettered, {m.get('commits', 0)} commits", flush=True)
@@ -115,9 +124,8 @@ def consume(args: argparse.Namespace) -> int:
 def show(args: argparse.Namespace) -> int:
     from rxcqrs.examples.shoppingcart.store import CartStore
 
-    session = _session()
-    store = CartStore(session, args.keyspace)
-    try:
+    with _session() as session:
+        store = CartStore(session, args.keyspace)
         if args.cart:
             cart_id = uuid.UUID(args.cart)
             found = store.read(cart_id)
@@ -138,15 +146,12 @@ def show(args: argparse.Namespace) -> int:
                 print(f"{cart_id} owner {cart.owner} version {cart.version:>3} items {len(cart.items)}")
         print(f"{count} carts in {args.keyspace}")
         return 0
-    finally:
-        session.cluster.shutdown()
 
 
 def duplicates(args: argparse.Namespace) -> int:
     from rxcqrs.examples.shoppingcart.store import cart_event_log
 
-    session = _session()
-    try:
+    with _session() as session:
         log = cart_event_log(args.keyspace)
         found = list(log.duplicates(session, uuid.UUID(args.cart) if args.cart else None))
         for dup in found:
@@ -154,15 +159,12 @@ def duplicates(args: argparse.Namespace) -> int:
                   f"{dup.times_logged} times")
         print(f"{len(found)} events logged more than once ({sum(d.times_logged - 1 for d in found)} extra rows)")
         return 0
-    finally:
-        session.cluster.shutdown()
 
 
 def compensate(args: argparse.Namespace) -> int:
     from rxcqrs.examples.shoppingcart.store import CartStore
 
-    session = _session()
-    try:
+    with _session() as session:
         store = CartStore(session, args.keyspace)
         report = store.rebuilder().run()
         for cart_id, before, after in report.details:
@@ -170,8 +172,6 @@ def compensate(args: argparse.Namespace) -> int:
         print(f"compensation (rebuild from the event log): {report.examined} carts examined, {report.rewritten} "
               f"rewritten, {report.unchanged} already right, {report.conflicts} conflicts retried")
         return 0
-    finally:
-        session.cluster.shutdown()
 
 
 def _parser() -> argparse.ArgumentParser:

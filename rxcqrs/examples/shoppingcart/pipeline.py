@@ -26,7 +26,7 @@ from rxcqrs.examples.shoppingcart.store import CartStore
 from rxcqrs.flow import Flow, run
 from rxcqrs.kafka import KafkaSink, ProducerSettings
 from rxcqrs.messages import Envelope, OutgoingRecord
-from rxcqrs.operators import DeadLetters, broadcast, branch, decode, map_envelope
+from rxcqrs.operators import DeadLetters, branch, broadcast, decode, map_envelope
 
 __all__ = ["Mode", "start_pipeline", "publish_commands", "by_cart"]
 
@@ -43,7 +43,7 @@ def start_pipeline(source: Any, store: CartStore, *, mode: Mode = "parallel", de
     """Subscribe the example pipeline to ``source`` (a KafkaSource) and return the running :class:`Flow`."""
     session = store.session
     decoded = decode(command_codec(), require_uuid_key=True, dead_letters=dead_letters)
-    to_event = map_envelope(lambda env: store.event_statement(env.value, env.meta))
+    to_event = map_envelope(lambda env: store.event_statement(env.value, env.meta))  # type: ignore[arg-type]
     events = CassandraSink(session, max_concurrency=2 * concurrency, name="event-log")
     if mode == "parallel":
         commands = CassandraRetrySink(session, store.command, with_meta=True, order_by=by_cart,
