@@ -74,9 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        logging.getLogger("cassandra").setLevel(logging.ERROR)
-        logging.getLogger("kafka").setLevel(logging.ERROR)
+    if not args.verbose:  # the drivers log every refused probe while a server starts: expected, not news
+        logging.getLogger("cassandra").setLevel(logging.CRITICAL)
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
     try:
         return int(args.run(args))
     except RxCqrsError as exc:

@@ -140,7 +140,7 @@ def wait_ready(name: str, proc: subprocess.Popen[bytes], log: Path, probe: Calla
         if time.monotonic() >= deadline:
             terminate(proc.pid, 10)
             raise ServiceStartError(
-                f"{name} was not ready after {timeout:.0f}s (last probe error: {last_error!r}); log {log}:\n"
+                f"{name} was not ready after {timeout:g}s (last probe error: {last_error!r}); log {log}:\n"
                 f"{log_tail(log)}")
         time.sleep(delay)
         delay = min(delay * 1.5, 2.0)

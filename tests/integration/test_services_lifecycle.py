@@ -77,3 +77,18 @@ def test_up_status_idempotent_port_taken_down_up_again(tmp_path, services_settin
     assert wiped.returncode == 0
     assert not any(s.running for s in services.status(settings=settings))
     assert not (settings.home / "kafka" / "data").exists()
+
+
+@pytest.mark.services
+def test_a_start_up_timeout_fails_with_the_log_tail_and_leaves_nothing_running(tmp_path, services_settings) -> None:  # type: ignore[no-untyped-def]
+    from rxcqrs.exceptions import ServiceStartError
+
+    k, kc = free_ports(2)
+    settings = ServicesSettings(home=tmp_path / "home", jars=services_settings.jar_cache, kafka_port=k,
+                                kafka_controller_port=kc, kafka_start_timeout=0.5)
+    with pytest.raises(ServiceStartError, match="not ready after") as info:
+        services.up(["kafka"], settings)
+    message = str(info.value)
+    assert "not ready after 0.5s" in message and "server.out" in message
+    assert "\n[" in message and "(kafka." in message  # the tail of the server's own log follows
+    assert [s.running for s in services.status(["kafka"], settings)] == [False]
