@@ -59,6 +59,9 @@ class CommitGate:
         self._epochs = 0
         self._in_flight = 0
         self._done_since_commit = 0
+        self._waiters = 0
+        #: how many partitions hold a nacked offset (read without the lock as a cheap "anything failed?")
+        self.failed = 0
         self._on_change = on_change  # wakes the poll thread
 
     # -- assignment ---------------------------------------------------------------------------------------
@@ -71,6 +74,7 @@ class CommitGate:
         old = self._tracks.get(tp)
         if old is not None:
             self._in_flight -= old.in_flight()
+            self.failed -= old.failure is not None
         self._epochs += 1
         self._tracks[tp] = _Track(self._epochs, committed=committed, watermark=committed)
         return self._epochs
@@ -84,6 +88,7 @@ class CommitGate:
                 if track is None:
                     continue
                 self._in_flight -= track.in_flight()
+                self.failed -= track.failure is not None
                 if track.watermark is not None and track.watermark != track.committed:
                     to_commit[tp] = track.watermark
             self._changed.notify_all()
@@ -144,7 +149,9 @@ class CommitGate:
                 track.states[offset] = _FAILED
                 if track.failure is None:
                     track.failure = Failure(tp, offset, error, epoch)
-            self._changed.notify_all()
+                    self.failed += 1
+            if self._waiters:
+                self._changed.notify_all()
         self._on_change()
         return True
 
@@ -203,4 +210,8 @@ class CommitGate:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._changed.wait(remaining)
+                self._waiters += 1
+                try:
+                    self._changed.wait(remaining)
+                finally:
+                    self._waiters -= 1

@@ -352,14 +352,14 @@ class KafkaSource:
     # -- commits ------------------------------------------------------------------------------------------
     def _commit(self, consumer: ConsumerLike, force: bool = False, strict: bool = False) -> None:
         """Commit the gate's watermarks when due (count, time, end of a poll batch) or when ``force``d."""
-        offsets = self.gate.to_commit()
-        if not offsets:
-            return
         now = time.monotonic()
         due = (force or self.gate.done_since_commit() >= self.settings.commit_every
                or now - self._last_commit >= self.settings.commit_interval
                or (not self._batch and self.gate.in_flight() == 0))  # the end of a poll batch
         if not due:
+            return
+        offsets = self.gate.to_commit()
+        if not offsets:
             return
         try:
             consumer.commit(_offsets(offsets), timeout_ms=10_000)
@@ -389,6 +389,8 @@ class KafkaSource:
         self._batch.clear()
 
     def _handle_failures(self) -> None:
+        if not self.gate.failed:
+            return
         for failure in self.gate.failures():
             if failure.tp in self._halted or self._stop_error is not None:
                 continue
