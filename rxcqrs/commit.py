@@ -167,8 +167,10 @@ class CommitGate:
             return [t.failure for t in self._tracks.values() if t.failure is not None]
 
     def watermarks(self) -> dict[TopicPartition, int | None]:
+        """Per partition the first offset not known to be done (``None`` before anything was emitted)."""
         with self._lock:
-            return {tp: t.watermark for tp, t in self._tracks.items()}
+            return {tp: t.watermark if t.watermark is not None else (t.offsets[0] if t.offsets else None)
+                    for tp, t in self._tracks.items()}
 
     def committed(self) -> dict[TopicPartition, int | None]:
         with self._lock:
