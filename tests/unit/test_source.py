@@ -63,37 +63,24 @@ def test_request_from_inside_on_next_does_not_recurse() -> None:
     broker = FakeBroker()
     fill(broker, "t", 1, 50)
     source = fake_source(broker, "t", demand="manual")
-    depth = []
-    active = threading.local()
+    depth = {"now": 0, "max": 0}
 
-    def on_next(env):  # type: ignore[no-untyped-def]
-        depth.append(getattr(active, "n", 0))
-        active.n = getattr(active, "n", 0) + 1
-        env.ack()
-        source.request(1)
-        active.n -= 1
+    class Requesting(Collect):
+        """Acks, then asks for one more record from inside on_next (as a pull-based sink would)."""
 
-    sink = Collect()
-    flow = run(source, map_value(lambda v: v), _Fn(on_next, sink))
+        def on_next(self, env):  # type: ignore[no-untyped-def]
+            depth["now"] += 1
+            depth["max"] = max(depth["max"], depth["now"])
+            super().on_next(env)
+            source.request(1)
+            depth["now"] -= 1
+
+    sink = Requesting()
+    flow = run(source, map_value(lambda v: v), sink)
     source.request(1)
     wait_until(lambda: len(sink.items) == 50, what="all 50 via one request each")
     flow.stop_and_wait()
-    assert max(depth) == 0
-
-
-class _Fn:
-    def __init__(self, fn, collect):  # type: ignore[no-untyped-def]
-        self.fn, self.collect = fn, collect
-
-    def on_next(self, env):  # type: ignore[no-untyped-def]
-        self.collect.items.append(env)
-        self.fn(env)
-
-    def on_error(self, error):  # type: ignore[no-untyped-def]
-        pass
-
-    def on_completed(self):  # type: ignore[no-untyped-def]
-        pass
+    assert depth["max"] == 1  # request() only adds credit: the poll thread emits the next record later
 
 
 def test_window_bounds_in_flight_and_no_poll_until_the_batch_is_settled() -> None:
