@@ -80,7 +80,10 @@ def fetch_jars(server: str, jar_cache: Path, *, quiet: bool = True) -> Path:
                    f"-DoutputDirectory={staging}"]
             if quiet:
                 cmd.insert(2, "-q")
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "MAVEN_OPTS": "-Xmx512m"})
+            env = {**os.environ, "MAVEN_OPTS": "-Xmx512m"}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode != 0 and not _failed_artifacts(proc.stdout + proc.stderr):
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)  # once more: a network hiccup
             if proc.returncode != 0:
                 output = proc.stdout + proc.stderr
                 missing = _failed_artifacts(output)
