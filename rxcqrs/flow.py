@@ -47,6 +47,10 @@ class Flow:
             raise self.error
         return finished
 
+    def wait_quietly(self, timeout: float | None = None) -> bool:
+        """Like :meth:`wait`, without raising: read :attr:`error` afterwards."""
+        return self._done.wait(timeout)
+
     def stop_and_wait(self, timeout: float = 120.0) -> None:
         self.stop()
         if not self.wait(timeout):

@@ -13,9 +13,10 @@ from reactivex import Observable
 from rxcqrs.messages import Envelope
 from rxcqrs.operators._broadcast import AckAll, Branch
 from rxcqrs.operators._decode import DeadLetters, Decoder
+from rxcqrs.operators._spy import Spy
 
 __all__ = ["map_value", "map_envelope", "filter_value", "tap", "decode", "broadcast", "branch", "Branch",
-           "DeadLetters", "AckAll"]
+           "DeadLetters", "AckAll", "spy", "Spy"]
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -90,3 +91,11 @@ def broadcast(*branches: Any) -> Callable[[Observable[Envelope[Any]]], Observabl
     from rxcqrs.operators._broadcast import broadcast_
 
     return broadcast_(*branches)
+
+
+def spy(name: str) -> Spy:
+    """An operator that counts what passes it and how each envelope ended downstream (acked/nacked), for
+    debugging a pipeline (dendrites' SpyFlow): ``s = spy("after decode"); ...pipe(s, ...); s.metrics``."""
+    from rxcqrs.operators._spy import spy_
+
+    return spy_(name)

@@ -328,3 +328,17 @@ def test_rebalance_with_a_joining_member_loses_nothing() -> None:
     assert b.items and source_a.metrics.get("revoked") >= 2
     # nothing A had in flight at the revoke was processed twice: it settled before the commit
     assert len(a.items) + len(b.items) == 200
+
+
+def test_a_spy_counts_what_passes_and_how_it_ended() -> None:
+    from rxcqrs.operators import spy
+
+    broker = FakeBroker()
+    fill(broker, "t", 1, 6)
+    watch = spy("after decode")
+    sink = Collect(fail=lambda env: RuntimeError("no") if env.meta.offset == 5 else None)
+    flow = run(fake_source(broker, "t"), watch, sink)
+    with pytest.raises(FlowError):
+        flow.wait(10)
+    snapshot = watch.metrics.snapshot()
+    assert (snapshot["pushed"], snapshot["acked"], snapshot["nacked"], snapshot["errors"]) == (6, 5, 1, 1)
