@@ -16,7 +16,8 @@ from rxcqrs.operators._decode import DeadLetters, Decoder
 from rxcqrs.operators._spy import Spy
 
 __all__ = ["map_value", "map_envelope", "filter_value", "tap", "decode", "broadcast", "branch", "Branch",
-           "DeadLetters", "AckAll", "spy", "Spy"]
+           "DeadLetters", "AckAll", "spy", "Spy", "collect_right", "flatten", "route_either",
+           "map_async"]
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -99,3 +100,37 @@ def spy(name: str) -> Spy:
     from rxcqrs.operators._spy import spy_
 
     return spy_(name)
+
+
+def collect_right(on_left: Callable[[Envelope[Any]], Any] | None = None
+                  ) -> Callable[[Observable[Envelope[Any]]], Observable[Envelope[Any]]]:
+    """Keep the value of each ``Right``; a ``Left`` is logged (or given to ``on_left``) and acked: an answer,
+    not a failure (dendrites' collectRightFlow / filterRightLogLeft)."""
+    from rxcqrs.operators._either import collect_right_
+
+    return collect_right_(on_left)
+
+
+def flatten() -> Callable[[Observable[Envelope[Any]]], Observable[Envelope[Any]]]:
+    """One envelope of a sequence -> one envelope per element; the record is done when every element is
+    (dendrites' flattenFlow, with the commit still exact)."""
+    from rxcqrs.operators._either import flatten_
+
+    return flatten_()
+
+
+def route_either(left: Any, right: Any) -> Callable[[Observable[Envelope[Any]]], Observable[Any]]:
+    """Send each ``Left`` (unwrapped) to the ``left`` sink and each ``Right`` to the ``right`` sink
+    (dendrites' leftRightFlow)."""
+    from rxcqrs.operators._either import route_either_
+
+    return route_either_(left, right)
+
+
+def map_async(fn: Callable[[T], U], max_concurrency: int = 4
+              ) -> Callable[[Observable[Envelope[T]]], Observable[Envelope[U]]]:
+    """``fn(value)`` on a small thread pool (blocking I/O is fine), results in input order (Akka's mapAsync);
+    a raising ``fn`` nacks that envelope; completion waits for every call."""
+    from rxcqrs.operators._map_async import map_async_
+
+    return map_async_(fn, max_concurrency)
