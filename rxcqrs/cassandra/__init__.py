@@ -12,12 +12,14 @@ from rxcqrs.cassandra.eventlog import Duplicate, EventLog, LoggedEvent
 from rxcqrs.cassandra.executor import CassandraExecutor, is_transient, was_applied
 from rxcqrs.cassandra.identifiers import cql_type, identifier, qualified
 from rxcqrs.cassandra.query import CassandraQuery
+from rxcqrs.cassandra.results import cassandra_bound_query, cassandra_conditional
 from rxcqrs.cassandra.retry_sink import CassandraRetrySink, cassandra_retry_flow
 from rxcqrs.cassandra.schema import create_keyspace, create_table, drop_keyspace, prepare
 from rxcqrs.cassandra.settings import CassandraSettings, connect
 from rxcqrs.cassandra.sink import CassandraSink
 
 __all__ = ["CassandraExecutor", "CassandraQuery", "CassandraRetrySink", "CassandraSettings", "CassandraSink",
-           "CompensationReport", "Compensator", "Duplicate", "EventLog", "LoggedEvent", "RebuildReport",
-           "Rebuilder", "cassandra_bind", "cassandra_retry_flow", "connect", "cql_type", "create_keyspace",
-           "create_table", "drop_keyspace", "identifier", "is_transient", "prepare", "qualified", "was_applied"]
+           "CompensationReport", "Compensator", "Duplicate", "EventLog", "LoggedEvent", "RebuildReport", "Rebuilder",
+           "cassandra_bind", "cassandra_bound_query", "cassandra_conditional", "cassandra_retry_flow", "connect",
+           "cql_type", "create_keyspace", "create_table", "drop_keyspace", "identifier", "is_transient", "prepare",
+           "qualified", "was_applied"]

@@ -9,15 +9,11 @@ Commands of one Kafka partition are never in flight together.
 
 from __future__ import annotations
 
-import queue
-import threading
 from typing import Any, Callable, TypeVar
 
-import reactivex
-from reactivex import Observable, abc
+from reactivex import Observable
 
 from rxcqrs.backoff import Backoff
-from rxcqrs.cassandra.executor import Job
 from rxcqrs.cassandra.stage import ExecutorSink, OrderBy, make_executor, order_key
 from rxcqrs.messages import Envelope
 
@@ -62,50 +58,8 @@ def cassandra_retry_flow(session: Any, fn: CommandFn, *, max_concurrency: int = 
 
     Downstream runs on the flow's own emitter thread, never on the driver's event loop (a blocking call
     there, such as preparing a statement, would deadlock the driver)."""
+    from rxcqrs.cassandra.results import statement_results
 
-    def _op(source: Observable[Envelope[T]]) -> Observable[Envelope[T]]:
-        def subscribe(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None = None
-                      ) -> abc.DisposableBase:
-            executor = make_executor(session, name, max_concurrency, backoff, workers=max_concurrency)
-            outbox: "queue.SimpleQueue[tuple[str, Any]]" = queue.SimpleQueue()
-
-            def emitter() -> None:
-                while True:
-                    kind, value = outbox.get()
-                    if kind == "next":
-                        try:
-                            observer.on_next(value)
-                        except Exception as exc:
-                            value.nack(exc)
-                    elif kind == "completed":
-                        observer.on_completed()
-                        return
-                    else:
-                        observer.on_error(value)
-                        return
-
-            threading.Thread(target=emitter, name=f"rxcqrs-{name}-emitter", daemon=True).start()
-
-            def ok(job: Job, _rows: Any) -> None:
-                if job.env is not None:
-                    outbox.put(("next", job.env))
-
-            def bad(job: Job, error: BaseException) -> None:
-                if job.env is not None:
-                    job.env.nack(error)
-
-            def on_next(item: Any) -> None:
-                executor.submit(item if isinstance(item, Envelope) else None, _maker(fn, item, with_meta), ok, bad,
-                                key=order_key(order_by, item), retry_not_applied=retry_not_applied)
-
-            def finish(kind: str, value: Any) -> None:
-                executor.wait_idle()
-                executor.close()
-                outbox.put((kind, value))
-
-            return source.subscribe(on_next, lambda e: finish("error", e), lambda: finish("completed", None),
-                                    scheduler=scheduler)
-
-        return reactivex.create(subscribe)
-
-    return _op
+    return statement_results(session, lambda env: _maker(fn, env, with_meta), None, max_concurrency=max_concurrency,
+                             backoff=backoff, order_by=order_by, workers=max_concurrency,
+                             retry_not_applied=retry_not_applied, retry_timeouts=True, name=name)

@@ -274,3 +274,31 @@ def test_settings_redact_secrets_and_unreachable_is_a_clear_error() -> None:
         CassandraSettings(username="only-user")
     with pytest.raises(StageError, match="cannot connect to Cassandra at 127.0.0.1:1"):
         connect(CassandraSettings(port=1, connect_timeout=1))
+
+
+def test_conditional_and_bound_query_pass_results_on(cassandra_session, keyspace) -> None:  # type: ignore[no-untyped-def]
+    from rxcqrs.cassandra import cassandra_bound_query, cassandra_conditional
+
+    s = cassandra_session
+    create_table(s, keyspace, "users", {"name": "text", "email": "text"}, ["name"])
+    insert = prepare(s, f"INSERT INTO {keyspace}.users (name, email) VALUES (?, ?) IF NOT EXISTS")
+    results: dict = {}
+    statements = [tracked(insert.bind(("ada", "ada@x")), 0, 0, results),
+                  tracked(insert.bind(("ada", "other@x")), 0, 1, results),  # rejected: the row exists
+                  tracked(insert.bind(("bob", "bob@x")), 1, 0, results)]
+    out: list = []
+    done = threading.Event()
+    reactivex.from_iterable(statements).pipe(cassandra_conditional(s)).subscribe(out.append, on_completed=done.set)
+    assert done.wait(30)
+    by_offset = {(e.meta.partition, e.meta.offset): e.value for e in out}
+    assert by_offset[(0, 0)] is None and by_offset[(1, 0)] is None
+    assert by_offset[(0, 1)].email == "ada@x"  # the row that prevented the write
+
+    select = prepare(s, f"SELECT email FROM {keyspace}.users WHERE name = ?")
+    out.clear()
+    done.clear()
+    reactivex.from_iterable([tracked(n, 0, i, results) for i, n in enumerate(["bob", "nobody", "ada"])]).pipe(
+        cassandra_bound_query(s, select, lambda name, ps: ps.bind((name,)))).subscribe(out.append,
+                                                                                       on_completed=done.set)
+    assert done.wait(30)
+    assert [[r.email for r in e.value] for e in out] == [["bob@x"], [], ["ada@x"]]  # partition order kept

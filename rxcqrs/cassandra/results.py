@@ -1,0 +1,95 @@
+"""Operators that run one statement per envelope and pass its result on, in input order per partition:
+``cassandra_conditional`` (dendrites' CassandraConditional) and ``cassandra_bound_query``
+(CassandraBoundQuery). Results are handed downstream on the operator's own thread, never on the driver's."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Callable
+
+import reactivex
+from reactivex import Observable, abc
+
+from rxcqrs.backoff import Backoff
+from rxcqrs.cassandra.executor import Job, was_applied
+from rxcqrs.cassandra.stage import OrderBy, make_executor, order_key
+from rxcqrs.messages import Envelope
+
+__all__ = ["cassandra_conditional", "cassandra_bound_query", "statement_results"]
+
+
+def statement_results(session: Any, make: Callable[[Envelope[Any]], Callable[[], Any]],
+                      result: Callable[[Any], Any] | None = None, *, max_concurrency: int = 16,
+                      backoff: Backoff | None = None, order_by: OrderBy = "partition", workers: int = 0,
+                      retry_not_applied: bool = False, retry_timeouts: bool = False,
+                      name: str = "cassandra_results"
+                      ) -> Callable[[Observable[Envelope[Any]]], Observable[Envelope[Any]]]:
+    """The shared mechanism: execute ``make(env)()`` per envelope, then emit ``env.with_value(result(rows))``
+    (``env`` itself when ``result`` is None) on an emitter thread. ``workers`` > 0 runs ``make`` on a pool
+    (it may block, e.g. read before a conditional write)."""
+
+    def _op(source: Observable[Envelope[Any]]) -> Observable[Envelope[Any]]:
+        def subscribe(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None = None
+                      ) -> abc.DisposableBase:
+            executor = make_executor(session, name, max_concurrency, backoff, workers=workers)
+            outbox: "queue.SimpleQueue[tuple[str, Any]]" = queue.SimpleQueue()
+
+            def emitter() -> None:
+                while True:
+                    kind, value = outbox.get()
+                    if kind == "next":
+                        try:
+                            observer.on_next(value)
+                        except Exception as exc:
+                            value.nack(exc)
+                    elif kind == "completed":
+                        observer.on_completed()
+                        return
+                    else:
+                        observer.on_error(value)
+                        return
+
+            threading.Thread(target=emitter, name=f"rxcqrs-{name}-emitter", daemon=True).start()
+
+            def ok(job: Job, rows: Any) -> None:
+                if job.env is not None:
+                    outbox.put(("next", job.env if result is None else job.env.with_value(result(rows))))
+
+            def bad(job: Job, error: BaseException) -> None:
+                if job.env is not None:
+                    job.env.nack(error)
+
+            def on_next(env: Envelope[Any]) -> None:
+                executor.submit(env, make(env), ok, bad, key=order_key(order_by, env),
+                                retry_not_applied=retry_not_applied, retry_timeouts=retry_timeouts)
+
+            def finish(kind: str, value: Any) -> None:
+                executor.wait_idle()
+                executor.close()
+                outbox.put((kind, value))
+
+            return source.subscribe(on_next, lambda e: finish("error", e), lambda: finish("completed", None),
+                                    scheduler=scheduler)
+
+        return reactivex.create(subscribe)
+
+    return _op
+
+
+def cassandra_conditional(session: Any, **options: Any
+                          ) -> Callable[[Observable[Envelope[Any]]], Observable[Envelope[Any]]]:
+    """Envelope[conditional statement] -> Envelope[None if applied, else the row that prevented it]."""
+    def rejected(rows: Any) -> Any:
+        return None if was_applied(rows) is not False else rows[0]
+
+    return statement_results(session, lambda env: lambda: env.value, rejected, name="cassandra_conditional",
+                             **options)
+
+
+def cassandra_bound_query(session: Any, prepared: Any, bind: Callable[[Any, Any], Any], **options: Any
+                          ) -> Callable[[Observable[Envelope[Any]]], Observable[Envelope[Any]]]:
+    """Envelope[value] -> Envelope[rows of ``bind(value, prepared)``] (the first page; use CassandraQuery for
+    results larger than a page)."""
+    return statement_results(session, lambda env: lambda: bind(env.value, prepared), lambda rows: list(rows or []),
+                             name="cassandra_bound_query", **options)
