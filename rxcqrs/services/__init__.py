@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 from rxcqrs.exceptions import ServiceError, ServiceStartError
@@ -75,41 +75,44 @@ def _up_one(server: Server, settings: ServicesSettings, say: Callable[[str], Non
     with file_lock(server.dir / ".lock"):
         state = ServerState.load(server.state_file)
         if state is not None and state.is_running():
+            return _reuse(server, state, say)
+        server.state_file.unlink(missing_ok=True)
+        return _start(server, settings, say)
+
+
+def _reuse(server: Server, state: ServerState, say: Callable[[str], None]) -> ServerStatus:
+    """A server rxcqrs started (from any checkout) is running: use it if it answers on the wanted ports."""
+    current = _probe_status(server, state)
+    if current.healthy and state.ports != server.ports:
+        raise ServiceError(f"{server.name} started by rxcqrs already runs on ports {state.ports}, not "
+                           f"{server.ports}; run `rxcqrs services down {server.name}` first")
+    if not current.healthy:  # alive but not answering: maybe still starting (another checkout), give it time
+        say(f"{server.name}: pid {state.pid} is running but not ready yet; waiting")
+        deadline = time.monotonic() + server.start_timeout
+        while not current.healthy and time.monotonic() < deadline and state.is_running():
+            time.sleep(1)  # the probe itself takes up to a few seconds; this only paces it
             current = _probe_status(server, state)
-            if current.healthy and state.ports == server.ports:
-                return ServerStatus(**{**current.__dict__, "reused": True})
-            if current.healthy:
-                raise ServiceError(
-                    f"{server.name} started by rxcqrs already runs on ports {state.ports}, not {server.ports}; "
-                    f"run `rxcqrs services down {server.name}` first")
-            # alive but not answering: it may still be starting (another checkout), give it its start timeout
-            say(f"{server.name}: pid {state.pid} is running but not ready yet; waiting")
-            timeout = settings.kafka_start_timeout if server.name == "kafka" else settings.cassandra_start_timeout
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and state.is_running():
-                current = _probe_status(server, state)
-                if current.healthy:
-                    return ServerStatus(**{**current.__dict__, "reused": True})
-                time.sleep(1)
+        if not current.healthy:
             raise ServiceStartError(f"{server.name} (pid {state.pid}, started by rxcqrs) does not answer: "
                                     f"{current.detail}. Run `rxcqrs services down {server.name}` and retry.")
-        server.state_file.unlink(missing_ok=True)
-        check_ports_free(server.name, settings.host, server.ports)
-        java = find_java17(settings.java)
-        say(f"{server.name}: fetching jars for {pinned_version(server.name)} (cached after the first time)")
-        lib = fetch_jars(server.name, settings.jar_cache)
-        server.prepare(java, lib)
-        say(f"{server.name}: starting on {settings.host} ports {sorted(server.ports.values())}, log {server.log}")
-        started = time.time()
-        proc = launch(server.command(java, lib), server.log, cwd=server.dir)
-        state = ServerState(server.name, proc.pid, server.ports, server.marker, "starting", started, str(server.log))
-        state.save(server.state_file)
-        timeout = settings.kafka_start_timeout if server.name == "kafka" else settings.cassandra_start_timeout
-        version = str(wait_ready(server.name, proc, server.log, server.probe, timeout, server.fatal_lines))
-        state = ServerState(server.name, proc.pid, server.ports, server.marker, version, started, str(server.log))
-        state.save(server.state_file)
-        say(f"{server.name}: ready in {time.time() - started:.1f}s, version {version}")
-        return ServerStatus(server.name, True, True, proc.pid, server.ports, version, f"log {server.log}")
+    return replace(current, reused=True)
+
+
+def _start(server: Server, settings: ServicesSettings, say: Callable[[str], None]) -> ServerStatus:
+    check_ports_free(server.name, settings.host, server.ports)
+    java = find_java17(settings.java)
+    say(f"{server.name}: fetching jars for {pinned_version(server.name)} (cached after the first time)")
+    lib = fetch_jars(server.name, settings.jar_cache)
+    server.prepare(java, lib)
+    say(f"{server.name}: starting on {settings.host} ports {sorted(server.ports.values())}, log {server.log}")
+    started = time.time()
+    proc = launch(server.command(java, lib), server.log, cwd=server.dir)
+    state = ServerState(server.name, proc.pid, server.ports, server.marker, "starting", started, str(server.log))
+    state.save(server.state_file)
+    version = str(wait_ready(server.name, proc, server.log, server.probe, server.start_timeout, server.fatal_lines))
+    replace(state, version=version).save(server.state_file)
+    say(f"{server.name}: ready in {time.time() - started:.1f}s, version {version}")
+    return ServerStatus(server.name, True, True, proc.pid, server.ports, version, f"log {server.log}")
 
 
 def up(names: Iterable[str] | None = None, settings: ServicesSettings | None = None,

@@ -43,6 +43,10 @@ class Server(ABC):
         """Name (as in ``ServicesSettings``) -> port, for every port the server binds."""
 
     @property
+    def start_timeout(self) -> float:
+        return float(getattr(self.settings, f"{self.name}_start_timeout"))
+
+    @property
     def marker(self) -> str:
         """A path on the command line that identifies this instance (its conf directory)."""
         return str(self.conf)
