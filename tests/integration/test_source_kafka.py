@@ -217,3 +217,21 @@ def test_the_sink_retries_while_the_broker_is_frozen_then_delivers(topic_factory
     values = [r.value for r in reader]
     assert values[0] == b"warm-up" and set(values[1:]) == {b"hello"} and 1 <= len(values[1:]) <= 2
     reader.close()
+
+
+def test_kafka_to_kafka_commits_only_what_was_delivered(topic_factory, kafka_bootstrap, group_id) -> None:  # type: ignore[no-untyped-def]
+    """source -> map -> KafkaSink: the sink acks on delivery, so the input offset follows the output."""
+    from rxcqrs.operators import map_value
+
+    src_topic, out_topic = topic_factory(2), topic_factory(1, suffix=".out")
+    produce(kafka_bootstrap, src_topic, 300, 2)
+    sink = KafkaSink(ProducerSettings(bootstrap_servers=kafka_bootstrap), out_topic)
+    flow = run(source(kafka_bootstrap, src_topic, group_id),
+               map_value(lambda v: OutgoingRecord(b"doubled " + str(2 * int(v)).encode())), sink)
+    wait_until(lambda: committed(kafka_bootstrap, group_id, src_topic, 2) == {0: 150, 1: 150}, 60, "input committed")
+    flow.stop_and_wait()
+    reader = KafkaConsumer(out_topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+                           consumer_timeout_ms=5_000)
+    values = sorted(int(r.value.split()[1]) for r in reader)
+    reader.close()
+    assert values == [2 * i for i in range(300)] and sink.sent == 300
