@@ -12,8 +12,8 @@ import reactivex
 from reactivex import Observable, abc
 
 from rxcqrs.backoff import Backoff
-from rxcqrs.cassandra.executor import Job, was_applied
-from rxcqrs.cassandra.stage import OrderBy, make_executor, order_key
+from rxcqrs.cassandra.executor import CassandraExecutor, Job, was_applied
+from rxcqrs.cassandra.stage import OrderBy, order_key
 from rxcqrs.messages import Envelope
 
 __all__ = ["cassandra_conditional", "cassandra_bound_query", "statement_results"]
@@ -32,7 +32,8 @@ def statement_results(session: Any, make: Callable[[Envelope[Any]], Callable[[],
     def _op(source: Observable[Envelope[Any]]) -> Observable[Envelope[Any]]:
         def subscribe(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None = None
                       ) -> abc.DisposableBase:
-            executor = make_executor(session, name, max_concurrency, backoff, workers=workers)
+            executor = CassandraExecutor(session, max_concurrency=max_concurrency, backoff=backoff,
+                                         workers=workers, name=name)
             outbox: "queue.SimpleQueue[tuple[str, Any]]" = queue.SimpleQueue()
 
             def emitter() -> None:

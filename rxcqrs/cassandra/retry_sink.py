@@ -14,7 +14,8 @@ from typing import Any, Callable, TypeVar
 from reactivex import Observable
 
 from rxcqrs.backoff import Backoff
-from rxcqrs.cassandra.stage import ExecutorSink, OrderBy, make_executor, order_key
+from rxcqrs.cassandra.executor import CassandraExecutor
+from rxcqrs.cassandra.stage import ExecutorSink, OrderBy, order_key
 from rxcqrs.messages import Envelope
 
 __all__ = ["CassandraRetrySink", "cassandra_retry_flow"]
@@ -40,7 +41,8 @@ class CassandraRetrySink(ExecutorSink):
         self.order_by = order_by
         self.retry_not_applied = retry_not_applied
         self.with_meta = with_meta
-        self.executor = make_executor(session, name, max_concurrency, backoff, workers=max_concurrency)
+        self.executor = CassandraExecutor(session, max_concurrency=max_concurrency, backoff=backoff,
+                                          workers=max_concurrency, name=name)
 
     def on_next(self, item: Any) -> None:
         self._begin()

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from rxcqrs.backoff import Backoff
-from rxcqrs.cassandra.stage import ExecutorSink, OrderBy, make_executor, order_key
+from rxcqrs.cassandra.executor import CassandraExecutor
+from rxcqrs.cassandra.stage import ExecutorSink, OrderBy, order_key
 from rxcqrs.messages import Envelope
 
 __all__ = ["CassandraSink"]
@@ -22,7 +23,7 @@ class CassandraSink(ExecutorSink):
         super().__init__()
         self.idempotent = idempotent
         self.order_by = order_by
-        self.executor = make_executor(session, name, max_concurrency, backoff, workers=0)
+        self.executor = CassandraExecutor(session, max_concurrency=max_concurrency, backoff=backoff, name=name)
 
     def on_next(self, item: Any) -> None:
         env = item if isinstance(item, Envelope) else None

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Hashable, Literal
 
-from rxcqrs.backoff import Backoff
 from rxcqrs.cassandra.executor import CassandraExecutor, Job
 from rxcqrs.messages import Envelope
 from rxcqrs.sink import SinkBase
 
-__all__ = ["OrderBy", "order_key", "make_executor", "ExecutorSink"]
+__all__ = ["OrderBy", "order_key", "ExecutorSink"]
 
 #: "partition": never two jobs of one Kafka partition at once; "key": of one record key; None: no order
 OrderBy = Literal["partition", "key"] | Callable[[Any], Hashable] | None
@@ -25,11 +24,6 @@ def order_key(order_by: OrderBy, item: Any) -> Hashable:
     if order_by == "partition":
         return (item.meta.topic, item.meta.partition)
     return (item.meta.topic, item.meta.key)
-
-
-def make_executor(session: Any, name: str, max_concurrency: int, backoff: Backoff | None, workers: int
-                  ) -> CassandraExecutor:
-    return CassandraExecutor(session, max_concurrency=max_concurrency, backoff=backoff, workers=workers, name=name)
 
 
 class ExecutorSink(SinkBase):
