@@ -48,7 +48,7 @@ notebooks: services
 	$(PY) -m pytest --nbmake notebooks $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check rxcqrs tests
+	$(VENV)/bin/ruff check rxcqrs tests benchmarks
 
 typecheck: install
 	$(VENV)/bin/mypy rxcqrs
