@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 import time
 from typing import Callable
 
 __all__ = ["call_later"]
+
+log = logging.getLogger(__name__)
 
 _lock = threading.Condition()
 _heap: list[tuple[float, int, Callable[[], None]]] = []
@@ -25,8 +28,7 @@ def _run() -> None:
         try:
             fn()
         except Exception:  # a retry callback must settle its own errors; never kill the timer thread
-            import logging
-            logging.getLogger(__name__).exception("delayed call failed")
+            log.exception("delayed call failed")
 
 
 def call_later(delay: float, fn: Callable[[], None]) -> None:

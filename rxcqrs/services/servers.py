@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from importlib import resources
 from pathlib import Path
 
+from rxcqrs.exceptions import ServiceStartError
 from rxcqrs.services.settings import ServicesSettings
 
 __all__ = ["Server", "KafkaServer", "CassandraServer", "SERVERS"]
@@ -100,7 +101,6 @@ class KafkaServer(Server):
                 out.write(f"==== storage format (cluster id {cluster_id}) exit {proc.returncode}\n"
                           f"{proc.stdout}{proc.stderr}\n")
             if proc.returncode != 0:
-                from rxcqrs.exceptions import ServiceStartError
                 raise ServiceStartError(f"kafka storage format failed (exit {proc.returncode}):\n"
                                         f"{(proc.stdout + proc.stderr)[-3000:]}")
 
