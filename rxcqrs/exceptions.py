@@ -1,7 +1,8 @@
 """The one exception tree of rxcqrs: everything it raises on purpose is an ``RxCqrsError``.
 
 Driver errors (kafka-python, cassandra-driver, fastavro) are wrapped with ``raise ... from exc`` so the
-original stays reachable as ``__cause__``.
+original stays reachable as ``__cause__``. An error with ``permanent = True`` cannot be cured by retrying:
+a source stops on it at once (no rewind, no backoff), whatever its failure policy.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ __all__ = [
     "OffsetOrderError",
     "StageError",
     "RetriesExhaustedError",
+    "PermanentStageError",
+    "UnknownOutcomeError",
+    "TopicNotFoundError",
+    "SchemaError",
+    "is_permanent",
     "NotAppliedError",
     "DeliveryError",
     "FlowError",
@@ -30,9 +36,24 @@ __all__ = [
 class RxCqrsError(Exception):
     """Root of every error rxcqrs raises on purpose."""
 
+    #: True when retrying cannot help (see the module docstring)
+    permanent: bool = False
+
+
+def is_permanent(error: BaseException | None) -> bool:
+    """Whether ``error`` (or the error it wraps) says that retrying cannot help."""
+    seen = 0
+    while error is not None and seen < 8:
+        if getattr(error, "permanent", False):
+            return True
+        error, seen = error.__cause__, seen + 1
+    return False
+
 
 class ConfigError(RxCqrsError, ValueError):
     """A setting is missing, malformed or inconsistent."""
+
+    permanent = True
 
 
 class IdentifierError(ConfigError):
@@ -66,6 +87,8 @@ class SerializationError(RxCqrsError):
 class PoisonRecordError(SerializationError):
     """A consumed record cannot be turned into a command: bad Avro, bad key, unknown action."""
 
+    permanent = True
+
 
 class CommitError(RxCqrsError):
     """An offset commit failed."""
@@ -83,6 +106,19 @@ class RetriesExhaustedError(StageError):
     """A retriable failure kept happening until the backoff reached its maximum delay."""
 
 
+class PermanentStageError(StageError):
+    """A stage failed in a way no retry can cure (an invalid request, a missing table, a bug)."""
+
+    permanent = True
+
+
+class UnknownOutcomeError(StageError):
+    """A write whose outcome is unknown (timed out after it was sent) could not be resolved: re-running it
+    blindly could apply it twice, so the flow stops and the record is redelivered after a restart."""
+
+    permanent = True
+
+
 class NotAppliedError(StageError):
     """A lightweight transaction was not applied (an optimistic-lock conflict)."""
 
@@ -93,3 +129,15 @@ class DeliveryError(StageError):
 
 class FlowError(RxCqrsError):
     """A running flow failed (the cause is attached)."""
+
+
+class TopicNotFoundError(FlowError):
+    """A Kafka topic a source or sink needs does not exist (rxcqrs never creates topics implicitly)."""
+
+    permanent = True
+
+
+class SchemaError(FlowError):
+    """A keyspace or table a flow needs is missing, or must not be created now."""
+
+    permanent = True

@@ -2,11 +2,15 @@
 
 A sink is a reactivex observer. It settles each envelope it receives (ack on success, nack on failure)
 from whatever thread its driver calls back on, and never lets ``on_completed`` return while requests are
-still in flight (dendrites loses them).
+still in flight (dendrites loses them): each request is bounded by the sink's own retries and timeouts.
+``on_error`` is how a stopping source ends a flow whose drain ran out of time (an outage, say): the sink
+then waits at most ``abandon_timeout`` seconds and abandons what is left, which stays uncommitted and is
+delivered again after a restart. So no shutdown waits without a deadline.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -14,8 +18,13 @@ from reactivex import abc
 
 __all__ = ["SinkBase"]
 
+log = logging.getLogger(__name__)
+
 
 class SinkBase(abc.ObserverBase[Any]):
+    #: seconds ``on_error`` waits for in-flight requests before abandoning them
+    abandon_timeout: float = 5.0
+
     def __init__(self) -> None:
         self._idle = threading.Condition()
         self._in_flight = 0
@@ -51,6 +60,9 @@ class SinkBase(abc.ObserverBase[Any]):
     def close(self) -> None:
         """Release what the sink owns (called once, after the last in-flight request finished)."""
 
+    def abandon(self) -> None:
+        """Give up on requests still in flight (shutdown with a deadline); they are not acked."""
+
     def on_completed(self) -> None:
         self.wait_idle()
         self.close()
@@ -58,7 +70,11 @@ class SinkBase(abc.ObserverBase[Any]):
 
     def on_error(self, error: Exception) -> None:
         self.upstream_error = error
-        self.wait_idle()
+        if not self.wait_idle(self.abandon_timeout):
+            log.warning("%s: %d requests still in flight %.0fs after the flow failed; abandoned (they were not "
+                        "acked, so they are delivered again)", type(self).__name__, self.in_flight,
+                        self.abandon_timeout)
+            self.abandon()
         self.close()
         self.completed.set()
 

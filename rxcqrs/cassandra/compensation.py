@@ -28,8 +28,9 @@ from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
 
 from rxcqrs.backoff import Backoff
 from rxcqrs.cassandra.eventlog import Duplicate, EventLog, LoggedEvent
-from rxcqrs.cassandra.executor import is_transient, was_applied
+from rxcqrs.cassandra.executor import was_applied
 from rxcqrs.cassandra.identifiers import qualified
+from rxcqrs.cassandra.outcomes import Outcome, classify
 from rxcqrs.cassandra.schema import create_table, prepare
 from rxcqrs.exceptions import RetriesExhaustedError
 
@@ -175,8 +176,8 @@ class Rebuilder(Generic[S]):
         try:
             rows = list(self.session.execute(query, params))
         except Exception as exc:
-            if is_transient(exc):
-                log.warning("rebuild write failed transiently, will re-read: %r", exc)
+            if classify(exc) in (Outcome.TRANSIENT, Outcome.UNKNOWN):  # the re-read under the lock resolves it
+                log.warning("rebuild write failed (%r); will re-read and decide again", exc)
                 return False
             raise
         return was_applied(rows) is not False

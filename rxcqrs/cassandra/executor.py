@@ -1,11 +1,22 @@
-"""The engine under every Cassandra stage: async execution with bounded concurrency, per-key order, retries.
+"""The engine under every Cassandra stage: async execution with bounded concurrency, per-key order, and a
+reaction to each outcome (:mod:`rxcqrs.cassandra.outcomes`).
 
 * ``execute_async`` only; results come back on the driver's event-loop thread, which must never block, so
   a user function that reads before it writes (optimistic locking) runs on a small worker pool instead.
 * At most ``max_concurrency`` requests in flight; jobs with the same key (by default the Kafka partition)
-  never run together, so commands of one partition are applied in order.
-* Transient errors (timeouts, unavailable, overloaded, no host) and lightweight transactions that were not
-  applied are retried with the shared backoff; the job itself is retried (dendrites' retry lost it).
+  never run together, so commands of one entity are applied in order, retries included.
+* **transient** errors and lightweight transactions that were **not applied** are retried with the shared
+  backoff (a not-applied job runs its function again, so it decides on fresh state);
+* an **unknown** outcome is retried only for idempotent jobs. A read-modify-write job is first *resolved*:
+  its ``resolve`` function reads (at serial consistency) whether the write took effect: yes, the job
+  succeeded; no, it runs again. If it cannot be resolved, ``record_unknown`` writes a row the query side
+  reads (``duplicates`` reports it, ``compensate`` repairs the entity) and the job counts as done; without
+  either, it fails with :class:`~rxcqrs.exceptions.UnknownOutcomeError`, which stops the flow;
+* **permanent** errors fail the job at once with :class:`~rxcqrs.exceptions.PermanentStageError`.
+
+Each outcome is counted on the record's flow metrics (``cassandra_applied``, ``cassandra_not_applied``,
+``cassandra_transient``, ``cassandra_unknown``, ``cassandra_permanent``, ``unknown_resolved_applied``,
+``unknown_resolved_not_applied``, ``unknown_recorded``).
 """
 
 from __future__ import annotations
@@ -18,11 +29,19 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
 from rxcqrs.backoff import Backoff
-from rxcqrs.exceptions import ConfigError, NotAppliedError, RetriesExhaustedError, StageError
+from rxcqrs.cassandra.outcomes import Outcome, classify
+from rxcqrs.exceptions import (
+    ConfigError,
+    NotAppliedError,
+    PermanentStageError,
+    RetriesExhaustedError,
+    StageError,
+    UnknownOutcomeError,
+)
 from rxcqrs.messages import Envelope
 from rxcqrs.timers import call_later
 
-__all__ = ["CassandraExecutor", "was_applied", "is_transient", "is_unattempted", "Job"]
+__all__ = ["CassandraExecutor", "was_applied", "is_transient", "Job"]
 
 log = logging.getLogger(__name__)
 
@@ -38,30 +57,17 @@ def was_applied(rows: Any) -> bool | None:
     if isinstance(first, dict):
         return first.get("[applied]")
     fields = getattr(first, "_fields", ())
-    if fields and fields[0] == "applied":
+    if fields and fields[0] in ("applied", "[applied]"):
         return bool(first[0])
     return None
 
 
-def is_unattempted(error: BaseException) -> bool:
-    """The coordinator did not apply anything: always safe to retry."""
-    from cassandra import Unavailable
-    from cassandra.cluster import NoHostAvailable
-    from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage
-
-    return isinstance(error, (Unavailable, NoHostAvailable, OverloadedErrorMessage, IsBootstrappingErrorMessage))
-
-
 def is_transient(error: BaseException) -> bool:
-    """Worth retrying; timeouts leave the outcome unknown (the write may have been applied)."""
-    from cassandra import OperationTimedOut, ReadTimeout, WriteTimeout
-    from cassandra.connection import ConnectionException
-
-    return is_unattempted(error) or isinstance(error, (WriteTimeout, ReadTimeout, OperationTimedOut,
-                                                       ConnectionException))
+    """Safe to retry as is: nothing was written (or, for reads, nothing could have been)."""
+    return classify(error) is Outcome.TRANSIENT
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     env: Envelope[Any] | None
     make: StatementFn
@@ -69,13 +75,21 @@ class Job:
     on_failure: Callable[["Job", BaseException], None]
     key: Hashable
     retry_not_applied: bool
-    retry_timeouts: bool
+    idempotent: bool
+    #: reads whether an unknown-outcome write took effect: True, False, or None (cannot tell)
+    resolve: Callable[[], bool | None] | None = None
+    #: a statement recording an unresolved unknown outcome (given the error), for the query side
+    record_unknown: Callable[[BaseException], Any] | None = None
     attempt: int = 0
-    last_error: BaseException | None = field(default=None, repr=False)
+    phase: str = "run"  # "run", "resolve" or "record"
+    unknown: BaseException | None = field(default=None, repr=False)
 
     def count(self, name: str) -> None:
         if self.env is not None:
             self.env.count(name)
+
+    def where(self) -> str:
+        return f" on {self.env.meta}" if self.env is not None else ""
 
 
 class CassandraExecutor:
@@ -94,6 +108,7 @@ class CassandraExecutor:
         self._busy: set[Hashable] = set()
         self._running = 0
         self._submitted = 0  # submitted and not finished
+        self._abandoned = False
         self._local = threading.local()
         self.retries = 0
         self.executed = 0
@@ -101,15 +116,21 @@ class CassandraExecutor:
     # -- public -------------------------------------------------------------------------------------------
     def submit(self, env: Envelope[Any] | None, make: StatementFn, on_success: Callable[[Job, Any], None],
                on_failure: Callable[[Job, BaseException], None], *, key: Hashable = None,
-               retry_not_applied: bool = False, retry_timeouts: bool = True) -> None:
+               retry_not_applied: bool = False, idempotent: bool = False,
+               resolve: Callable[[], bool | None] | None = None,
+               record_unknown: Callable[[BaseException], Any] | None = None) -> None:
         job = Job(env, make, on_success, on_failure, key if key is not None else object(), retry_not_applied,
-                  retry_timeouts)
+                  idempotent, resolve, record_unknown)
         with self._lock:
             self._submitted += 1
-            self._pending.setdefault(job.key, deque()).append(job)
-            if job.key not in self._busy and job.key not in self._ready:
-                self._ready.append(job.key)
-            startable = self._take_startable()
+            if self._abandoned:
+                self._running += 1
+                startable = [job]  # fails at once in _attempt
+            else:
+                self._pending.setdefault(job.key, deque()).append(job)
+                if job.key not in self._busy and job.key not in self._ready:
+                    self._ready.append(job.key)
+                startable = self._take_startable()
         self._dispatch_all(startable)
 
     @property
@@ -121,9 +142,23 @@ class CassandraExecutor:
         with self._lock:
             return self._lock.wait_for(lambda: self._submitted == 0, timeout)
 
-    def close(self) -> None:
+    def abandon(self) -> int:
+        """Shutdown without waiting: jobs not started yet (and retries not due yet) fail at once, requests on
+        the wire finish on their own. Returns how many jobs were still unfinished."""
+        with self._lock:
+            self._abandoned = True
+            waiting = [job for queue in self._pending.values() for job in queue]
+            self._pending.clear()
+            self._ready.clear()
+            unfinished = self._submitted
+            self._running += len(waiting)  # _finish decrements per job
+        for job in waiting:
+            self._finish(job, None, StageError(f"{self.name}: abandoned at shutdown{job.where()}"))
+        return unfinished
+
+    def close(self, wait: bool = True) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=wait, cancel_futures=not wait)
 
     # -- scheduling ---------------------------------------------------------------------------------------
     def _take_startable(self) -> list[Job]:
@@ -159,50 +194,110 @@ class CassandraExecutor:
 
     def _dispatch(self, job: Job) -> None:
         if self._pool is not None:
-            self._pool.submit(self._attempt, job)
-        else:
-            self._attempt(job)
+            try:
+                self._pool.submit(self._attempt, job)
+                return
+            except RuntimeError:  # the pool was shut down (abandoned): fail the job below
+                pass
+        self._attempt(job)
 
     def _attempt(self, job: Job) -> None:
+        if self._abandoned:
+            self._finish(job, None, StageError(f"{self.name}: abandoned at shutdown{job.where()}"))
+            return
+        if job.phase == "resolve":
+            self._resolve(job)
+            return
         try:
             statement = job.make()
-        except Exception as exc:  # includes driver errors from the function's own reads
-            self._failed(job, exc)
+        except Exception as exc:  # the function's own reads, or a bug in it: nothing was written
+            self._failed(job, exc, sent=False)
             return
-        if statement is None:  # nothing to write (e.g. a deterministic rejection the function recorded)
+        if statement is None:  # nothing to write (e.g. a redelivered command that was already applied)
             self._finish(job, None, None)
             return
         query, params = statement if isinstance(statement, tuple) else (statement, None)
         try:
             future = self.session.execute_async(query, params)
         except Exception as exc:
-            self._failed(job, exc)
+            self._failed(job, exc, sent=False)
             return
         future.add_callbacks(self._rows, self._errback, callback_args=(job,), errback_args=(job,))
 
+    # -- outcomes -----------------------------------------------------------------------------------------
     def _rows(self, rows: Any, job: Job) -> None:
         self.executed += 1
-        if job.retry_not_applied and was_applied(rows) is False:
-            self._retry(job, NotAppliedError(f"{self.name}: lightweight transaction not applied "
-                                             "(optimistic-lock conflict)"))
+        if job.phase == "record":
+            job.count("unknown_recorded")
+            log.warning("%s: outcome unknown%s, recorded for the query side: %r", self.name, job.where(),
+                        job.unknown)
+            self._finish(job, rows, None)
             return
+        if was_applied(rows) is False:
+            job.count("cassandra_not_applied")
+            if job.retry_not_applied:
+                self._retry(job, NotAppliedError(f"{self.name}: lightweight transaction not applied "
+                                                 "(optimistic-lock conflict)"))
+                return
+        else:
+            job.count("cassandra_applied")
         self._finish(job, rows, None)
 
     def _errback(self, error: BaseException, job: Job) -> None:
-        self._failed(job, error)
+        self._failed(job, error, sent=True)
 
-    def _failed(self, job: Job, error: BaseException) -> None:
-        if is_unattempted(error) or (job.retry_timeouts and is_transient(error)):
+    def _failed(self, job: Job, error: BaseException, *, sent: bool) -> None:
+        outcome = classify(error, sent=sent)
+        job.count(f"cassandra_{outcome.value}")
+        if outcome is Outcome.TRANSIENT or (outcome is Outcome.UNKNOWN and (job.idempotent or job.phase != "run")):
+            self._retry(job, error)  # a resolving read or a recording insert is idempotent too
+        elif outcome is Outcome.UNKNOWN:
+            job.unknown = error
+            if job.resolve is None and job.record_unknown is None:
+                self._finish(job, None, _unknown_error(self.name, job, error, "it has no way to find out"))
+                return
+            job.phase = "resolve"
             self._retry(job, error)
-            return
-        self._finish(job, None, error)
+        else:
+            permanent = PermanentStageError(f"{self.name}: {error!r}{job.where()} cannot succeed by retrying")
+            permanent.__cause__ = error
+            self._finish(job, None, permanent)
+
+    def _resolve(self, job: Job) -> None:
+        """On a worker: ask whether the unknown-outcome write took effect; act on the answer."""
+        answer: bool | None = None
+        if job.resolve is not None:
+            try:
+                answer = job.resolve()
+            except Exception as exc:
+                self._failed(job, exc, sent=False)
+                return
+        if answer is True:
+            job.count("unknown_resolved_applied")
+            log.info("%s: unknown outcome%s resolved: it was applied", self.name, job.where())
+            self._finish(job, None, None)
+        elif answer is False:
+            job.count("unknown_resolved_not_applied")
+            log.info("%s: unknown outcome%s resolved: not applied, running it again", self.name, job.where())
+            job.phase = "run"
+            self._attempt(job)
+        elif job.record_unknown is not None:
+            assert job.unknown is not None
+            statement = job.record_unknown(job.unknown)
+            job.phase, job.attempt, job.make = "record", 0, lambda: statement
+            self._attempt(job)
+        else:
+            self._finish(job, None, _unknown_error(self.name, job, job.unknown, "reading could not tell"))
 
     def _retry(self, job: Job, error: BaseException) -> None:
         delay = self.backoff.delay(job.attempt)
-        job.last_error = error
         if delay is None:
+            if job.phase != "run":
+                self._finish(job, None, _unknown_error(self.name, job, job.unknown or error,
+                                                       f"resolving it kept failing ({error!r})"))
+                return
             exhausted = RetriesExhaustedError(
-                f"{self.name}: gave up after {job.attempt} retries (backoff reached its maximum "
+                f"{self.name}: gave up{job.where()} after {job.attempt} retries (backoff reached its maximum "
                 f"{self.backoff.max_delay}s); last error: {error!r}")
             exhausted.__cause__ = error
             self._finish(job, None, exhausted)
@@ -210,7 +305,7 @@ class CassandraExecutor:
         job.attempt += 1
         self.retries += 1
         job.count("retries")
-        log.info("%s: retry %d in %.2fs after %r", self.name, job.attempt, delay, error)
+        log.info("%s: retry %d (%s) in %.2fs after %r", self.name, job.attempt, job.phase, delay, error)
         call_later(delay, lambda: self._dispatch_all([job]))
 
     def _finish(self, job: Job, rows: Any, error: BaseException | None) -> None:
@@ -219,7 +314,7 @@ class CassandraExecutor:
                 job.on_success(job, rows)
             else:
                 if not isinstance(error, StageError):
-                    wrapped = StageError(f"{self.name}: {error!r}")
+                    wrapped = StageError(f"{self.name}: {error!r}{job.where()}")
                     wrapped.__cause__ = error
                     error = wrapped
                 job.on_failure(job, error)
@@ -236,3 +331,11 @@ class CassandraExecutor:
                 if self._submitted == 0:
                     self._lock.notify_all()
             self._dispatch_all(startable)
+
+
+def _unknown_error(name: str, job: Job, error: BaseException | None, why: str) -> UnknownOutcomeError:
+    failure = UnknownOutcomeError(
+        f"{name}: the outcome of a write{job.where()} is unknown ({error!r}) and {why}; it was not re-run (it "
+        "could apply twice). The flow stops; after a restart the record is delivered again")
+    failure.__cause__ = error
+    return failure

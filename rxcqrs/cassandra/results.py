@@ -15,6 +15,7 @@ from rxcqrs.backoff import Backoff
 from rxcqrs.cassandra.executor import CassandraExecutor, Job, was_applied
 from rxcqrs.cassandra.stage import OrderBy, order_key
 from rxcqrs.messages import Envelope
+from rxcqrs.sink import SinkBase
 
 __all__ = ["cassandra_conditional", "cassandra_bound_query", "statement_results"]
 
@@ -22,12 +23,19 @@ __all__ = ["cassandra_conditional", "cassandra_bound_query", "statement_results"
 def statement_results(session: Any, make: Callable[[Envelope[Any]], Callable[[], Any]],
                       result: Callable[[Any], Any] | None = None, *, max_concurrency: int = 16,
                       backoff: Backoff | None = None, order_by: OrderBy = "partition", workers: int = 0,
-                      retry_not_applied: bool = False, retry_timeouts: bool = False,
+                      retry_not_applied: bool = False, idempotent: bool = False,
+                      resolve: Callable[[Envelope[Any]], Callable[[], bool | None] | None] = lambda _env: None,
+                      record_unknown: Callable[[Envelope[Any]], Callable[[BaseException], Any] | None] = (
+                          lambda _env: None),
                       name: str = "cassandra_results"
                       ) -> Callable[[Observable[Envelope[Any]]], Observable[Envelope[Any]]]:
     """The shared mechanism: execute ``make(env)()`` per envelope, then emit ``env.with_value(result(rows))``
     (``env`` itself when ``result`` is None) on an emitter thread. ``workers`` > 0 runs ``make`` on a pool
-    (it may block, e.g. read before a conditional write)."""
+    (it may block, e.g. read before a conditional write). ``resolve`` and ``record_unknown`` give, per
+    envelope, what the executor uses when a write's outcome is unknown.
+
+    On upstream completion it waits for every job; on an upstream error (a source stopping with records still
+    in flight) it waits at most ``SinkBase.abandon_timeout`` and abandons the rest (they stay uncommitted)."""
 
     def _op(source: Observable[Envelope[Any]]) -> Observable[Envelope[Any]]:
         def subscribe(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None = None
@@ -63,11 +71,15 @@ def statement_results(session: Any, make: Callable[[Envelope[Any]], Callable[[],
 
             def on_next(env: Envelope[Any]) -> None:
                 executor.submit(env, make(env), ok, bad, key=order_key(order_by, env),
-                                retry_not_applied=retry_not_applied, retry_timeouts=retry_timeouts)
+                                retry_not_applied=retry_not_applied, idempotent=idempotent, resolve=resolve(env),
+                                record_unknown=record_unknown(env))
 
             def finish(kind: str, value: Any) -> None:
-                executor.wait_idle()
-                executor.close()
+                if kind == "completed":
+                    executor.wait_idle()
+                elif not executor.wait_idle(SinkBase.abandon_timeout):
+                    executor.abandon()
+                executor.close(wait=kind == "completed")
                 outbox.put((kind, value))
 
             return source.subscribe(on_next, lambda e: finish("error", e), lambda: finish("completed", None),

@@ -1,4 +1,5 @@
-"""Frozen Cassandra settings and the session factory (token/DC-aware load balancing, one execution profile).
+"""Frozen Cassandra settings and the session factory (token/DC-aware load balancing, one execution profile,
+a retry policy that never re-sends a non-idempotent request whose outcome is unknown).
 
 Credentials and SSL options are passed through to the driver and masked in ``repr`` and logs.
 """
@@ -75,8 +76,11 @@ def connect(settings: CassandraSettings | None = None) -> Any:
     from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
     s = settings or CassandraSettings()
+    from rxcqrs.cassandra.outcomes import OutcomeRetryPolicy
+
     profile = ExecutionProfile(
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=s.local_dc)),
+        retry_policy=OutcomeRetryPolicy(),
         consistency_level=getattr(ConsistencyLevel, s.consistency.upper()),
         serial_consistency_level=getattr(ConsistencyLevel, s.serial_consistency.upper()),
         request_timeout=s.request_timeout)

@@ -1,8 +1,9 @@
 """CassandraSink: executes statements (inserts, deletes) with bounded concurrency and acks each envelope.
 
-Values are statements (``BoundStatement``, ``SimpleStatement``) or ``(query, params)``. Errors where the
-coordinator applied nothing (unavailable, overloaded, no host) are always retried; timeouts, whose outcome
-is unknown, only for idempotent statements (``statement.is_idempotent`` or ``idempotent=True``).
+Values are statements (``BoundStatement``, ``SimpleStatement``) or ``(query, params)``. Transient errors
+(unavailable, overloaded, no host) are always retried; unknown outcomes (write timeouts) only for idempotent
+statements (``statement.is_idempotent`` or ``idempotent=True``), otherwise they stop the flow; permanent
+errors (a missing table) fail at once (see :mod:`rxcqrs.cassandra.outcomes`).
 """
 
 from __future__ import annotations
@@ -32,4 +33,4 @@ class CassandraSink(ExecutorSink):
         idempotent = self.idempotent if self.idempotent is not None else bool(getattr(target, "is_idempotent", False))
         self._begin()
         self.executor.submit(env, lambda: statement, self._ok, self._bad, key=order_key(self.order_by, item),
-                             retry_timeouts=idempotent)
+                             idempotent=idempotent)

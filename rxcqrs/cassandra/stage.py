@@ -43,5 +43,8 @@ class ExecutorSink(SinkBase):
             self._fail(error)
         self._end()
 
+    def abandon(self) -> None:
+        self.executor.abandon()
+
     def close(self) -> None:
-        self.executor.close()
+        self.executor.close(wait=self.upstream_error is None)

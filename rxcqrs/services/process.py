@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import json
 import os
@@ -119,31 +120,43 @@ def wait_ready(name: str, proc: subprocess.Popen[bytes], log: Path, probe: Calla
                timeout: float, fatal_lines: Sequence[str] = ()) -> object:
     """Poll ``probe`` until it returns without raising; fail at once if the process dies or logs a fatal line.
 
-    Returns what the probe returned. On failure the error carries the tail of the server log.
+    The deadline counts the probes' own time: each probe runs on a helper thread and is awaited only until
+    the deadline, so a probe that blocks for seconds cannot stretch a short timeout. Returns what the probe
+    returned. On failure the error carries the tail of the server log.
     """
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
     delay = 0.25
-    while True:
-        code = proc.poll()
-        if code is not None:
-            raise ServiceStartError(f"{name} exited with code {code} during start-up; log {log}:\n{log_tail(log)}")
-        tail = log_tail(log, 200)
-        for line in fatal_lines:
-            if line in tail:
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"rxcqrs-probe-{name}")
+    try:
+        while True:
+            code = proc.poll()
+            if code is not None:
+                raise ServiceStartError(f"{name} exited with code {code} during start-up; log {log}:\n"
+                                        f"{log_tail(log)}")
+            tail = log_tail(log, 200)
+            for line in fatal_lines:
+                if line in tail:
+                    terminate(proc.pid, 10)
+                    raise ServiceStartError(f"{name} failed during start-up ({line!r}); log {log}:\n"
+                                            f"{log_tail(log)}")
+            attempt = pool.submit(probe)
+            try:
+                return attempt.result(timeout=max(0.0, deadline - time.monotonic()))
+            except concurrent.futures.TimeoutError:
+                last_error = last_error or TimeoutError("the readiness probe was still waiting for an answer")
+            except Exception as exc:  # the probe raises until the server answers
+                last_error = exc
+            if time.monotonic() >= deadline:
                 terminate(proc.pid, 10)
-                raise ServiceStartError(f"{name} failed during start-up ({line!r}); log {log}:\n{log_tail(log)}")
-        try:
-            return probe()
-        except Exception as exc:  # the probe raises until the server answers
-            last_error = exc
-        if time.monotonic() >= deadline:
-            terminate(proc.pid, 10)
-            raise ServiceStartError(
-                f"{name} was not ready after {timeout:g}s (last probe error: {last_error!r}); log {log}:\n"
-                f"{log_tail(log)}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 2.0)
+                attempt.cancel()
+                raise ServiceStartError(
+                    f"{name} was not ready after {timeout:g}s (last probe error: {last_error!r}); log {log}:\n"
+                    f"{log_tail(log)}")
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 2.0)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # a probe still waiting is abandoned, not awaited
 
 
 def terminate(pid: int, timeout: float) -> bool:

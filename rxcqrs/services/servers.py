@@ -201,7 +201,6 @@ class CassandraServer(Server):
             f"-Djava.rmi.server.hostname={s.host}", "-Dcassandra.skip_wait_for_gossip_to_settle=0",
             "-Dcassandra.ring_delay_ms=1000", "-Dcassandra.system_distributed.default_rf=1",
             "-Dcassandra.system_traces.default_rf=1", "-Dcassandra.superuser_setup_delay_ms=0",
-            "-Dcassandra.unsafesystem=true", "-Dcassandra.test.flush_local_schema_changes=false",
             f"-Djava.io.tmpdir={self.tmp}",
             "-cp", f"{self.conf}:{lib}/*", "org.apache.cassandra.service.CassandraDaemon",
         ]
