@@ -44,9 +44,10 @@ class _Track:
     watermark: int | None = None  # next offset to commit: every emitted offset below it is done
     committed: int | None = None
     failure: Failure | None = None
+    pending: int = 0  # emitted, not settled
 
     def in_flight(self) -> int:
-        return sum(1 for s in self.states.values() if s == _PENDING)
+        return self.pending
 
 
 class CommitGate:
@@ -117,10 +118,14 @@ class CommitGate:
             return None if track is None else track.epoch
 
     # -- records ------------------------------------------------------------------------------------------
-    def emit(self, tp: TopicPartition, offset: int) -> int:
-        """Record that ``offset`` is about to be emitted; return the epoch its ticket must carry."""
+    def emit(self, tp: TopicPartition, offset: int, epoch: int | None = None) -> int | None:
+        """Record that ``offset`` is about to be emitted; return the epoch its ticket must carry. With
+        ``epoch`` (the one the record was fetched under) return ``None`` instead when the partition was revoked
+        or rewound since: the record is stale and must not be emitted."""
         with self._lock:
             track = self._tracks.get(tp)
+            if epoch is not None and (track is None or track.epoch != epoch):
+                return None
             if track is None:
                 raise OffsetOrderError(f"{tp} is not assigned; cannot emit offset {offset}")
             if track.last_emitted is not None and offset <= track.last_emitted:
@@ -128,6 +133,7 @@ class CommitGate:
             track.last_emitted = offset
             track.offsets.append(offset)
             track.states[offset] = _PENDING
+            track.pending += 1
             self._in_flight += 1
             return track.epoch
 
@@ -138,6 +144,7 @@ class CommitGate:
             if track is None or track.epoch != epoch or track.states.get(offset) != _PENDING:
                 return False
             self._in_flight -= 1
+            track.pending -= 1
             if error is None:
                 track.states[offset] = _DONE
                 self._done_since_commit += 1

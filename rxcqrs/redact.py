@@ -6,10 +6,10 @@ import dataclasses
 import re
 from typing import Any, Mapping
 
-__all__ = ["is_secret", "redact", "redacted_repr"]
+__all__ = ["is_secret", "redact", "redacted_repr", "redact_text", "redact_error"]
 
-_SECRET = re.compile(r"pass(word)?|secret|token|credential|(^|_)key(_|$)|keystore|truststore|sasl_oauth|jaas",
-                     re.IGNORECASE)
+_SECRET = re.compile(r"pass(word|wd)?|pwd|(^|[_.])pw($|[_.])|secret|token|credential|(^|[_.])key([_.]|$)|keystore|"
+                     r"truststore|sasl_oauth|oauthbearer|jaas", re.IGNORECASE)
 MASK = "***"
 
 
@@ -35,3 +35,26 @@ def redacted_repr(obj: Any) -> str:
     fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.repr}
     shown = ", ".join(f"{k}={v!r}" for k, v in redact(fields).items())
     return f"{type(obj).__name__}({shown})"
+
+
+def _secret_values(config: Mapping[str, Any]) -> list[str]:
+    values = []
+    for name, value in config.items():
+        if isinstance(value, Mapping):
+            values += _secret_values(value)
+        elif is_secret(str(name)) and value not in (None, ""):
+            values.append(str(value))
+    return values
+
+
+def redact_text(text: str, config: Mapping[str, Any]) -> str:
+    """``text`` with every secret value of ``config`` (and its ``repr``) masked: client errors such as
+    kafka-python's "Unrecognized configs: {...}" echo the configuration they were given."""
+    for value in sorted(_secret_values(config), key=len, reverse=True):
+        text = text.replace(repr(value), repr(MASK)).replace(value, MASK)
+    return text
+
+
+def redact_error(error: BaseException, config: Mapping[str, Any]) -> str:
+    """``repr(error)`` with the secrets of ``config`` masked (for messages that wrap client errors)."""
+    return redact_text(repr(error), config)

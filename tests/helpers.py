@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from rxcqrs.kafka import ConsumerSettings, KafkaSource, SourceSettings
 from rxcqrs.messages import Envelope
-from rxcqrs.testing import FakeBroker, FakeConsumer, wait_until
+from rxcqrs.testing import FakeBroker, fake_consumers, wait_until
 
 __all__ = ["Collect", "fake_source", "wait_until"]
 
@@ -18,7 +18,7 @@ def fake_source(broker: FakeBroker, topic: str | list[str], group: str = "g", de
     defaults.update(settings)
     return KafkaSource(topic, ConsumerSettings(group_id=group, max_poll_records=defaults.pop("max_poll_records", 500)),
                        SourceSettings(**defaults), demand=demand,  # type: ignore[arg-type]
-                       consumer_factory=lambda cfg: FakeConsumer(broker, **cfg))
+                       client_factory=fake_consumers(broker))
 
 
 class Collect:

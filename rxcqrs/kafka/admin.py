@@ -7,7 +7,8 @@ from typing import Any, Iterable
 from rxcqrs.exceptions import ConfigError, FlowError
 from rxcqrs.kafka.settings import default_bootstrap
 
-__all__ = ["create_topics", "delete_topics", "admin_client", "committed_offsets"]
+__all__ = ["create_topics", "delete_topics", "admin_client", "committed_offsets", "end_offsets", "group_size",
+           "topic_partitions"]
 
 
 def admin_client(bootstrap_servers: str | None = None, **options: Any) -> Any:
@@ -55,14 +56,59 @@ def delete_topics(names: Iterable[str], *, bootstrap_servers: str | None = None)
         admin.close()
 
 
+def _reader(servers: str, group_id: str | None = None) -> Any:
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(bootstrap_servers=servers.split(","), group_id=group_id, enable_auto_commit=False,
+                         allow_auto_create_topics=False)
+
+
 def committed_offsets(group_id: str, topic: str, *, bootstrap_servers: str | None = None) -> dict[int, int | None]:
     """What ``group_id`` committed for each partition of ``topic`` (read by a consumer that never joins)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    servers = bootstrap_servers or default_bootstrap()
-    reader = KafkaConsumer(bootstrap_servers=servers.split(","), group_id=group_id, enable_auto_commit=False)
+    reader = _reader(bootstrap_servers or default_bootstrap(), group_id)
     try:
         partitions = reader.partitions_for_topic(topic) or set()
         return {p: reader.committed(TopicPartition(topic, p)) for p in sorted(partitions)}
     finally:
         reader.close()
+
+
+def end_offsets(topic: str, *, bootstrap_servers: str | None = None) -> dict[int, int]:
+    """The end offset (next offset to be written) of each partition of ``topic``; {} if it does not exist."""
+    from kafka import TopicPartition
+
+    reader = _reader(bootstrap_servers or default_bootstrap())
+    try:
+        partitions = sorted(reader.partitions_for_topic(topic) or set())
+        ends = reader.end_offsets([TopicPartition(topic, p) for p in partitions], timeout_ms=10_000)
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        reader.close()
+
+
+def group_size(group_id: str, *, bootstrap_servers: str | None = None, **options: Any) -> int:
+    """How many members the consumer group has now."""
+    admin = admin_client(bootstrap_servers, **options)
+    try:
+        groups = admin.describe_consumer_groups([group_id])
+        return len(groups[0].members) if groups else 0
+    finally:
+        admin.close()
+
+
+def topic_partitions(topic: str, *, bootstrap_servers: str | None = None, **options: Any) -> int | None:
+    """How many partitions ``topic`` has, once every partition has a leader; ``None`` if it does not exist
+    (or is not ready yet). A metadata request that never creates the topic."""
+    admin = admin_client(bootstrap_servers, **options)
+    try:
+        found = admin.describe_topics([topic])
+    finally:
+        admin.close()
+    if not found or found[0].get("error_code") or not found[0].get("partitions"):
+        return None
+    partitions = found[0]["partitions"]
+    if any(p.get("error_code") or p.get("leader_id", -1) < 0 for p in partitions):
+        return None
+    return len(partitions)

@@ -1,6 +1,9 @@
-"""Frozen Kafka settings: defaults for the local broker, pass-through of any other kafka-python option.
+"""Frozen Kafka settings: defaults for the local broker, the client library (``backend``), pass-through of
+any other client option in ``extra`` (kafka-python keyword names, or librdkafka property names for the
+``"confluent"`` backend).
 
-Secrets (SASL passwords, SSL key passwords, ...) are accepted in ``extra`` and masked in ``repr``.
+Secrets (SASL passwords, SSL key passwords, ...) are accepted in ``extra`` and masked in ``repr`` and in
+every error rxcqrs builds from a client error.
 """
 
 from __future__ import annotations
@@ -13,13 +16,29 @@ from rxcqrs.backoff import Backoff
 from rxcqrs.exceptions import ConfigError
 from rxcqrs.redact import redacted_repr
 
-__all__ = ["ConsumerSettings", "ProducerSettings", "SourceSettings", "default_bootstrap"]
+__all__ = ["ConsumerSettings", "ProducerSettings", "SourceSettings", "default_bootstrap", "default_backend",
+           "Backend"]
 
 FailurePolicy = Literal["stop", "rewind"]
+Backend = Literal["kafka-python", "confluent"]
+_BACKENDS = ("kafka-python", "confluent")
 
 
 def default_bootstrap() -> str:
     return os.environ.get("RXCQRS_KAFKA_BOOTSTRAP") or f"127.0.0.1:{os.environ.get('RXCQRS_KAFKA_PORT', '9092')}"
+
+
+def default_backend() -> Backend:
+    """``$RXCQRS_KAFKA_BACKEND`` or kafka-python."""
+    value = os.environ.get("RXCQRS_KAFKA_BACKEND") or "kafka-python"
+    if value not in _BACKENDS:
+        raise ConfigError(f"RXCQRS_KAFKA_BACKEND must be one of {list(_BACKENDS)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _check_backend(value: str) -> None:
+    if value not in _BACKENDS:
+        raise ConfigError(f"backend must be one of {list(_BACKENDS)}, got {value!r}")
 
 
 def _check_bootstrap(value: str) -> None:
@@ -42,6 +61,8 @@ class ConsumerSettings:
     client_id: str = "rxcqrs"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     max_poll_records: int = 500
+    #: small per-partition fetches let one poll window hold records of many partitions
+    max_partition_fetch_bytes: int = 128 * 1024
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 2_000
@@ -49,9 +70,13 @@ class ConsumerSettings:
     #: "cooperative" (KIP-429: a rebalance revokes only partitions that move) or "eager" (range assignor)
     rebalance: Literal["cooperative", "eager"] = "cooperative"
     bootstrap_timeout_ms: int = 30_000
+    request_timeout_ms: int = 30_000
+    #: the client library: "kafka-python" (default) or "confluent" (confluent-kafka, librdkafka)
+    backend: Backend = field(default_factory=default_backend)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_backend(self.backend)
         if not self.group_id:
             raise ConfigError("a consumer group_id is required: commits are stored per group")
         _check_bootstrap(self.bootstrap_servers)
@@ -80,12 +105,35 @@ class ConsumerSettings:
             "enable_auto_commit": False,
             "auto_offset_reset": self.auto_offset_reset,
             "max_poll_records": self.max_poll_records,
+            "max_partition_fetch_bytes": self.max_partition_fetch_bytes,
             "max_poll_interval_ms": self.max_poll_interval_ms,
             "session_timeout_ms": self.session_timeout_ms,
             "heartbeat_interval_ms": self.heartbeat_interval_ms,
             "isolation_level": self.isolation_level,
             "partition_assignment_strategy": assignors,
             "bootstrap_timeout_ms": self.bootstrap_timeout_ms,
+            "request_timeout_ms": self.request_timeout_ms,
+            "allow_auto_create_topics": False,
+            **self.extra,
+        }
+
+    def to_confluent(self) -> dict[str, Any]:
+        """The same settings as librdkafka properties (``extra`` holds librdkafka names here)."""
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            "group.id": self.group_id,
+            "client.id": self.client_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": self.auto_offset_reset,
+            "max.poll.interval.ms": self.max_poll_interval_ms,
+            "max.partition.fetch.bytes": self.max_partition_fetch_bytes,
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": self.heartbeat_interval_ms,
+            "isolation.level": self.isolation_level,
+            "partition.assignment.strategy": "cooperative-sticky" if self.rebalance == "cooperative" else "range",
+            "allow.auto.create.topics": False,
+            "socket.timeout.ms": self.request_timeout_ms,
             **self.extra,
         }
 
@@ -102,9 +150,12 @@ class ProducerSettings:
     delivery_timeout_ms: int = 120_000
     max_block_ms: int = 60_000
     bootstrap_timeout_ms: int = 30_000
+    #: the client library: "kafka-python" (default) or "confluent" (confluent-kafka, librdkafka)
+    backend: Backend = field(default_factory=default_backend)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_backend(self.backend)
         _check_bootstrap(self.bootstrap_servers)
         owned = {"bootstrap_servers", "key_serializer", "value_serializer"} & set(self.extra)
         if owned:
@@ -128,6 +179,22 @@ class ProducerSettings:
             **self.extra,
         }
 
+    def to_confluent(self) -> dict[str, Any]:
+        """The same settings as librdkafka properties (idempotent, ``acks=all``)."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "linger.ms": self.linger_ms,
+            "batch.size": self.batch_size,
+            "delivery.timeout.ms": self.delivery_timeout_ms,
+            "enable.idempotence": True,
+            "acks": "all",
+            **self.extra,
+        }
+        if self.compression_type:
+            config.setdefault("compression.type", self.compression_type)
+        return config
+
 
 @dataclass(frozen=True)
 class SourceSettings:
@@ -149,10 +216,26 @@ class SourceSettings:
     #: how long a revoke waits for in-flight records of the revoked partitions before committing
     revoke_settle_timeout: float = 3.0
     backoff: Backoff = field(default_factory=Backoff)
+    #: how long a missing topic is looked for (its metadata) before the source fails
+    metadata_timeout: float = 5.0
+    #: no assignment this long while the topic has partitions and the group has room: replace the consumer
+    assignment_timeout: float = 30.0
+    #: a client call (poll, commit, ...) that has not returned this long is stuck: replace the consumer
+    stuck_timeout: float = 30.0
+    #: how many times a consumer is replaced before the source gives up
+    max_consumer_restarts: int = 3
+    #: how often the end offsets are read for lag and idleness
+    lag_interval: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
             raise ConfigError("max_in_flight must be >= 1")
+        if self.drain_timeout < 0 or self.poll_timeout <= 0 or self.keepalive_interval <= 0:
+            raise ConfigError("drain_timeout must be >= 0, poll_timeout and keepalive_interval > 0")
+        if min(self.assignment_timeout, self.stuck_timeout, self.metadata_timeout, self.lag_interval) <= 0:
+            raise ConfigError("assignment_timeout, stuck_timeout, metadata_timeout and lag_interval must be > 0")
+        if self.max_consumer_restarts < 0:
+            raise ConfigError("max_consumer_restarts must be >= 0")
         if self.failure_policy not in ("stop", "rewind"):
             raise ConfigError(f"failure_policy must be 'stop' or 'rewind', got {self.failure_policy!r}")
         if self.commit_every < 1 or self.commit_interval <= 0:

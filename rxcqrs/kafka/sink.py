@@ -1,64 +1,63 @@
-"""KafkaSink: an observer that sends each item with the producer, asynchronously, and acks it on delivery.
+"""KafkaSink: an observer that sends each item with a producer, asynchronously, and acks it on delivery.
 
-Retriable errors (``err.retriable``: timeouts, not enough replicas, leader changes, ...) are retried with
-the shared exponential backoff until its delay reaches the maximum; a non-retriable error ends the sink
-with a clear :class:`DeliveryError` (every later item is nacked with it). Completion waits for every
-send, so nothing is lost on shutdown. With envelopes, a Kafka-to-Kafka flow is at-least-once too.
+Retriable errors (timeouts, not enough replicas, leader changes, ...) are retried with the shared
+exponential backoff until its delay reaches the maximum; a non-retriable error ends the sink with a clear,
+permanent :class:`DeliveryError` (every later item is nacked with it). A topic is checked once, before its
+first record: a missing one is a :class:`TopicNotFoundError` at once (rxcqrs never auto-creates topics).
+Completion waits for every send, so nothing is lost on shutdown. With envelopes, a Kafka-to-Kafka flow is
+at-least-once too. Threads: see :mod:`rxcqrs.kafka`.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Protocol
+import threading
+from typing import Any, Callable
 
 from rxcqrs.backoff import Backoff
-from rxcqrs.exceptions import ConfigError, DeliveryError
+from rxcqrs.exceptions import ConfigError, DeliveryError, TopicNotFoundError
+from rxcqrs.kafka.client import ProducerClient, is_retriable
 from rxcqrs.kafka.settings import ProducerSettings
 from rxcqrs.messages import Envelope, OutgoingRecord
 from rxcqrs.sink import SinkBase
 from rxcqrs.timers import call_later
 
-__all__ = ["KafkaSink", "ProducerLike", "create_producer", "is_retriable"]
+__all__ = ["KafkaSink", "producer_client", "is_retriable"]
 
 log = logging.getLogger(__name__)
 
 
-class ProducerLike(Protocol):
-    def send(self, topic: str, value: Any = None, key: Any = None, headers: Any = None, partition: Any = None,
-             timestamp_ms: Any = None) -> Any: ...
-    def flush(self, timeout: float | None = None) -> None: ...
-    def close(self, timeout: float | None = None) -> None: ...
+def producer_client(settings: ProducerSettings) -> ProducerClient:
+    """A producer client of the settings' ``backend``; an unusable configuration is a clear error."""
+    if settings.backend == "confluent":
+        from rxcqrs.kafka.confluent import ConfluentProducer
 
+        return ConfluentProducer.create(settings)
+    from rxcqrs.kafka.kafka_python import KafkaPythonProducer
 
-def create_producer(settings: ProducerSettings) -> ProducerLike:
-    """A ``KafkaProducer``; an unreachable bootstrap server is a clear :class:`DeliveryError`."""
-    from kafka import KafkaProducer
-
-    try:
-        return KafkaProducer(**settings.to_kafka())
-    except Exception as exc:
-        raise DeliveryError(f"cannot create a Kafka producer for {settings.bootstrap_servers}: {exc!r}") from exc
-
-
-def is_retriable(error: BaseException) -> bool:
-    """kafka-python marks transient errors with ``retriable = True`` (KafkaTimeoutError included)."""
-    return bool(getattr(error, "retriable", False))
+    return KafkaPythonProducer.create(settings)
 
 
 class KafkaSink(SinkBase):
-    """Send ``OutgoingRecord``s (or bytes), plain or in envelopes, to ``topic`` (or each record's own topic)."""
+    """Send ``OutgoingRecord``s (or bytes), plain or in envelopes, to ``topic`` (or each record's own topic).
 
-    def __init__(self, producer: ProducerLike | ProducerSettings | None = None, topic: str | None = None, *,
-                 backoff: Backoff | None = None, close_producer: bool | None = None,
-                 producer_factory: Callable[[ProducerSettings], ProducerLike] = create_producer) -> None:
+    ``producer`` is a :class:`ProducerSettings` (the sink creates and closes its producer) or a producer
+    client you own (:func:`producer_client`)."""
+
+    def __init__(self, topic: str | None = None, producer: ProducerSettings | ProducerClient | None = None, *,
+                 backoff: Backoff | None = None, close_producer: bool | None = None, topic_timeout: float = 5.0,
+                 producer_factory: Callable[[ProducerSettings], ProducerClient] = producer_client) -> None:
         super().__init__()
         owned = producer is None or isinstance(producer, ProducerSettings)
         if producer is None or isinstance(producer, ProducerSettings):
             producer = producer_factory(producer or ProducerSettings())
-        self.producer: ProducerLike = producer
+        self.producer: ProducerClient = producer
         self.topic = topic
         self.backoff = backoff or Backoff()
+        self.topic_timeout = topic_timeout
         self._close_producer = owned if close_producer is None else close_producer
+        self._known_topics: set[str] = set()
+        self._topics_lock = threading.Lock()
         self.sent = 0
         self.retries = 0
 
@@ -67,32 +66,49 @@ class KafkaSink(SinkBase):
         value = env.value if env is not None else item
         record = value if isinstance(value, OutgoingRecord) else OutgoingRecord(value)
         topic = record.topic or self.topic
+        error: BaseException | None = self.error  # a non-retriable failure ended this sink
         if topic is None:
             error = ConfigError("KafkaSink has no topic: give the sink a topic or the record one")
+        elif error is None:
+            error = self._check_topic(topic)
+        if error is not None:
             if env is None:
                 raise error
             env.nack(error)
             return
-        if self.error is not None:  # a non-retriable failure ended this sink
-            if env is None:
-                raise self.error
-            env.nack(self.error)
-            return
+        assert topic is not None
         self._begin()
         self._send(env, record, topic, 0)
 
-    def _send(self, env: Envelope[Any] | None, record: OutgoingRecord, topic: str, attempt: int) -> None:
-        try:
-            future = self.producer.send(topic, value=record.value, key=record.key,
-                                        headers=list(record.headers) or None, partition=record.partition,
-                                        timestamp_ms=record.timestamp_ms)
-        except Exception as exc:  # e.g. metadata not available within max_block_ms, record too large
-            self._failed(env, record, topic, attempt, exc)
-            return
-        future.add_callback(self._delivered, env)
-        future.add_errback(self._failed, env, record, topic, attempt)
+    def _check_topic(self, topic: str) -> BaseException | None:
+        """Once per topic: does it exist? (A send to a missing topic would only time out, slowly.)"""
+        if topic in self._known_topics:
+            return None
+        with self._topics_lock:
+            if topic in self._known_topics:
+                return None
+            try:
+                exists = self.producer.topic_exists(topic, self.topic_timeout)
+            except Exception as exc:
+                return DeliveryError(f"cannot read the metadata of topic {topic!r} with the "
+                                     f"{self.producer.description}: {exc!r}")
+            if not exists:
+                return TopicNotFoundError(f"Kafka topic {topic!r} does not exist (rxcqrs never creates topics "
+                                          "implicitly): create it first, or check the topic name")
+            self._known_topics.add(topic)
+            return None
 
-    def _delivered(self, env: Envelope[Any] | None, _metadata: Any) -> None:
+    def _send(self, env: Envelope[Any] | None, record: OutgoingRecord, topic: str, attempt: int) -> None:
+        def done(error: BaseException | None) -> None:
+            if error is None:
+                self._delivered(env)
+            else:
+                self._failed(env, record, topic, attempt, error)
+
+        self.producer.send(topic, record.value, record.key, list(record.headers) or None, record.partition,
+                           record.timestamp_ms, done)
+
+    def _delivered(self, env: Envelope[Any] | None) -> None:
         self.sent += 1
         if env is not None:
             env.ack()
@@ -113,16 +129,17 @@ class KafkaSink(SinkBase):
                                   f"maximum {self.backoff.max_delay}s): {exc!r}")
         else:
             error = DeliveryError(f"sending to {topic} failed with a non-retriable error: {exc!r}")
+            error.permanent = True
+            self._fail(error)
         error.__cause__ = exc
         log.error("%s", error)
-        self._fail(error)
         if env is not None:
             env.nack(error)
         self._end()
 
     def close(self) -> None:
         try:
-            self.producer.flush()
+            self.producer.flush(None if self.upstream_error is None else self.abandon_timeout)
         finally:
             if self._close_producer:
-                self.producer.close()
+                self.producer.close(None if self.upstream_error is None else self.abandon_timeout)

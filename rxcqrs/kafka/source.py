@@ -1,10 +1,23 @@
 """KafkaSource: Kafka polls as a pull-based (backpressured) observable of envelopes with gated commits.
 
-One poll thread owns the ``KafkaConsumer``; nothing else touches it. The thread emits the records of a
-poll one at a time, only while there is demand and room in the window, and polls again only when every
-record of the previous poll was settled by every branch (unless ``prefetch``). While it waits it pauses
-its partitions and keeps polling, so a stalled downstream never costs the group membership. Commits are
-the gate's watermarks (never past a record that is not done), in batches, always from the poll thread.
+The poll thread (see the threading model in :mod:`rxcqrs.kafka`) owns the consumer client. It emits
+records one at a time, only while there is demand and room in the window, and polls again only when every
+record of the previous poll was settled by every branch (unless ``prefetch``). A poll window covers every
+assigned partition: partitions that already hold their share are paused while the others are fetched,
+so per-key ordered stages downstream get work for all of their workers. While it waits, the source pauses
+its partitions and keeps polling, so a stalled downstream never costs the group membership. Committing,
+failure policies and rebalances belong to the :class:`~rxcqrs.kafka.committer.Committer`.
+
+Liveness: before subscribing, the source waits for the topic's metadata (a missing topic fails at once with
+:class:`~rxcqrs.exceptions.TopicNotFoundError`: nothing is ever auto-created). A consumer that gets no
+assignment in ``assignment_timeout`` while the topic has more partitions than the group has members, or
+whose client call hangs longer than ``stuck_timeout``, is closed and replaced (same group), with a warning
+that says why; after ``max_consumer_restarts`` replacements the source gives up with a clear error.
+
+Lag is measured from the broker's end offsets for every partition of the topic (``lag``: this member's
+partitions; ``backlog``: the whole group's, from its committed offsets for partitions of other members),
+and :meth:`KafkaSource.idle_seconds` says how long nothing has been in flight, nothing buffered and the
+backlog zero.
 """
 
 from __future__ import annotations
@@ -13,62 +26,41 @@ import logging
 import threading
 import time
 from collections import deque
-from functools import partial
-from typing import Any, Callable, Iterable, Literal, Protocol, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import reactivex
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
-from rxcqrs.acks import Ticket
-from rxcqrs.commit import CommitGate, Failure
-from rxcqrs.exceptions import CommitError, FlowError, RetriesExhaustedError
+from rxcqrs.exceptions import FlowError, TopicNotFoundError
+from rxcqrs.kafka.client import ConsumerClient, Record
+from rxcqrs.kafka.committer import Committer
+from rxcqrs.kafka.liveness import Watchdog
 from rxcqrs.kafka.settings import ConsumerSettings, SourceSettings
 from rxcqrs.messages import Envelope, RecordMetadata, TopicPartition
 from rxcqrs.metrics import Metrics
 
-__all__ = ["KafkaSource", "ConsumerLike"]
+__all__ = ["KafkaSource", "consumer_client"]
 
 log = logging.getLogger(__name__)
 
-
-class ConsumerLike(Protocol):
-    """The subset of ``kafka.KafkaConsumer`` a source uses (the in-memory fake implements the same)."""
-
-    def subscribe(self, topics: Sequence[str], listener: Any = None) -> None: ...
-    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Any]]: ...
-    def pause(self, *partitions: Any) -> None: ...
-    def resume(self, *partitions: Any) -> None: ...
-    def paused(self) -> set[Any]: ...
-    def assignment(self) -> set[Any]: ...
-    def seek(self, partition: Any, offset: int) -> None: ...
-    def commit(self, offsets: Any = None, timeout_ms: int | None = None) -> None: ...
-    def commit_async(self, offsets: Any = None, callback: Any = None) -> Any: ...
-    def highwater(self, partition: Any) -> int | None: ...
-    def close(self) -> None: ...
+ClientFactory = Callable[[ConsumerSettings], ConsumerClient]
+_BURST = 64  # records emitted per loop turn before the loop looks at failures, commits and its clock
 
 
-def _kafka_consumer(config: dict[str, Any]) -> ConsumerLike:
-    from kafka import KafkaConsumer
+def consumer_client(settings: ConsumerSettings) -> ConsumerClient:
+    """A consumer client of the settings' ``backend``."""
+    if settings.backend == "confluent":
+        from rxcqrs.kafka.confluent import ConfluentConsumer
 
-    return KafkaConsumer(**config)
+        return ConfluentConsumer.create(settings)
+    from rxcqrs.kafka.kafka_python import KafkaPythonConsumer
 
-
-def _offsets(offsets: dict[TopicPartition, int]) -> dict[Any, Any]:
-    from kafka import TopicPartition as KafkaTP
-    from kafka.structs import OffsetAndMetadata
-
-    return {KafkaTP(tp.topic, tp.partition): OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
+    return KafkaPythonConsumer.create(settings)
 
 
-def _kafka_tps(tps: Iterable[TopicPartition]) -> list[Any]:
-    from kafka import TopicPartition as KafkaTP
-
-    return [KafkaTP(tp.topic, tp.partition) for tp in tps]
-
-
-def _tp(kafka_tp: Any) -> TopicPartition:
-    return TopicPartition(kafka_tp.topic, kafka_tp.partition)
+class _Replace(Exception):
+    """The current consumer must be replaced (stuck, or never assigned)."""
 
 
 class KafkaSource:
@@ -80,8 +72,7 @@ class KafkaSource:
 
     def __init__(self, topics: str | Sequence[str], consumer: ConsumerSettings,
                  settings: SourceSettings | None = None, *, demand: Literal["auto", "manual"] = "auto",
-                 consumer_factory: Callable[[dict[str, Any]], ConsumerLike] = _kafka_consumer,
-                 name: str | None = None) -> None:
+                 client_factory: ClientFactory = consumer_client, name: str | None = None) -> None:
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         if not self.topics:
             raise FlowError("a KafkaSource needs at least one topic")
@@ -89,31 +80,44 @@ class KafkaSource:
         self.settings = settings or SourceSettings()
         self.name = name or f"{consumer.group_id}:{','.join(self.topics)}"
         self.metrics = Metrics()
-        self._factory = consumer_factory
+        self._factory = client_factory
         self._manual = demand == "manual"
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._demand = 0
         self._subscribed = False
         self._stop_mode: Literal["drain", "now"] | None = None
-        self._stop_error: Exception | None = None
+        self._stop_error: BaseException | None = None
         self._stop_deadline = float("inf")
-        self.gate = CommitGate(on_change=self._wake.set)
-        self._batch: deque[tuple[Any, int]] = deque()
-        self._halted: dict[TopicPartition, float] = {}  # rewinding: wait for in-flight, then seek and back off
-        self._resume_at: dict[TopicPartition, float] = {}
-        self._rewinds: dict[TopicPartition, tuple[int, int]] = {}  # tp -> (failed offset, attempts)
+        self.committer = Committer(self.settings, self.metrics, self.name, wake=self._wake.set)
+        self.gate = self.committer.gate
+        self._client: ConsumerClient | None = None
+        self._partitions: dict[str, int] = {}
+        self._buffers: dict[TopicPartition, tuple[int, deque[Record]]] = {}
+        self._ring: deque[TopicPartition] = deque()  # partitions with buffered records, in emission turn
+        self._buffered = 0
         self._last_poll = 0.0
-        self._last_commit = time.monotonic()
+        self._subscribed_at = 0.0
+        self._restarts = 0
+        self._stuck: str | None = None
         self._lag: dict[TopicPartition, int] = {}
+        self._unfetched: dict[TopicPartition, int] = {}  # end offset - fetch position, per assigned partition
+        self._starving_since: float | None = None  # polls return nothing although records wait to be fetched
+        self._backlog: int | None = None
+        self._measured_at = 0.0
+        self._idle_since: float | None = None
+        self.state = "starting"
+        #: records of the topic the group had not committed when the source stopped (None: unknown)
+        self.left_behind: int | None = None
         self._thread: threading.Thread | None = None
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.metrics.gauge("in_flight", self.gate.in_flight)
-        self._committed: dict[TopicPartition, int] = {}  # last commit per partition, kept after a revoke
-        self.metrics.gauge("committed", lambda: {f"{tp.topic}/{tp.partition}": off
-                                                 for tp, off in sorted(self._committed.items())})
+        self.metrics.gauge("buffered", lambda: self._buffered)
+        self.metrics.gauge("committed", self.committer.records_committed)
         self.metrics.gauge("lag", lambda: sum(self._lag.values()))
+        self.metrics.gauge("backlog", lambda: self._backlog)
+        self.metrics.gauge("state", lambda: self.state)
         self.observable: Observable[Envelope[bytes | None]] = reactivex.create(self._subscribe)
 
     # -- public control -----------------------------------------------------------------------------------
@@ -136,11 +140,25 @@ class KafkaSource:
                 self._stop_mode = "drain" if drain else "now"
                 self._stop_deadline = time.monotonic() + (timeout if timeout is not None
                                                           else self.settings.drain_timeout)
+                self.committer.stopping_now = not drain
         self._wake.set()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the poll thread has finished; True if it did."""
         return self.done.wait(timeout)
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Records behind the end offsets, per partition assigned to this source (last measurement)."""
+        return dict(self._lag)
+
+    def backlog(self) -> int | None:
+        """Records of the whole topic not yet done by the group (last measurement; None before the first)."""
+        return self._backlog
+
+    def idle_seconds(self) -> float:
+        """How long nothing has been in flight, nothing buffered and the group's backlog zero."""
+        since = self._idle_since
+        return 0.0 if since is None else time.monotonic() - since
 
     # -- subscription -------------------------------------------------------------------------------------
     def _subscribe(self, observer: abc.ObserverBase[Envelope[bytes | None]],
@@ -158,111 +176,185 @@ class KafkaSource:
 
     # -- the poll thread ----------------------------------------------------------------------------------
     def _run(self, observer: abc.ObserverBase[Envelope[bytes | None]]) -> None:
-        consumer: ConsumerLike | None = None
-        error: Exception | None = None
+        watchdog = Watchdog(self.name, self.settings.stuck_timeout, self._on_stuck)
+        self._watch = watchdog
+        error: BaseException | None = None
         try:
-            consumer = self._connect()
-            self._loop(consumer, observer)
+            self._open()
+            while True:
+                try:
+                    self._loop(observer)
+                    break
+                except _Replace as why:
+                    self._replace(str(why))
             error = self._stop_error
         except Exception as exc:
             error = exc
-            log.exception("source %s failed", self.name)
+            log.error("source %s failed: %s", self.name, exc)
         finally:
-            if consumer is not None:
-                try:
-                    self._commit(consumer, force=True, strict=True)
-                except Exception as exc:
-                    log.warning("final commit of %s failed: %r", self.name, exc)
-                    error = error or exc
-                try:
-                    consumer.close()
-                except Exception as exc:
-                    log.warning("closing the consumer of %s failed: %r", self.name, exc)
+            error = self._close(error)
+            watchdog.stop()
             self.error = error
+            self.state = "failed" if error is not None else "stopped"
             self.done.set()
             if error is None:
                 observer.on_completed()
             else:
-                observer.on_error(error)
+                observer.on_error(error)  # type: ignore[arg-type]
 
-    def _connect(self) -> ConsumerLike:
-        config = self.consumer_settings.to_kafka()
-        try:
-            consumer = self._factory(config)
-        except Exception as exc:
-            raise FlowError(f"cannot create a Kafka consumer for {self.consumer_settings.bootstrap_servers} "
-                            f"(group {self.consumer_settings.group_id}): {exc!r}") from exc
-        consumer.subscribe(self.topics, listener=_listener(self, consumer))
-        return consumer
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """One call to the client, watched for hanging."""
+        with self._watch.call(what):
+            try:
+                return fn(*args, **kwargs)
+            except Exception:
+                if self._stuck is not None:
+                    raise _Replace(self._stuck) from None
+                raise
 
-    def _loop(self, consumer: ConsumerLike, observer: abc.ObserverBase[Envelope[bytes | None]]) -> None:
+    def _on_stuck(self, what: str, seconds: float) -> None:
+        """The watchdog's thread: a call hangs. Break it; the poll thread replaces the consumer."""
+        self._stuck = f"the consumer's {what}() has not returned for {seconds:.0f}s"
+        client = self._client
+        log.warning("%s: %s; interrupting it", self.name, self._stuck)
+        if client is not None:
+            try:
+                client.interrupt()
+            except Exception as exc:
+                log.warning("%s: interrupting the consumer failed: %r", self.name, exc)
+
+    def _open(self) -> None:
+        self.state = "connecting"
+        self._client = client = self._factory(self.consumer_settings)
+        self._stuck = None
+        for topic in self.topics:
+            self._partitions[topic] = self._wait_for_topic(client, topic)
+        self._call("subscribe", client.subscribe, self.topics, self.committer)
+        self._subscribed_at = time.monotonic()
+        self.state = "waiting for partition assignment"
+
+    def _wait_for_topic(self, client: ConsumerClient, topic: str) -> int:
+        """The topic's partition count, once its metadata is known (so the group join sees its partitions)."""
+        deadline = time.monotonic() + self.settings.metadata_timeout
+        while True:
+            partitions = self._call("metadata", client.topic_partitions, topic, self.settings.metadata_timeout)
+            if partitions:
+                return int(partitions)
+            if time.monotonic() >= deadline:
+                raise TopicNotFoundError(
+                    f"Kafka topic {topic!r} does not exist at {self.consumer_settings.bootstrap_servers} (rxcqrs "
+                    "never creates topics implicitly): create it first, or check the topic name")
+            time.sleep(0.2)  # pacing between metadata requests; the deadline bounds the loop
+
+    def _replace(self, why: str) -> None:
+        """Close the consumer (it is stuck or never assigned) and start a new one in the same group."""
+        self._restarts += 1
+        self.metrics.incr("consumer_restarts")
+        if self._restarts > self.settings.max_consumer_restarts:
+            raise FlowError(f"{self.name}: gave up after replacing the consumer {self.settings.max_consumer_restarts} "
+                            f"times; last reason: {why}")
+        log.warning("%s: replacing the consumer (%d of at most %d): %s", self.name, self._restarts,
+                    self.settings.max_consumer_restarts, why)
+        client = self._client
+        self.committer.lost(sorted(self.gate.assigned()))  # in-flight records of the old member are redelivered
+        self._clear_buffers()
+        if client is not None:
+            try:
+                client.close(timeout=5.0)
+            except Exception as exc:
+                log.info("%s: closing the replaced consumer failed: %r", self.name, exc)
+        self._open()
+
+    def _loop(self, observer: abc.ObserverBase[Envelope[bytes | None]]) -> None:
+        client = self._client
+        assert client is not None
         while True:
             self._wake.clear()
-            self._handle_failures()
-            self._finish_rewinds(consumer)
+            if self._stuck is not None:
+                raise _Replace(self._stuck)
+            stop_with = self.committer.check_failures()
+            if stop_with is not None:
+                self._begin_stop(stop_with)
+            self.committer.finish_rewinds(client)
             if self._stop_mode is not None:
-                if self._stop_mode == "now" or self.gate.in_flight() == 0:
+                self.state = "draining"
+                in_flight = self.gate.in_flight()
+                if self._stop_mode == "now" or in_flight == 0:
                     return
                 if time.monotonic() >= self._stop_deadline:
                     self._stop_error = self._stop_error or FlowError(
-                        f"drain of {self.name} timed out with {self.gate.in_flight()} records in flight; "
-                        "they will be redelivered")
+                        f"drain of {self.name} timed out with {in_flight} records in flight; they were not "
+                        "committed and will be delivered again")
                     return
-            elif self._emit_one(observer):
-                if time.monotonic() - self._last_poll >= self.settings.keepalive_interval:
-                    self._keepalive(consumer)
-                self._commit(consumer)
-                continue
-            elif self._ready_to_poll():
-                self._poll(consumer)
-                self._commit(consumer)
-                continue
-            self._commit(consumer)
-            self._wait(consumer)
+            else:
+                if self._emit_burst(observer):
+                    if time.monotonic() - self._last_poll >= self.settings.keepalive_interval:
+                        self._keepalive(client)
+                    self.committer.maybe_commit(client)
+                    continue
+                if self._ready_to_poll():
+                    self._poll_window(client)
+                    self._check_assignment(client)
+                    self._measure(client)
+                    self.committer.maybe_commit(client)
+                    continue
+                self._check_assignment(client)
+            self._measure(client)
+            self.committer.maybe_commit(client, batch_done=not self._buffered and self.gate.in_flight() == 0)
+            self._wait(client)
+
+    # -- emission -----------------------------------------------------------------------------------------
+    def _emit_burst(self, observer: abc.ObserverBase[Envelope[bytes | None]]) -> bool:
+        emitted = 0
+        while emitted < _BURST and self._emit_one(observer):
+            emitted += 1
+        return emitted > 0
 
     def _emit_one(self, observer: abc.ObserverBase[Envelope[bytes | None]]) -> bool:
-        while self._batch:
+        while self._ring:
             if self.gate.in_flight() >= self.settings.max_in_flight:
                 return False
             if self._manual:
                 with self._lock:
                     if self._demand <= 0:
                         return False
-            record, epoch = self._batch[0]
-            tp = TopicPartition(record.topic, record.partition)
-            if self.gate.epoch(tp) != epoch or tp in self._halted:
-                self._batch.popleft()  # revoked or rewound since the poll: it will be fetched again
-                continue
-            self._batch.popleft()
+            tp = self._ring.popleft()
+            epoch, records = self._buffers[tp]
+            record = records.popleft()
+            self._buffered -= 1
+            if records:
+                self._ring.append(tp)
+            else:
+                del self._buffers[tp]
+            if self.committer.halted(tp):
+                continue  # rewinding: it will be fetched again
+            ticket_epoch = self.gate.emit(tp, record.offset, epoch)
+            if ticket_epoch is None:
+                continue  # revoked or rewound since the poll: it will be fetched again
             if self._manual:
                 with self._lock:
                     self._demand -= 1
-            self._emit(observer, tp, epoch, record)
+            self._emit(observer, tp, ticket_epoch, record)
             return True
         return False
 
     def _emit(self, observer: abc.ObserverBase[Envelope[bytes | None]], tp: TopicPartition, epoch: int,
-              record: Any) -> None:
-        self.gate.emit(tp, record.offset)
+              record: Record) -> None:
         meta = RecordMetadata(record.topic, record.partition, record.offset, record.timestamp,
                               getattr(record, "timestamp_type", 0) or 0, record.key,
                               tuple((k, v) for k, v in (record.headers or ())))
-        ticket = Ticket(partial(self._settled, tp, epoch, record.offset), self.metrics.incr)
+        ticket = self.committer.ticket(tp, epoch, record.offset, self.metrics.incr)
         self.metrics.incr("records_in")
+        self._idle_since = None
         try:
             observer.on_next(Envelope(record.value, meta, ticket))
         except Exception as exc:  # a downstream observer without its own isolation: nack, never kill the source
             log.warning("downstream raised on %s: %r", meta, exc)
             ticket.nack(exc)
 
-    def _settled(self, tp: TopicPartition, epoch: int, offset: int, error: BaseException | None) -> None:
-        if self.gate.settle(tp, epoch, offset, error):
-            self.metrics.incr("acked" if error is None else "nacked")
-        else:
-            self.metrics.incr("stale_settles")
-
+    # -- polling ------------------------------------------------------------------------------------------
     def _ready_to_poll(self) -> bool:
-        if self._batch:
+        if self._buffered:
             return False
         if self._manual:
             with self._lock:
@@ -271,201 +363,207 @@ class KafkaSource:
         in_flight = self.gate.in_flight()
         return in_flight < self.settings.max_in_flight if self.settings.prefetch else in_flight == 0
 
-    def _pollable(self, consumer: ConsumerLike) -> tuple[list[Any], list[Any]]:
-        now = time.monotonic()
-        for tp, at in list(self._resume_at.items()):
-            if at <= now:
-                del self._resume_at[tp]
-        assigned = consumer.assignment()
-        active = [tp for tp in assigned if _tp(tp) not in self._halted and _tp(tp) not in self._resume_at]
-        held = [tp for tp in assigned if _tp(tp) in self._halted or _tp(tp) in self._resume_at]
-        return active, held
-
-    def _poll(self, consumer: ConsumerLike) -> None:
-        active, held = self._pollable(consumer)
-        paused = consumer.paused()
+    def _poll_window(self, client: ConsumerClient) -> None:
+        """Fill the window from the assigned partitions: poll again (without waiting) while some active
+        partition has nothing buffered yet, so a window is not one partition's fetch. (Pausing partitions that
+        already have records, to make the client hand out the others, stalls kafka-python 3.0 fetches across
+        rebalances; small per-partition fetches, ``max_partition_fetch_bytes``, do the balancing instead.)"""
+        assigned = self._call("assignment", client.assignment)
+        held = self.committer.held()
+        active = [tp for tp in assigned if tp not in held]
+        paused = self._call("paused", client.paused)
+        to_pause = [tp for tp in assigned if tp in held and tp not in paused]
+        if to_pause:
+            self._call("pause", client.pause, to_pause)
         to_resume = [tp for tp in active if tp in paused]
         if to_resume:
-            consumer.resume(*to_resume)
-        to_pause = [tp for tp in held if tp not in paused]
-        if to_pause:
-            consumer.pause(*to_pause)
-        room = self.settings.max_in_flight - self.gate.in_flight()
-        max_records = max(1, min(self.consumer_settings.max_poll_records, room))
-        records = consumer.poll(timeout_ms=int(self.settings.poll_timeout * 1000), max_records=max_records)
-        self._last_poll = time.monotonic()
-        self.metrics.incr("polls")
-        self._add_batch(records)
-        self._update_lag(consumer)
-
-    def _add_batch(self, records: dict[Any, list[Any]]) -> None:
-        """Interleave the partitions round-robin, so per-partition ordered sinks can work on all of them."""
-        if not records:
+            self._call("resume", client.resume, to_resume)
+        room = self.settings.max_in_flight - self.gate.in_flight() - self._buffered
+        timeout = self.settings.poll_timeout
+        fetched = False
+        for _ in range(len(active) + 1):
+            if room <= 0:
+                break
+            records = self._call("poll", client.poll, timeout, max(1, min(room, self.consumer_settings.max_poll_records)))
+            self._last_poll = time.monotonic()
+            self.metrics.incr("polls")
+            timeout = 0.0
+            if not records:
+                break
+            fetched = True
+            room -= self._add(records)
+            if all(tp in self._buffers for tp in active):
+                break
+        if fetched:
+            self._starving_since = None
+        else:
             self.metrics.incr("empty_polls")
-            return
-        queues = []
-        for ktp, recs in records.items():
-            tp = _tp(ktp)
+            if self._starving_since is None and any(self._unfetched.get(tp, 0) > 0 for tp in active):
+                self._starving_since = time.monotonic()
+
+    def _add(self, records: dict[TopicPartition, list[Record]]) -> int:
+        added = 0
+        for tp, recs in records.items():
+            if not recs:
+                continue
             epoch = self.gate.epoch(tp)
             if epoch is None:  # records before the assignment callback (manual assignment): track it now
                 epoch = self.gate.assign(tp)
-            queues.append(deque((r, epoch) for r in recs))
-        while queues:
-            for queue in list(queues):
-                self._batch.append(queue.popleft())
-                if not queue:
-                    queues.remove(queue)
+            current = self._buffers.get(tp)
+            if current is None or current[0] != epoch:
+                if current is not None:
+                    self._buffered -= len(current[1])
+                else:
+                    self._ring.append(tp)
+                self._buffers[tp] = (epoch, deque(recs))
+            else:
+                current[1].extend(recs)
+            self.committer.started_at(tp, recs[0].offset)
+            added += len(recs)
+        self._buffered += added
+        if added and self.state != "running":
+            self.state = "running"
+        return added
 
-    def _update_lag(self, consumer: ConsumerLike) -> None:
-        marks = self.gate.watermarks()
-        lag = {}
-        for ktp in consumer.assignment():
-            high = consumer.highwater(ktp)
-            mark = marks.get(_tp(ktp))
-            if high is not None and mark is not None:
-                lag[_tp(ktp)] = max(0, high - mark)
-        self._lag = lag
+    def _clear_buffers(self) -> None:
+        self._buffers.clear()
+        self._ring.clear()
+        self._buffered = 0
 
-    def _keepalive(self, consumer: ConsumerLike) -> None:
+    def _keepalive(self, client: ConsumerClient) -> None:
         """A poll with every partition paused: returns nothing, keeps the member in the group."""
-        assigned = consumer.assignment()
-        paused = consumer.paused()
+        assigned = self._call("assignment", client.assignment)
+        paused = self._call("paused", client.paused)
         to_pause = [tp for tp in assigned if tp not in paused]
         if to_pause:
-            consumer.pause(*to_pause)
-        records = consumer.poll(timeout_ms=0, max_records=1)
+            self._call("pause", client.pause, to_pause)
+        records = self._call("poll", client.poll, 0.0, 1)
         self._last_poll = time.monotonic()
         self.metrics.incr("keepalive_polls")
         if records:  # only newly assigned, not yet paused partitions can return data: keep it, in order
-            self._add_batch(records)
+            self._add(records)
 
-    def _wait(self, consumer: ConsumerLike) -> None:
+    def _wait(self, client: ConsumerClient) -> None:
         timeout = self.settings.keepalive_interval
-        if self._resume_at:
-            timeout = min(timeout, max(0.0, min(self._resume_at.values()) - time.monotonic()))
+        resume = self.committer.next_resume()
+        if resume is not None:
+            timeout = min(timeout, max(0.0, resume - time.monotonic()))
         if self.gate.to_commit():
             timeout = min(timeout, self.settings.commit_interval)
+        if self._stop_mode is not None:
+            timeout = min(timeout, max(0.0, self._stop_deadline - time.monotonic()))
         self._wake.wait(timeout)
         if time.monotonic() - self._last_poll >= self.settings.keepalive_interval:
-            self._keepalive(consumer)
+            self._keepalive(client)
 
-    # -- commits ------------------------------------------------------------------------------------------
-    def _commit(self, consumer: ConsumerLike, force: bool = False, strict: bool = False) -> None:
-        """Commit the gate's watermarks when due (count, time, end of a poll batch) or when ``force``d."""
+    # -- liveness, lag and idleness -----------------------------------------------------------------------
+    def _check_assignment(self, client: ConsumerClient) -> None:
+        """Liveness: replace a consumer that fetches nothing while records wait, or that never got partitions
+        although the group has room for it."""
         now = time.monotonic()
-        due = (force or self.gate.done_since_commit() >= self.settings.commit_every
-               or now - self._last_commit >= self.settings.commit_interval
-               or (not self._batch and self.gate.in_flight() == 0))  # the end of a poll batch
-        if not due:
+        if self._starving_since is not None and now - self._starving_since >= self.settings.stuck_timeout:
+            waiting = {f"{tp.topic}/{tp.partition}": n for tp, n in sorted(self._unfetched.items()) if n}
+            raise _Replace(f"polls returned nothing for {now - self._starving_since:.0f}s although records wait "
+                           f"to be fetched ({waiting})")
+        if self.gate.assigned() or now - self._subscribed_at < self.settings.assignment_timeout:
             return
-        offsets = self.gate.to_commit()
-        if not offsets:
+        partitions = sum(self._partitions.values())
+        members = self._group_size(client)
+        if members is not None and members >= partitions:
+            self._subscribed_at = now  # a full group: an idle member is right; look again later
             return
+        raise _Replace(f"no partition assigned after {self.settings.assignment_timeout:g}s although the topic has "
+                       f"{partitions} partitions and the group {members if members is not None else 'unknown'} "
+                       "members")
+
+    def _group_size(self, client: ConsumerClient) -> int | None:
+        size = getattr(client, "group_size", None)
+        if size is None:
+            return None
         try:
-            consumer.commit(_offsets(offsets), timeout_ms=10_000)
+            return int(self._call("group_size", size, 5.0))
+        except _Replace:
+            raise
         except Exception as exc:
-            self.metrics.incr("commit_failures")
-            if strict:
-                raise CommitError(f"commit of {offsets} failed: {exc!r}") from exc
-            log.warning("commit of %s failed (will retry): %r", offsets, exc)
-            self._last_commit = now
+            log.info("%s: could not describe the group: %r", self.name, exc)
+            return None
+
+    def _measure(self, client: ConsumerClient, force: bool = False) -> None:
+        """Lag, backlog and what is left to fetch, from the broker's end offsets (every ``lag_interval``)."""
+        now = time.monotonic()
+        if not force and now - self._measured_at < self.settings.lag_interval:
             return
-        self._committed_now(offsets)
-        self._last_commit = now
+        self._measured_at = now
+        every = [TopicPartition(t, p) for t, n in self._partitions.items() for p in range(n)]
+        try:
+            ends = self._call("end_offsets", client.end_offsets, every, 5.0)
+            assigned = [tp for tp in self._call("assignment", client.assignment) if tp in ends]
+            others = [tp for tp in every if tp not in assigned]
+            committed = self._call("committed", client.committed, others, 5.0) if others else {}
+            positions = {tp: self._call("position", client.position, tp) for tp in assigned}
+        except _Replace:
+            raise
+        except Exception as exc:
+            log.info("%s: could not measure lag: %r", self.name, exc)
+            return
+        self._unfetched = {tp: max(0, ends[tp] - (positions[tp] if positions[tp] is not None else ends[tp]))
+                           for tp in assigned}
+        self._lag = {tp: max(0, ends[tp] - self._next_offset(tp, positions[tp], ends[tp])) for tp in assigned}
+        self._backlog = sum(self._lag.values()) + sum(max(0, ends[tp] - (committed.get(tp) or 0)) for tp in others
+                                                      if tp in ends)
+        if not any(self._unfetched.values()):
+            self._starving_since = None
+        idle = self._backlog == 0 and not self._buffered and self.gate.in_flight() == 0
+        if not idle:
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = now
 
-    def _committed_now(self, offsets: dict[TopicPartition, int]) -> None:
-        self.gate.mark_committed(offsets)
-        self._committed.update(offsets)
-        self.metrics.incr("commits")
+    def _next_offset(self, tp: TopicPartition, position: int | None, end: int) -> int:
+        """The first offset of ``tp`` this source has not finished: in flight (or failed), buffered, or the
+        fetch position."""
+        if self.gate.in_flight([tp]) or self.gate.failed:
+            mark = self.gate.watermarks().get(tp)
+            if mark is not None:
+                return mark
+        buffered = self._buffers.get(tp)
+        if buffered and buffered[1]:
+            return int(buffered[1][0].offset)
+        if position is not None:
+            return position
+        mark = self.gate.watermarks().get(tp)
+        return end if mark is None else mark
 
-    # -- failures -----------------------------------------------------------------------------------------
-    def _begin_stop(self, error: Exception) -> None:
+    # -- stopping -----------------------------------------------------------------------------------------
+    def _begin_stop(self, error: BaseException) -> None:
         with self._lock:
             if self._stop_error is None:
                 self._stop_error = error
             if self._stop_mode is None:
                 self._stop_mode = "drain"
                 self._stop_deadline = time.monotonic() + self.settings.drain_timeout
-        self._batch.clear()
+        self._clear_buffers()
 
-    def _handle_failures(self) -> None:
-        if not self.gate.failed:
-            return
-        for failure in self.gate.failures():
-            if failure.tp in self._halted or self._stop_error is not None:
-                continue
-            if self.settings.failure_policy == "stop":
-                self._begin_stop(_failed(failure))
-                return
-            last_offset, attempts = self._rewinds.get(failure.tp, (-1, -1))
-            attempts = attempts + 1 if last_offset == failure.offset else 0
-            delay = self.settings.backoff.delay(attempts)
-            if delay is None:
-                exhausted = RetriesExhaustedError(
-                    f"{failure.tp.topic}/{failure.tp.partition}@{failure.offset} kept failing after {attempts} "
-                    f"rewinds: {failure.error!r}")
-                exhausted.__cause__ = failure.error
-                self._begin_stop(exhausted)
-                return
-            self._rewinds[failure.tp] = (failure.offset, attempts)
-            self._halted[failure.tp] = delay
-            self.metrics.incr("rewinds")
-            log.warning("rewinding %s to before offset %d in %.2fs (attempt %d): %r", failure.tp, failure.offset,
-                        delay, attempts + 1, failure.error)
-
-    def _finish_rewinds(self, consumer: ConsumerLike) -> None:
-        for tp, delay in list(self._halted.items()):
-            if self.gate.in_flight([tp]) > 0:
-                continue
-            del self._halted[tp]
-            position = self.gate.rewind(tp)
-            self._commit(consumer, force=True)
-            if position is not None and tp in {_tp(k) for k in consumer.assignment()}:
-                consumer.seek(_kafka_tps([tp])[0], position)
-            self._resume_at[tp] = time.monotonic() + delay
-
-
-def _failed(failure: Failure) -> FlowError:
-    error = FlowError(f"record {failure.tp.topic}/{failure.tp.partition}@{failure.offset} failed: "
-                      f"{failure.error!r}; nothing at or after it was committed")
-    error.__cause__ = failure.error
-    return error
-
-
-def _listener(source: KafkaSource, consumer: ConsumerLike) -> Any:
-    """A rebalance listener. kafka-python 3 runs it on its IO thread, where blocking consumer calls raise:
-    it is async, awaits ``commit_async``, and only touches the thread-safe gate."""
-    from kafka import ConsumerRebalanceListener  # noqa: F401  (ensures kafka-python 3 is importable)
-    from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-
-    class Listener(AsyncConsumerRebalanceListener):
-        async def on_partitions_revoked(self, revoked: Any) -> None:
-            tps = [_tp(k) for k in revoked]
-            if not tps:
-                return
-            # give in-flight records of these partitions a moment to settle, so their commits count (not when
-            # the source is being stopped without draining: then they are left to be redelivered)
-            settled = source._stop_mode == "now" or source.gate.wait_settled(
-                tps, source.settings.revoke_settle_timeout)
-            offsets = source.gate.revoke(tps)
-            source.metrics.incr("revoked", len(tps))
-            log.info("%s: revoked %s (settled: %s), committing %s", source.name, tps, settled, offsets)
-            if offsets:
-                try:
-                    await consumer.commit_async(_offsets(offsets))
-                    source._committed_now(offsets)
-                except Exception as exc:  # the group moved on: those records will be redelivered
-                    source.metrics.incr("commit_failures")
-                    log.warning("%s: commit on revoke failed: %r", source.name, exc)
-
-        async def on_partitions_assigned(self, assigned: Any) -> None:
-            for ktp in assigned:
-                source.gate.assign(_tp(ktp))
-            source.metrics.incr("assigned", len(assigned))
-            log.info("%s: assigned %s", source.name, sorted(_tp(k) for k in assigned))
-
-        async def on_partitions_lost(self, lost: Any) -> None:
-            source.gate.revoke([_tp(k) for k in lost])
-            source.metrics.incr("lost", len(lost))
-
-    return Listener()
+    def _close(self, error: BaseException | None) -> BaseException | None:
+        """Commit what is done, note what is left for the next run, close the consumer: each step bounded."""
+        client = self._client
+        if client is None:
+            return error
+        if self._stuck is None and self._subscribed_at:
+            try:
+                self.committer.maybe_commit(client, force=True, strict=True)
+            except Exception as exc:
+                log.warning("final commit of %s failed: %r", self.name, exc)
+                error = error or exc
+            try:
+                every = [TopicPartition(t, p) for t, n in self._partitions.items() for p in range(n)]
+                ends = self._call("end_offsets", client.end_offsets, every, 5.0)
+                committed = self._call("committed", client.committed, every, 5.0)
+                self.left_behind = sum(max(0, ends[tp] - (committed.get(tp) or 0)) for tp in every if tp in ends)
+            except Exception as exc:
+                log.info("%s: could not read what is left: %r", self.name, exc)
+        try:
+            client.close(timeout=5.0)
+        except Exception as exc:
+            log.warning("closing the consumer of %s failed: %r", self.name, exc)
+        return error

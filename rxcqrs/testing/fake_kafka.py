@@ -18,7 +18,13 @@ from typing import Any, Callable, Iterable, Sequence
 
 from rxcqrs.messages import TopicPartition
 
-__all__ = ["FakeBroker", "FakeConsumer", "FakeProducer", "FakeRecord", "FakeFuture"]
+__all__ = ["FakeBroker", "FakeConsumer", "FakeProducer", "FakeRecord", "FakeFuture", "UnknownTopicError"]
+
+
+class UnknownTopicError(Exception):
+    """A fake broker has no such topic (a real one answers UNKNOWN_TOPIC_OR_PARTITION; not retriable here)."""
+
+    retriable = False
 
 
 @dataclass(frozen=True)
@@ -117,9 +123,11 @@ class FakeBroker:
 
     def append(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int | None = None,
                headers: Iterable[tuple[str, bytes]] = (), timestamp_ms: int | None = None) -> FakeRecord:
+        """Append a record (like a producer's send); the topic must exist, as on a broker without
+        auto-creation."""
         with self._lock:
             if topic not in self.topics:
-                self.create_topic(topic, 1)
+                raise UnknownTopicError(f"topic {topic!r} does not exist on the fake broker")
             parts = self.topics[topic]
             if partition is None:
                 partition = (hash(key) % len(parts)) if key is not None else sum(map(len, parts)) % len(parts)
@@ -137,6 +145,10 @@ class FakeBroker:
     def end_offset(self, tp: TopicPartition) -> int:
         with self._lock:
             return len(self.topics[tp.topic][tp.partition])
+
+    def group_size(self, group_id: str) -> int:
+        with self._lock:
+            return len(self._members[group_id])
 
     # -- groups -------------------------------------------------------------------------------------------
     def join(self, member: "FakeConsumer") -> None:
@@ -186,6 +198,10 @@ class FakeConsumer:
         self.thread: threading.Thread | None = None  # the first thread that polled: nobody else may touch us
         self.polls = 0
         self.fail_commits = 0
+        #: faults for the liveness tests: never receive an assignment; or hang in poll until interrupted
+        self.never_assigned = False
+        self.hang_polls = False
+        self._interrupted = threading.Event()
 
     def _owner_check(self) -> None:
         current = threading.current_thread()
@@ -197,9 +213,18 @@ class FakeConsumer:
     def subscribe(self, topics: Sequence[str], listener: Any = None) -> None:
         self.subscription = set(topics)
         self._listener = listener
-        for topic in topics:
-            self.broker.create_topic(topic)
         self.broker.join(self)
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        with self.broker._lock:
+            return set(range(len(self.broker.topics.get(topic, []))))
+
+    def group_size(self) -> int:
+        return self.broker.group_size(self.group_id)
+
+    def interrupt(self) -> None:
+        """What the liveness watchdog does to a hung real client: the hanging call raises."""
+        self._interrupted.set()
 
     def _call_listener(self, method: str, tps: set[TopicPartition]) -> None:
         if not self._listener or not tps:
@@ -214,6 +239,8 @@ class FakeConsumer:
 
     def _apply_rebalance(self) -> None:
         """Like the group protocol: a partition moves only after its previous owner revoked it."""
+        if self.never_assigned:
+            return
         with self.broker._lock:
             target = self._target
         if target is None:
@@ -245,6 +272,9 @@ class FakeConsumer:
         self._owner_check()
         if self.closed:
             raise RuntimeError("consumer closed")
+        if self.hang_polls:
+            self._interrupted.wait()
+            raise RuntimeError("the fake consumer's poll was interrupted")
         self.polls += 1
         self._apply_rebalance()
         limit = max_records or self.max_poll_records
@@ -289,11 +319,11 @@ class FakeConsumer:
             raise ValueError(f"{tp} is not assigned")
         self._positions[tp] = offset
 
-    def position(self, tp: TopicPartition) -> int:
+    def position(self, tp: TopicPartition, timeout_ms: int | None = None) -> int:
         return self._positions[TopicPartition(*tp)]
 
-    def highwater(self, tp: TopicPartition) -> int:
-        return self.broker.end_offset(TopicPartition(*tp))
+    def end_offsets(self, tps: Iterable[TopicPartition], timeout_ms: int | None = None) -> dict[TopicPartition, int]:
+        return {TopicPartition(*tp): self.broker.end_offset(TopicPartition(*tp)) for tp in tps}
 
     def committed(self, tp: TopicPartition) -> int | None:
         return self.broker.committed[self.group_id].get(TopicPartition(*tp))
@@ -322,7 +352,7 @@ class FakeConsumer:
             future.failure(exc)
         return future
 
-    def close(self) -> None:
+    def close(self, autocommit: bool = False, timeout_ms: int | None = None) -> None:
         if self.closed:
             return
         self._call_listener("on_partitions_revoked", set(self._assigned))
@@ -356,9 +386,13 @@ class FakeProducer:
             if error is not None:
                 future.failure(error)
             else:
-                record = self.broker.append(topic, value, key, partition, headers, timestamp_ms)
-                self.sent += 1
-                future.success(record)
+                try:
+                    record = self.broker.append(topic, value, key, partition, headers, timestamp_ms)
+                except UnknownTopicError as exc:
+                    future.failure(exc)
+                else:
+                    self.sent += 1
+                    future.success(record)
             self._queue.task_done()
 
     def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
@@ -368,6 +402,10 @@ class FakeProducer:
         error = self.failures.pop(0) if self.failures else None
         self._queue.put((future, (topic, value, key, partition, list(headers or ()), timestamp_ms, error)))
         return future
+
+    def partitions_for(self, topic: str) -> set[int]:
+        with self.broker._lock:
+            return set(range(len(self.broker.topics.get(topic, []))))
 
     def flush(self, timeout: float | None = None) -> None:
         self._queue.join()

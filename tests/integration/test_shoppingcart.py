@@ -25,7 +25,7 @@ def run_pipeline(kafka_bootstrap: str, topic: str, group: str, store: CartStore,
                  partitions: int, **source: Any) -> Any:
     src = KafkaSource(topic, ConsumerSettings(group_id=group, bootstrap_servers=kafka_bootstrap),
                       SourceSettings(**source))
-    dead = KafkaSink(ProducerSettings(bootstrap_servers=kafka_bootstrap))
+    dead = KafkaSink(producer=ProducerSettings(bootstrap_servers=kafka_bootstrap))
     flow = start_pipeline(src, store, mode=mode, dead_letters=DeadLetters(dead))  # type: ignore[arg-type]
     return flow, src
 

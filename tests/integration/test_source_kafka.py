@@ -143,8 +143,12 @@ def test_members_joining_and_leaving_mid_stream_lose_nothing(topic_factory, kafk
     stop_producing.set()
     feeder.join(60)
     total = produced[0]
-    wait_until(lambda: committed(kafka_bootstrap, group_id, topic, 4) == {p: total // 4 for p in range(4)}, 120,
-               "every partition committed to its end")
+    try:
+        wait_until(lambda: committed(kafka_bootstrap, group_id, topic, 4) == {p: total // 4 for p in range(4)}, 120,
+                   "every partition committed to its end")
+    except TimeoutError:
+        raise AssertionError(f"{committed(kafka_bootstrap, group_id, topic, 4)} != {total // 4} each; members: "
+                             f"{[flow.metrics.snapshot() for flow in (a, b, c)]}") from None
     b.stop_and_wait(60)
     c.stop_and_wait(60)
     seen = {(e.meta.partition, e.meta.offset) for s in sinks for e in s.items}

@@ -11,11 +11,12 @@ from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, NotEnoughR
 from rxcqrs import run
 from rxcqrs.acks import Ticket
 from rxcqrs.backoff import Backoff
-from rxcqrs.exceptions import ConfigError, DeliveryError, FlowError, PoisonRecordError
+from rxcqrs.exceptions import (ConfigError, DeliveryError, FlowError, PoisonRecordError, TopicNotFoundError,
+                               is_permanent)
 from rxcqrs.kafka import KafkaSink
 from rxcqrs.messages import Envelope, OutgoingRecord, RecordMetadata, TopicPartition
 from rxcqrs.operators import DeadLetters, decode
-from rxcqrs.testing import FakeBroker, FakeProducer
+from rxcqrs.testing import FakeBroker, fake_producer
 from tests.helpers import Collect, fake_source, wait_until
 
 FAST = Backoff(0.005, 0.1, 0.0)
@@ -27,8 +28,9 @@ def tracked(value: object, results: list) -> Envelope:  # type: ignore[type-arg]
 
 def test_sends_in_order_acks_on_delivery_and_completion_flushes() -> None:
     broker = FakeBroker()
-    producer = FakeProducer(broker)
-    sink = KafkaSink(producer, "out", backoff=FAST)
+    broker.create_topic("out")
+    producer = fake_producer(broker)
+    sink = KafkaSink("out", producer, backoff=FAST)
     results: list = []
     items = [tracked(OutgoingRecord(f"v{i}".encode(), key=b"k"), results) for i in range(50)]
     reactivex.from_iterable(items).subscribe(sink)
@@ -39,9 +41,10 @@ def test_sends_in_order_acks_on_delivery_and_completion_flushes() -> None:
 
 def test_retriable_errors_are_retried_with_backoff_then_delivered() -> None:
     broker = FakeBroker()
-    producer = FakeProducer(broker)
-    producer.failures = [KafkaTimeoutError("slow"), NotEnoughReplicasError("isr")]
-    sink = KafkaSink(producer, "out", backoff=FAST)
+    broker.create_topic("out")
+    producer = fake_producer(broker)
+    producer.client.failures = [KafkaTimeoutError("slow"), NotEnoughReplicasError("isr")]
+    sink = KafkaSink("out", producer, backoff=FAST)
     results: list = []
     sink.on_next(tracked(b"x", results))
     sink.on_completed()
@@ -51,9 +54,10 @@ def test_retriable_errors_are_retried_with_backoff_then_delivered() -> None:
 
 def test_retries_give_up_when_the_backoff_reaches_max() -> None:
     broker = FakeBroker()
-    producer = FakeProducer(broker)
-    producer.failures = [KafkaTimeoutError("slow")] * 10
-    sink = KafkaSink(producer, "out", backoff=Backoff(0.005, 0.02, 0.0))
+    broker.create_topic("out")
+    producer = fake_producer(broker)
+    producer.client.failures = [KafkaTimeoutError("slow")] * 10
+    sink = KafkaSink("out", producer, backoff=Backoff(0.005, 0.02, 0.0))
     results: list = []
     sink.on_next(tracked(b"x", results))
     sink.on_completed()
@@ -62,9 +66,10 @@ def test_retries_give_up_when_the_backoff_reaches_max() -> None:
 
 def test_a_non_retriable_error_ends_the_sink_with_a_clear_error() -> None:
     broker = FakeBroker()
-    producer = FakeProducer(broker)
-    producer.failures = [MessageSizeTooLargeError("too big")]
-    sink = KafkaSink(producer, "out", backoff=FAST)
+    broker.create_topic("out")
+    producer = fake_producer(broker)
+    producer.client.failures = [MessageSizeTooLargeError("too big")]
+    sink = KafkaSink("out", producer, backoff=FAST)
     results: list = []
     sink.on_next(tracked(b"x" * 10, results))
     sink.wait_idle(5)
@@ -76,8 +81,20 @@ def test_a_non_retriable_error_ends_the_sink_with_a_clear_error() -> None:
         sink.raise_if_failed()
 
 
+def test_a_missing_topic_is_a_permanent_error_at_once_and_nothing_is_sent() -> None:
+    broker = FakeBroker()
+    sink = KafkaSink("typo", fake_producer(broker), backoff=FAST)
+    results: list = []
+    sink.on_next(tracked(b"x", results))
+    sink.on_completed()
+    assert isinstance(results[0], TopicNotFoundError) and is_permanent(results[0])
+    assert "'typo' does not exist" in str(results[0]) and sink.retries == 0
+    with pytest.raises(TopicNotFoundError):
+        sink.on_next(b"plain value")
+
+
 def test_a_record_without_any_topic_is_refused() -> None:
-    sink = KafkaSink(FakeProducer(FakeBroker()))
+    sink = KafkaSink(producer=fake_producer(FakeBroker()))
     with pytest.raises(ConfigError):
         sink.on_next(b"x")
 
@@ -85,13 +102,14 @@ def test_a_record_without_any_topic_is_refused() -> None:
 def test_poison_goes_to_the_dead_letter_topic_with_its_provenance_and_the_stream_goes_on() -> None:
     broker = FakeBroker()
     broker.create_topic("cmds", 1)
+    broker.create_topic("cmds.dlq", 1)
     good = str(uuid.uuid4()).encode()
     broker.append("cmds", b"1", key=good, headers=[("trace", b"t1")])
     broker.append("cmds", b"not a number", key=good)
     broker.append("cmds", b"2", key=b"not-a-uuid")
     broker.append("cmds", b"3", key=None)
     broker.append("cmds", b"4", key=good)
-    dlq = DeadLetters(KafkaSink(FakeProducer(broker), backoff=FAST))
+    dlq = DeadLetters(KafkaSink(producer=fake_producer(broker), backoff=FAST))
     sink = Collect()
     source = fake_source(broker, "cmds")
     flow = run(source, decode(lambda b: int(b), require_uuid_key=True, dead_letters=dlq), sink)

@@ -64,4 +64,4 @@ def test_an_unreachable_broker_fails_the_flow_with_a_clear_error() -> None:
 def test_an_unreachable_broker_for_a_sink_is_a_delivery_error() -> None:
     port = closed_port()
     with pytest.raises(DeliveryError, match=f"cannot create a Kafka producer for 127.0.0.1:{port}"):
-        KafkaSink(ProducerSettings(bootstrap_servers=f"127.0.0.1:{port}", bootstrap_timeout_ms=1500), "t")
+        KafkaSink("t", ProducerSettings(bootstrap_servers=f"127.0.0.1:{port}", bootstrap_timeout_ms=1500))

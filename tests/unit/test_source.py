@@ -11,7 +11,7 @@ from rxcqrs.backoff import Backoff
 from rxcqrs.exceptions import FlowError, RetriesExhaustedError
 from rxcqrs.messages import TopicPartition
 from rxcqrs.operators import broadcast, map_value
-from rxcqrs.testing import FakeBroker, FakeConsumer
+from rxcqrs.testing import FakeBroker, FakeConsumer, fake_consumers
 from tests.helpers import Collect, fake_source, wait_until
 
 
@@ -188,12 +188,8 @@ def test_stop_drains_in_flight_work_then_commits_and_closes() -> None:
     sink = Collect(hold=True)
     from rxcqrs.kafka import ConsumerSettings, KafkaSource, SourceSettings
 
-    def factory(cfg):  # type: ignore[no-untyped-def]
-        consumers.append(FakeConsumer(broker, **cfg))
-        return consumers[-1]
-
     source = KafkaSource("t", ConsumerSettings(group_id="g"), SourceSettings(poll_timeout=0.01,
-                         keepalive_interval=0.05), consumer_factory=factory)
+                         keepalive_interval=0.05), client_factory=fake_consumers(broker, consumers))
     flow = run(source, sink)
     wait_until(lambda: len(sink.items) == 6)
     flow.stop()

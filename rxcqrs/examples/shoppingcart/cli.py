@@ -88,7 +88,7 @@ def _consume(args: argparse.Namespace, session: Any) -> int:
     source = KafkaSource(args.topic, ConsumerSettings(group_id=args.group),
                          SourceSettings(max_in_flight=args.window, failure_policy=args.on_failure,
                                         prefetch=args.prefetch))
-    dead_letter_sink = KafkaSink(ProducerSettings())
+    dead_letter_sink = KafkaSink(producer=ProducerSettings())
     flow = start_pipeline(source, store, mode=args.mode, dead_letters=DeadLetters(dead_letter_sink))
     print(f"consuming {args.topic} as group {args.group} into keyspace {args.keyspace} ({args.mode}"
           f"{', idempotent commands' if args.idempotent else ''})", flush=True)

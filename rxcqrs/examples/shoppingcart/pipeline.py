@@ -63,7 +63,7 @@ def publish_commands(commands: Iterable[Command], topic: str, partitions: int,
     records = [OutgoingRecord(codec.encode(cmd), str(uuid.uuid4()).encode(), topic,
                               partition=partition_for(cmd.cart_id, partitions)) for cmd in commands]
     records += list(extra)
-    sink = KafkaSink(producer or ProducerSettings(), topic)
+    sink = KafkaSink(topic, producer or ProducerSettings())
     reactivex.from_iterable(records).subscribe(sink)
     sink.raise_if_failed()
     return sink.sent

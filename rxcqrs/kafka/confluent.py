@@ -1,0 +1,261 @@
+"""The confluent-kafka backend (librdkafka, bundled in its wheels) behind rxcqrs' client seam.
+
+librdkafka runs its own threads; the Python API is driven by the caller: rebalance callbacks run on the
+poll thread inside ``consume``/``close`` (so a revoke may commit synchronously), and a producer's delivery
+reports run on a small poller thread owned by :class:`ConfluentProducer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Iterable
+
+from rxcqrs.exceptions import CommitError, DeliveryError, FlowError
+from rxcqrs.kafka.client import Delivered, RebalanceHandler, Record
+from rxcqrs.kafka.settings import ConsumerSettings, ProducerSettings
+from rxcqrs.messages import TopicPartition
+from rxcqrs.redact import redact_error
+
+__all__ = ["ConfluentConsumer", "ConfluentProducer"]
+
+log = logging.getLogger(__name__)
+_client_log = logging.getLogger("confluent_kafka")
+
+_INVALID = -1001  # librdkafka's OFFSET_INVALID
+
+
+class _Record:
+    """A librdkafka ``Message`` in the shape of kafka-python's ``ConsumerRecord``."""
+
+    __slots__ = ("topic", "partition", "offset", "timestamp", "timestamp_type", "key", "value", "headers")
+
+    def __init__(self, message: Any) -> None:
+        self.topic = message.topic()
+        self.partition = message.partition()
+        self.offset = message.offset()
+        kind, self.timestamp = message.timestamp()
+        self.timestamp_type = 1 if kind == 2 else 0  # librdkafka: 1 create time, 2 log-append time
+        self.key = message.key()
+        self.value = message.value()
+        self.headers = message.headers() or ()
+
+
+def _ctp(tp: TopicPartition, offset: int | None = None) -> Any:
+    from confluent_kafka import TopicPartition as ConfluentTP
+
+    return ConfluentTP(tp.topic, tp.partition) if offset is None else ConfluentTP(tp.topic, tp.partition, offset)
+
+
+def _tp(ctp: Any) -> TopicPartition:
+    return TopicPartition(ctp.topic, ctp.partition)
+
+
+class ConfluentConsumer:
+    backend = "confluent"
+
+    def __init__(self, consumer: Any, description: str = "confluent-kafka consumer",
+                 config: dict[str, Any] | None = None) -> None:
+        self._consumer = consumer
+        self._config = config or {}
+        self._paused: set[TopicPartition] = set()
+        self.description = description
+
+    @classmethod
+    def create(cls, settings: ConsumerSettings) -> "ConfluentConsumer":
+        from confluent_kafka import Consumer
+
+        config = settings.to_confluent()
+        try:
+            consumer = Consumer(config, logger=_client_log)
+        except Exception as exc:
+            raise FlowError(f"cannot create a Kafka consumer for {settings.bootstrap_servers} (group "
+                            f"{settings.group_id}): {redact_error(exc, config)}") from None
+        return cls(consumer, f"confluent-kafka consumer of group {settings.group_id} at {settings.bootstrap_servers}",
+                   config)
+
+    def topic_partitions(self, topic: str, timeout: float) -> int | None:
+        metadata = self._consumer.list_topics(topic, timeout=timeout)
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None or not found.partitions:
+            return None
+        return len(found.partitions)
+
+    def subscribe(self, topics: list[str], handler: RebalanceHandler) -> None:
+        from confluent_kafka import KafkaException
+
+        def on_assign(_consumer: Any, partitions: list[Any]) -> None:
+            handler.assigned([_tp(p) for p in partitions])
+
+        def on_revoke(consumer: Any, partitions: list[Any]) -> None:
+            tps = [_tp(p) for p in partitions]
+            self._paused.difference_update(tps)
+            offsets = handler.revoked(tps)
+            if not offsets:
+                return
+            try:
+                _check(consumer.commit(offsets=[_ctp(tp, o) for tp, o in offsets.items()], asynchronous=False))
+            except (KafkaException, CommitError) as exc:
+                handler.revoke_committed(offsets, exc)
+            else:
+                handler.revoke_committed(offsets, None)
+
+        def on_lost(_consumer: Any, partitions: list[Any]) -> None:
+            tps = [_tp(p) for p in partitions]
+            self._paused.difference_update(tps)
+            handler.lost(tps)
+
+        self._consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
+
+    def poll(self, timeout: float, max_records: int) -> dict[TopicPartition, list[Record]]:
+        from confluent_kafka import KafkaError, KafkaException
+
+        out: dict[TopicPartition, list[Any]] = {}
+        for message in self._consumer.consume(num_messages=max_records, timeout=timeout):
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if error.fatal():
+                    raise KafkaException(error)
+                log.debug("consumer: %s", error)  # transient (a broker went away, ...): librdkafka retries
+                continue
+            record = _Record(message)
+            out.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
+        return out
+
+    def assignment(self) -> set[TopicPartition]:
+        return {_tp(p) for p in self._consumer.assignment()}
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused & self.assignment())
+
+    def pause(self, tps: Iterable[TopicPartition]) -> None:
+        wanted = list(tps)
+        if wanted:
+            self._consumer.pause([_ctp(tp) for tp in wanted])
+            self._paused.update(wanted)
+
+    def resume(self, tps: Iterable[TopicPartition]) -> None:
+        wanted = list(tps)
+        if wanted:
+            self._consumer.resume([_ctp(tp) for tp in wanted])
+            self._paused.difference_update(wanted)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._consumer.seek(_ctp(tp, offset))
+
+    def position(self, tp: TopicPartition) -> int | None:
+        found = self._consumer.position([_ctp(tp)])
+        offset = found[0].offset if found else _INVALID
+        return None if offset < 0 else int(offset)
+
+    def commit(self, offsets: dict[TopicPartition, int], timeout: float) -> None:
+        _check(self._consumer.commit(offsets=[_ctp(tp, o) for tp, o in offsets.items()], asynchronous=False))
+
+    def end_offsets(self, tps: list[TopicPartition], timeout: float) -> dict[TopicPartition, int]:
+        out = {}
+        for tp in tps:
+            marks = self._consumer.get_watermark_offsets(_ctp(tp), timeout=timeout, cached=False)
+            if marks is not None:
+                out[tp] = int(marks[1])
+        return out
+
+    def committed(self, tps: list[TopicPartition], timeout: float) -> dict[TopicPartition, int | None]:
+        if not tps:
+            return {}
+        found = self._consumer.committed([_ctp(tp) for tp in tps], timeout=timeout)
+        return {_tp(p): (None if p.offset < 0 else int(p.offset)) for p in found}
+
+    def group_size(self, timeout: float) -> int | None:
+        """How many members the group has (for the liveness check), through an admin client."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({k: v for k, v in self._config.items()
+                             if k == "bootstrap.servers" or k.startswith(("security.", "sasl.", "ssl."))},
+                            logger=_client_log)
+        group = self._config["group.id"]
+        found = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
+        return len(found.members)
+
+    def interrupt(self) -> None:
+        """librdkafka's calls all honour their timeouts: nothing to break."""
+
+    def close(self, timeout: float) -> None:
+        self._consumer.close()
+
+
+def _check(result: Any) -> None:
+    """A synchronous commit returns the partitions with a per-partition error set."""
+    failed = [p for p in (result or []) if getattr(p, "error", None) is not None]
+    if failed:
+        raise CommitError(f"commit failed for {[(p.topic, p.partition, str(p.error)) for p in failed]}")
+
+
+class ConfluentProducer:
+    backend = "confluent"
+
+    def __init__(self, producer: Any, description: str = "confluent-kafka producer") -> None:
+        self._producer = producer
+        self.description = description
+        self._closed = threading.Event()
+        self._poller = threading.Thread(target=self._serve, name="rxcqrs-confluent-delivery", daemon=True)
+        self._poller.start()
+
+    @classmethod
+    def create(cls, settings: ProducerSettings) -> "ConfluentProducer":
+        from confluent_kafka import Producer
+
+        config = settings.to_confluent()
+        try:
+            producer = Producer(config, logger=_client_log)
+        except Exception as exc:
+            raise DeliveryError(f"cannot create a Kafka producer for {settings.bootstrap_servers}: "
+                                f"{redact_error(exc, config)}") from None
+        return cls(producer, f"confluent-kafka producer at {settings.bootstrap_servers}")
+
+    def _serve(self) -> None:
+        """Delivery reports are served by ``poll``: one thread does it, so they never run on a caller."""
+        while not self._closed.is_set():
+            self._producer.poll(0.1)
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]] | None,
+             partition: int | None, timestamp_ms: int | None, on_done: Delivered) -> None:
+        from confluent_kafka import KafkaException
+
+        def delivered(error: Any, _message: Any) -> None:
+            on_done(None if error is None else KafkaException(error))
+
+        options: dict[str, Any] = {"value": value, "key": key, "on_delivery": delivered}
+        if headers:
+            options["headers"] = headers
+        if partition is not None:
+            options["partition"] = partition
+        if timestamp_ms is not None:
+            options["timestamp"] = timestamp_ms
+        for _ in range(600):  # a full local queue drains as deliveries complete: wait up to ~60 s for room
+            try:
+                self._producer.produce(topic, **options)
+                return
+            except BufferError:
+                self._producer.flush(0.1)
+            except KafkaException as exc:
+                on_done(exc)
+                return
+        on_done(DeliveryError(f"the producer's queue stayed full for 60 s; could not send to {topic}"))
+
+    def topic_exists(self, topic: str, timeout: float) -> bool:
+        found = self._producer.list_topics(topic, timeout=timeout).topics.get(topic)
+        return found is not None and found.error is None and bool(found.partitions)
+
+    def flush(self, timeout: float | None = None) -> None:
+        left = self._producer.flush(-1 if timeout is None else timeout)
+        if left:
+            raise DeliveryError(f"{left} records were still undelivered when flush timed out")
+
+    def close(self, timeout: float | None = None) -> None:
+        try:
+            self.flush(timeout)
+        finally:
+            self._closed.set()
+            self._poller.join(1.0)
