@@ -64,6 +64,10 @@ class ConsumerClient(Protocol):
     def poll(self, timeout: float, max_records: int) -> dict[TopicPartition, list[Record]]:
         """Records by partition, in offset order; rebalance callbacks may run during the call."""
 
+    def keepalive(self) -> dict[TopicPartition, list[Record]]:
+        """A poll that keeps the member in its group while downstream is busy, fetching (almost) nothing:
+        whatever it returns is kept and emitted later, in order."""
+
     def assignment(self) -> set[TopicPartition]: ...
     def paused(self) -> set[TopicPartition]: ...
     def pause(self, tps: Iterable[TopicPartition]) -> None: ...
@@ -77,6 +81,7 @@ class ConsumerClient(Protocol):
         """Commit synchronously; raises if the commit failed."""
 
     def end_offsets(self, tps: list[TopicPartition], timeout: float) -> dict[TopicPartition, int]: ...
+    def beginning_offsets(self, tps: list[TopicPartition], timeout: float) -> dict[TopicPartition, int]: ...
 
     def committed(self, tps: list[TopicPartition], timeout: float) -> dict[TopicPartition, int | None]:
         """What the group committed, for any partition (assigned to this member or not)."""

@@ -59,7 +59,19 @@ class ConfluentConsumer:
         self._consumer = consumer
         self._config = config or {}
         self._paused: set[TopicPartition] = set()
+        self._admin: Any = None
         self.description = description
+
+    def _admin_client(self) -> Any:
+        """Offsets are read through an admin client of its own: a consumer's ListOffsets request queues
+        behind its long-polling fetch (``get_watermark_offsets`` took ~0.5 s per partition)."""
+        if self._admin is None:
+            from confluent_kafka.admin import AdminClient
+
+            self._admin = AdminClient({k: v for k, v in self._config.items()
+                                       if k == "bootstrap.servers" or k.startswith(("security.", "sasl.", "ssl."))},
+                                      logger=_client_log)
+        return self._admin
 
     @classmethod
     def create(cls, settings: ConsumerSettings) -> "ConfluentConsumer":
@@ -75,7 +87,7 @@ class ConfluentConsumer:
                    config)
 
     def topic_partitions(self, topic: str, timeout: float) -> int | None:
-        metadata = self._consumer.list_topics(topic, timeout=timeout)
+        metadata = self._admin_client().list_topics(topic, timeout=timeout)
         found = metadata.topics.get(topic)
         if found is None or found.error is not None or not found.partitions:
             return None
@@ -89,7 +101,6 @@ class ConfluentConsumer:
 
         def on_revoke(consumer: Any, partitions: list[Any]) -> None:
             tps = [_tp(p) for p in partitions]
-            self._paused.difference_update(tps)
             offsets = handler.revoked(tps)
             if not offsets:
                 return
@@ -101,9 +112,7 @@ class ConfluentConsumer:
                 handler.revoke_committed(offsets, None)
 
         def on_lost(_consumer: Any, partitions: list[Any]) -> None:
-            tps = [_tp(p) for p in partitions]
-            self._paused.difference_update(tps)
-            handler.lost(tps)
+            handler.lost([_tp(p) for p in partitions])
 
         self._consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
 
@@ -124,10 +133,18 @@ class ConfluentConsumer:
             out.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
         return out
 
+    def keepalive(self) -> dict[TopicPartition, list[Record]]:
+        """Pause every partition, then serve callbacks (librdkafka purges what it prefetched for them and
+        fetches again from the last record it handed out after ``resume``)."""
+        self.pause([tp for tp in self.assignment() if tp not in self._paused])
+        return self.poll(0.0, 1)
+
     def assignment(self) -> set[TopicPartition]:
         return {_tp(p) for p in self._consumer.assignment()}
 
     def paused(self) -> set[TopicPartition]:
+        """What rxcqrs paused (kept across a revoke: librdkafka may keep a partition paused when it comes back,
+        so it is resumed explicitly; resuming one that is not paused is harmless)."""
         return set(self._paused & self.assignment())
 
     def pause(self, tps: Iterable[TopicPartition]) -> None:
@@ -154,28 +171,38 @@ class ConfluentConsumer:
         _check(self._consumer.commit(offsets=[_ctp(tp, o) for tp, o in offsets.items()], asynchronous=False))
 
     def end_offsets(self, tps: list[TopicPartition], timeout: float) -> dict[TopicPartition, int]:
-        out = {}
-        for tp in tps:
-            marks = self._consumer.get_watermark_offsets(_ctp(tp), timeout=timeout, cached=False)
-            if marks is not None:
-                out[tp] = int(marks[1])
-        return out
+        return self._list_offsets(tps, timeout, latest=True)
+
+    def beginning_offsets(self, tps: list[TopicPartition], timeout: float) -> dict[TopicPartition, int]:
+        return self._list_offsets(tps, timeout, latest=False)
+
+    def _list_offsets(self, tps: list[TopicPartition], timeout: float, latest: bool) -> dict[TopicPartition, int]:
+        if not tps:
+            return {}
+        from confluent_kafka import IsolationLevel
+        from confluent_kafka.admin import OffsetSpec
+
+        level = (IsolationLevel.READ_COMMITTED if self._config.get("isolation.level") == "read_committed"
+                 else IsolationLevel.READ_UNCOMMITTED)
+        spec = OffsetSpec.latest() if latest else OffsetSpec.earliest()
+        futures = self._admin_client().list_offsets({_ctp(tp): spec for tp in tps}, isolation_level=level,
+                                                     request_timeout=timeout)
+        return {_tp(ctp): int(future.result(timeout).offset) for ctp, future in futures.items()}
 
     def committed(self, tps: list[TopicPartition], timeout: float) -> dict[TopicPartition, int | None]:
         if not tps:
             return {}
-        found = self._consumer.committed([_ctp(tp) for tp in tps], timeout=timeout)
-        return {_tp(p): (None if p.offset < 0 else int(p.offset)) for p in found}
+        from confluent_kafka import ConsumerGroupTopicPartitions
+
+        group = self._config["group.id"]
+        request = [ConsumerGroupTopicPartitions(group, [_ctp(tp) for tp in tps])]
+        found = self._admin_client().list_consumer_group_offsets(request, request_timeout=timeout)[group]
+        return {_tp(p): (None if p.offset < 0 else int(p.offset)) for p in found.result(timeout).topic_partitions}
 
     def group_size(self, timeout: float) -> int | None:
-        """How many members the group has (for the liveness check), through an admin client."""
-        from confluent_kafka.admin import AdminClient
-
-        admin = AdminClient({k: v for k, v in self._config.items()
-                             if k == "bootstrap.servers" or k.startswith(("security.", "sasl.", "ssl."))},
-                            logger=_client_log)
+        """How many members the group has (for the liveness check), through the admin client."""
         group = self._config["group.id"]
-        found = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
+        found = self._admin_client().describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
         return len(found.members)
 
     def interrupt(self) -> None:

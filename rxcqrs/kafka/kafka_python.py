@@ -35,6 +35,11 @@ def _ms(seconds: float) -> int:
     return max(0, int(seconds * 1000))
 
 
+def _security(config: dict[str, Any]) -> dict[str, Any]:
+    """The options an admin client needs to reach the same cluster as the client (SSL/SASL)."""
+    return {k: v for k, v in config.items() if k.startswith(("security_", "sasl_", "ssl_"))}
+
+
 class KafkaPythonConsumer:
     backend = "kafka-python"
 
@@ -66,10 +71,7 @@ class KafkaPythonConsumer:
         from rxcqrs.kafka.admin import topic_partitions
 
         return topic_partitions(topic, bootstrap_servers=",".join(self._config["bootstrap_servers"]),
-                                request_timeout_ms=_ms(timeout), **self._security())
-
-    def _security(self) -> dict[str, Any]:
-        return {k: v for k, v in self._config.items() if k.startswith(("security_", "sasl_", "ssl_"))}
+                                request_timeout_ms=_ms(timeout), **_security(self._config))
 
     def subscribe(self, topics: list[str], handler: RebalanceHandler) -> None:
         self._consumer.subscribe(topics, listener=_listener(handler, self._consumer))
@@ -77,6 +79,15 @@ class KafkaPythonConsumer:
     def poll(self, timeout: float, max_records: int) -> dict[TopicPartition, list[Record]]:
         records = self._consumer.poll(timeout_ms=_ms(timeout), max_records=max_records)
         return {_tp(ktp): recs for ktp, recs in records.items()} if records else {}
+
+    def keepalive(self) -> dict[TopicPartition, list[Record]]:
+        """Pause every partition, then poll: kafka-python keeps (parks) what it already fetched for them."""
+        assigned = self._consumer.assignment()
+        paused = self._consumer.paused()
+        to_pause = [k for k in assigned if k not in paused]
+        if to_pause:
+            self._consumer.pause(*to_pause)
+        return self.poll(0.0, 1)
 
     def assignment(self) -> set[TopicPartition]:
         return {_tp(k) for k in self._consumer.assignment()}
@@ -109,6 +120,12 @@ class KafkaPythonConsumer:
             return {}
         return {_tp(k): v for k, v in self._consumer.end_offsets([_ktp(tp) for tp in tps], _ms(timeout)).items()}
 
+    def beginning_offsets(self, tps: list[TopicPartition], timeout: float) -> dict[TopicPartition, int]:
+        if not tps:
+            return {}
+        found = self._consumer.beginning_offsets([_ktp(tp) for tp in tps], _ms(timeout))
+        return {_tp(k): v for k, v in found.items()}
+
     def committed(self, tps: list[TopicPartition], timeout: float) -> dict[TopicPartition, int | None]:
         return {tp: self._consumer.committed(_ktp(tp)) for tp in tps}
 
@@ -119,7 +136,7 @@ class KafkaPythonConsumer:
         from rxcqrs.kafka.admin import group_size
 
         return group_size(self._config["group_id"], bootstrap_servers=",".join(self._config["bootstrap_servers"]),
-                          request_timeout_ms=_ms(timeout), **self._security())
+                          request_timeout_ms=_ms(timeout), **_security(self._config))
 
     def interrupt(self) -> None:
         """Stop kafka-python's network loop: every call waiting on it raises at once (the consumer is dead
@@ -145,7 +162,7 @@ def _listener(handler: RebalanceHandler, consumer: Any) -> Any:
     and awaits ``commit_async``; the handler touches only thread-safe state."""
     from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 
-    class Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
+    class Listener(AsyncConsumerRebalanceListener):
         async def on_partitions_revoked(self, revoked: Any) -> None:
             tps = [_tp(k) for k in revoked]
             if not tps:
@@ -172,8 +189,10 @@ def _listener(handler: RebalanceHandler, consumer: Any) -> Any:
 class KafkaPythonProducer:
     backend = "kafka-python"
 
-    def __init__(self, producer: Any, description: str = "kafka-python producer") -> None:
+    def __init__(self, producer: Any, description: str = "kafka-python producer",
+                 config: dict[str, Any] | None = None) -> None:
         self._producer = producer
+        self._config = config or {}
         self.description = description
 
     @property
@@ -191,7 +210,7 @@ class KafkaPythonProducer:
         except Exception as exc:
             raise DeliveryError(f"cannot create a Kafka producer for {settings.bootstrap_servers}: "
                                 f"{redact_error(exc, config)}") from None
-        return cls(producer, f"kafka-python producer at {settings.bootstrap_servers}")
+        return cls(producer, f"kafka-python producer at {settings.bootstrap_servers}", config)
 
     def send(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]] | None,
              partition: int | None, timestamp_ms: int | None, on_done: Delivered) -> None:
@@ -205,16 +224,14 @@ class KafkaPythonProducer:
         future.add_errback(on_done)
 
     def topic_exists(self, topic: str, timeout: float) -> bool:
-        wait = getattr(self._producer, "_wait_on_metadata", None)
-        try:
-            partitions = wait(topic, _ms(timeout)) if wait is not None else self._producer.partitions_for(topic)
-        except Exception as exc:
-            metadata = getattr(self._producer, "_metadata", None)
-            reached = metadata is None or bool(metadata.brokers())
-            if type(exc).__name__ == "KafkaTimeoutError" and reached:
-                return False  # the cluster answered, and never with this topic
-            raise
-        return bool(partitions)
+        """Through an admin metadata request (the producer's own would wait ``max_block_ms`` for a topic that
+        does not exist)."""
+        if "bootstrap_servers" not in self._config:  # the in-memory fake
+            return bool(self._producer.partitions_for(topic))
+        from rxcqrs.kafka.admin import topic_partitions
+
+        return topic_partitions(topic, bootstrap_servers=",".join(self._config["bootstrap_servers"]),
+                                request_timeout_ms=_ms(timeout), **_security(self._config)) is not None
 
     def flush(self, timeout: float | None = None) -> None:
         self._producer.flush(timeout)

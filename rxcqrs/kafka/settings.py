@@ -67,8 +67,10 @@ class ConsumerSettings:
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 2_000
     isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
-    #: "cooperative" (KIP-429: a rebalance revokes only partitions that move) or "eager" (range assignor)
-    rebalance: Literal["cooperative", "eager"] = "cooperative"
+    #: "cooperative" (KIP-429: a rebalance revokes only partitions that move) or "eager" (range assignor);
+    #: ``None``: cooperative with confluent-kafka, eager with kafka-python, whose cooperative rebalance (3.0.12)
+    #: can loop through generations without ever revoking while the leader's partitions are paused
+    rebalance: Literal["cooperative", "eager"] | None = None
     bootstrap_timeout_ms: int = 30_000
     request_timeout_ms: int = 30_000
     #: the client library: "kafka-python" (default) or "confluent" (confluent-kafka, librdkafka)
@@ -98,6 +100,7 @@ class ConsumerSettings:
         from kafka.coordinator.assignors.range import RangePartitionAssignor
 
         assignors = (CooperativeStickyAssignor,) if self.rebalance == "cooperative" else (RangePartitionAssignor,)
+        # (None: eager, see ``rebalance``)
         return {
             "bootstrap_servers": self.bootstrap_servers.split(","),
             "group_id": self.group_id,
@@ -131,7 +134,7 @@ class ConsumerSettings:
             "session.timeout.ms": self.session_timeout_ms,
             "heartbeat.interval.ms": self.heartbeat_interval_ms,
             "isolation.level": self.isolation_level,
-            "partition.assignment.strategy": "cooperative-sticky" if self.rebalance == "cooperative" else "range",
+            "partition.assignment.strategy": "range" if self.rebalance == "eager" else "cooperative-sticky",
             "allow.auto.create.topics": False,
             "socket.timeout.ms": self.request_timeout_ms,
             **self.extra,

@@ -384,7 +384,8 @@ class KafkaSource:
         for _ in range(len(active) + 1):
             if room <= 0:
                 break
-            records = self._call("poll", client.poll, timeout, max(1, min(room, self.consumer_settings.max_poll_records)))
+            limit = max(1, min(room, self.consumer_settings.max_poll_records))
+            records = self._call("poll", client.poll, timeout, limit)
             self._last_poll = time.monotonic()
             self.metrics.incr("polls")
             timeout = 0.0
@@ -431,16 +432,11 @@ class KafkaSource:
         self._buffered = 0
 
     def _keepalive(self, client: ConsumerClient) -> None:
-        """A poll with every partition paused: returns nothing, keeps the member in the group."""
-        assigned = self._call("assignment", client.assignment)
-        paused = self._call("paused", client.paused)
-        to_pause = [tp for tp in assigned if tp not in paused]
-        if to_pause:
-            self._call("pause", client.pause, to_pause)
-        records = self._call("poll", client.poll, 0.0, 1)
+        """A poll that fetches (almost) nothing and keeps the member in the group while downstream is busy."""
+        records = self._call("keepalive", client.keepalive)
         self._last_poll = time.monotonic()
         self.metrics.incr("keepalive_polls")
-        if records:  # only newly assigned, not yet paused partitions can return data: keep it, in order
+        if records:  # e.g. newly assigned partitions that were not paused yet: keep them, in order
             self._add(records)
 
     def _wait(self, client: ConsumerClient) -> None:
@@ -498,19 +494,25 @@ class KafkaSource:
         try:
             ends = self._call("end_offsets", client.end_offsets, every, 5.0)
             assigned = [tp for tp in self._call("assignment", client.assignment) if tp in ends]
-            others = [tp for tp in every if tp not in assigned]
-            committed = self._call("committed", client.committed, others, 5.0) if others else {}
             positions = {tp: self._call("position", client.position, tp) for tp in assigned}
+            # where the group stands on partitions of other members, and on ours before the first fetch
+            unknown = [tp for tp in every if tp not in assigned or positions.get(tp) is None]
+            committed = self._call("committed", client.committed, unknown, 5.0) if unknown else {}
+            starts = self._starts(client, [tp for tp in unknown if committed.get(tp) is None])
         except _Replace:
             raise
         except Exception as exc:
             log.info("%s: could not measure lag: %r", self.name, exc)
             return
-        self._unfetched = {tp: max(0, ends[tp] - (positions[tp] if positions[tp] is not None else ends[tp]))
-                           for tp in assigned}
+        group = {tp: committed[tp] if committed.get(tp) is not None else starts.get(tp, ends[tp])
+                 for tp in unknown if tp in ends}
+        for tp in assigned:
+            if positions[tp] is None:
+                positions[tp] = group[tp]
+        self._unfetched = {tp: max(0, ends[tp] - positions[tp]) for tp in assigned}
         self._lag = {tp: max(0, ends[tp] - self._next_offset(tp, positions[tp], ends[tp])) for tp in assigned}
-        self._backlog = sum(self._lag.values()) + sum(max(0, ends[tp] - (committed.get(tp) or 0)) for tp in others
-                                                      if tp in ends)
+        self._backlog = sum(self._lag.values()) + sum(max(0, ends[tp] - group[tp]) for tp in every
+                                                      if tp not in self._lag and tp in group)
         if not any(self._unfetched.values()):
             self._starving_since = None
         idle = self._backlog == 0 and not self._buffered and self.gate.in_flight() == 0
@@ -519,7 +521,14 @@ class KafkaSource:
         elif self._idle_since is None:
             self._idle_since = now
 
-    def _next_offset(self, tp: TopicPartition, position: int | None, end: int) -> int:
+    def _starts(self, client: ConsumerClient, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Where a partition without a commit starts: its beginning (``auto_offset_reset="earliest"``) or its
+        end ("latest", i.e. nothing to do)."""
+        if not tps or self.consumer_settings.auto_offset_reset != "earliest":
+            return {}
+        return dict(self._call("beginning_offsets", client.beginning_offsets, tps, 5.0))
+
+    def _next_offset(self, tp: TopicPartition, position: int, end: int) -> int:
         """The first offset of ``tp`` this source has not finished: in flight (or failed), buffered, or the
         fetch position."""
         if self.gate.in_flight([tp]) or self.gate.failed:
@@ -529,10 +538,7 @@ class KafkaSource:
         buffered = self._buffers.get(tp)
         if buffered and buffered[1]:
             return int(buffered[1][0].offset)
-        if position is not None:
-            return position
-        mark = self.gate.watermarks().get(tp)
-        return end if mark is None else mark
+        return position
 
     # -- stopping -----------------------------------------------------------------------------------------
     def _begin_stop(self, error: BaseException) -> None:

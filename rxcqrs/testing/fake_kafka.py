@@ -322,6 +322,10 @@ class FakeConsumer:
     def position(self, tp: TopicPartition, timeout_ms: int | None = None) -> int:
         return self._positions[TopicPartition(*tp)]
 
+    def beginning_offsets(self, tps: Iterable[TopicPartition], timeout_ms: int | None = None
+                          ) -> dict[TopicPartition, int]:
+        return {TopicPartition(*tp): 0 for tp in tps}
+
     def end_offsets(self, tps: Iterable[TopicPartition], timeout_ms: int | None = None) -> dict[TopicPartition, int]:
         return {TopicPartition(*tp): self.broker.end_offset(TopicPartition(*tp)) for tp in tps}
 

@@ -11,8 +11,7 @@ from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, NotEnoughR
 from rxcqrs import run
 from rxcqrs.acks import Ticket
 from rxcqrs.backoff import Backoff
-from rxcqrs.exceptions import (ConfigError, DeliveryError, FlowError, PoisonRecordError, TopicNotFoundError,
-                               is_permanent)
+from rxcqrs.exceptions import ConfigError, DeliveryError, FlowError, PoisonRecordError, TopicNotFoundError, is_permanent
 from rxcqrs.kafka import KafkaSink
 from rxcqrs.messages import Envelope, OutgoingRecord, RecordMetadata, TopicPartition
 from rxcqrs.operators import DeadLetters, decode
