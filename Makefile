@@ -5,12 +5,13 @@ PY     := $(VENV)/bin/python
 RXCQRS := $(VENV)/bin/rxcqrs
 PYTEST_ARGS ?=
 
-.PHONY: help install services services-down services-status demo test unit integration notebooks lint typecheck bench clean
+.PHONY: help install services services-down services-status demo test unit integration contract faults notebooks lint typecheck bench clean
 
 help:
 	@echo "make demo     - set up everything, start Kafka + Cassandra, run the main job"
 	@echo "make test     - set up everything, start the servers, run unit + integration tests + notebooks"
 	@echo "make unit     - fast tests on in-memory fakes only (no servers)"
+	@echo "make faults   - the fault suite at full size (its own server pair; SIGKILL, SIGSTOP, restarts)"
 	@echo "make bench    - throughput benchmarks (figures, not assertions)"
 	@echo "make services-down - stop the servers (add WIPE=1 to delete their data)"
 
@@ -43,6 +44,12 @@ unit: install
 
 integration: services
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+contract: services
+	$(PY) -m pytest tests/contract $(PYTEST_ARGS)
+
+faults: services
+	RXCQRS_FAULTS_COMMANDS=20000 RXCQRS_FAULTS_CARTS=200 $(PY) -m pytest tests/faults -m faults $(PYTEST_ARGS)
 
 notebooks: services
 	$(PY) -m pytest --nbmake notebooks $(PYTEST_ARGS)

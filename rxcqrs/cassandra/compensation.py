@@ -122,7 +122,7 @@ class Rebuilder(Generic[S]):
     """
 
     def __init__(self, session: Any, log: EventLog, *, fold: Callable[[Sequence[LoggedEvent]], S | None],
-                 read: Callable[[Any], tuple[S, Any] | None], write: Callable[[Any, S | None, Any], Any],
+                 read: Callable[[Any], tuple[S | None, Any] | None], write: Callable[[Any, S | None, Any], Any],
                  ledger: str = "rebuilds", backoff: Backoff | None = None) -> None:
         self.session = session
         self.log = log

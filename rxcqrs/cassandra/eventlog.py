@@ -14,6 +14,10 @@ Table design (created by :meth:`EventLog.create`)::
 
     CREATE TABLE <ks>.<table>_buckets (<entity> <type>, bucket int, PRIMARY KEY (<entity>, bucket))
 
+    CREATE TABLE <ks>.<table>_unknown (       -- writes whose outcome stayed unknown (see record_unknown)
+        <entity> <type>, event_id uuid, source_topic text, source_partition int, source_offset bigint,
+        error text, recorded_at timestamp, PRIMARY KEY (<entity>, event_id))
+
 Queries by entity and time range read only the buckets the range spans (no ``ALLOW FILTERING``). The
 duplicates query groups by the clustering prefix (``GROUP BY event_time, event_id``) inside each entity's
 buckets, or over the whole table, paged by the driver: the log is never loaded into memory.
@@ -33,7 +37,7 @@ from rxcqrs.cassandra.schema import create_table, prepare
 from rxcqrs.exceptions import ConfigError
 from rxcqrs.messages import RecordMetadata
 
-__all__ = ["EventLog", "Duplicate", "LoggedEvent"]
+__all__ = ["EventLog", "Duplicate", "LoggedEvent", "UnknownOutcome"]
 
 _BUCKETS = {"hour": 3600, "day": 86400, "week": 7 * 86400}
 _RESERVED_COLUMNS = {"bucket", "event_time", "event_id", "logged_at", "source_topic", "source_partition",
@@ -70,6 +74,17 @@ class Duplicate:
     times_logged: int
 
 
+@dataclass(frozen=True)
+class UnknownOutcome:
+    """A command write whose outcome could not be resolved: its entity may be wrong until compensated."""
+
+    entity_id: Any
+    event_id: uuid.UUID
+    source: tuple[str | None, int | None, int | None]
+    error: str
+    recorded_at: datetime
+
+
 @dataclass
 class EventLog:
     """An event-log table: ``entity`` names the entity column (``cart_id``), ``payload`` the event's columns."""
@@ -85,6 +100,7 @@ class EventLog:
     def __post_init__(self) -> None:
         self.name = qualified(self.keyspace, self.table)
         self.buckets_name = qualified(self.keyspace, self.table + "_buckets")
+        self.unknown_name = qualified(self.keyspace, self.table + "_unknown")
         self.entity = identifier(self.entity, "entity column")
         self.entity_type = cql_type(self.entity_type)
         self.payload = {identifier(c, "payload column"): cql_type(t) for c, t in self.payload.items()}
@@ -107,6 +123,36 @@ class EventLog:
                      [("event_time", "DESC"), ("event_id", "ASC"), ("logged_at", "ASC")])
         create_table(session, self.keyspace, self.table + "_buckets",
                      {self.entity: self.entity_type, "bucket": "int"}, [self.entity], [("bucket", "ASC")])
+        create_table(session, self.keyspace, self.table + "_unknown",
+                     {self.entity: self.entity_type, "event_id": "uuid", "source_topic": "text",
+                      "source_partition": "int", "source_offset": "bigint", "error": "text",
+                      "recorded_at": "timestamp"}, [self.entity], [("event_id", "ASC")])
+
+    # -- unknown outcomes ---------------------------------------------------------------------------------
+    def record_unknown(self, session: Any, entity_id: Any, event_id: uuid.UUID, source: RecordMetadata | None,
+                       error: BaseException) -> Any:
+        """An idempotent statement recording that the command write of ``event_id`` has an unknown outcome."""
+        statement = prepare(session, f"INSERT INTO {self.unknown_name} ({self.entity}, event_id, source_topic, "
+                                     "source_partition, source_offset, error, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+        bound = statement.bind((entity_id, event_id, source.topic if source else None,
+                                source.partition if source else None, source.offset if source else None,
+                                repr(error)[:2000], datetime.now(timezone.utc)))
+        bound.is_idempotent = True
+        return bound
+
+    def unknown_outcomes(self, session: Any) -> Iterator[UnknownOutcome]:
+        """Every recorded unknown outcome (a paged scan of a table that is normally empty)."""
+        from cassandra.query import SimpleStatement
+
+        statement = SimpleStatement(f"SELECT {self.entity}, event_id, source_topic, source_partition, source_offset, "
+                                    f"error, recorded_at FROM {self.unknown_name}", fetch_size=self.fetch_size)
+        for row in session.execute(statement):
+            yield UnknownOutcome(row[0], row.event_id, (row.source_topic, row.source_partition, row.source_offset),
+                                 row.error, row.recorded_at.replace(tzinfo=timezone.utc))
+
+    def clear_unknown(self, session: Any, entity_id: Any) -> None:
+        """Forget the unknown outcomes of ``entity_id`` (after it was compensated)."""
+        session.execute(prepare(session, f"DELETE FROM {self.unknown_name} WHERE {self.entity} = ?"), (entity_id,))
 
     # -- writing ------------------------------------------------------------------------------------------
     def bucket_of(self, when: datetime) -> int:

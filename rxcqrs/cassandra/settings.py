@@ -34,6 +34,8 @@ class CassandraSettings:
     serial_consistency: str = "LOCAL_SERIAL"
     request_timeout: float = 10.0
     connect_timeout: float = 10.0
+    #: how long at most between attempts to reconnect to a node that went down (the driver's default is 600 s)
+    reconnect_max_delay: float = 10.0
     fetch_size: int = 1000
     #: pinned to avoid the driver's noisy downgrade dance (Cassandra 5.0 speaks v5); None = negotiate
     protocol_version: int | None = 5
@@ -73,7 +75,7 @@ def connect(settings: CassandraSettings | None = None) -> Any:
     from cassandra import ConsistencyLevel
     from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-    from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+    from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
 
     s = settings or CassandraSettings()
     from rxcqrs.cassandra.outcomes import OutcomeRetryPolicy
@@ -85,7 +87,8 @@ def connect(settings: CassandraSettings | None = None) -> Any:
         serial_consistency_level=getattr(ConsistencyLevel, s.serial_consistency.upper()),
         request_timeout=s.request_timeout)
     options: dict[str, Any] = {"port": s.port, "execution_profiles": {EXEC_PROFILE_DEFAULT: profile},
-                               "connect_timeout": s.connect_timeout}
+                               "connect_timeout": s.connect_timeout,
+                               "reconnection_policy": ExponentialReconnectionPolicy(0.5, s.reconnect_max_delay)}
     if s.protocol_version is not None:
         options["protocol_version"] = s.protocol_version
     if s.username is not None:

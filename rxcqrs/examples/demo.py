@@ -33,8 +33,8 @@ CRASH_AT = 0.4  # fraction of the commands committed before the crash
 
 def _consumer(topic: str, group: str, keyspace: str, idle: float) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "rxcqrs.examples.shoppingcart", "consume", "--topic", topic,
-                             "--group", group, "--keyspace", keyspace, "--mode", "parallel",
-                             "--stop-when-idle", str(idle)],
+                             "--group", group, "--keyspace", keyspace, "--mode", "parallel", "--create-schema",
+                             "--no-idempotent", "--stop-when-idle", str(idle)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
 
 
@@ -112,7 +112,7 @@ def main() -> int:
 
     session = connect(CassandraSettings())
     try:
-        store = CartStore(session, keyspace)
+        store = CartStore(session, keyspace, idempotent=False)
         duplicates = list(store.log.duplicates(session))
         extra_rows = sum(d.times_logged - 1 for d in duplicates)
         print(f"== duplicates query: {len(duplicates)} events logged more than once ({extra_rows} extra rows)",

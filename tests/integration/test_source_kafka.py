@@ -14,7 +14,8 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from rxcqrs import run
 from rxcqrs.backoff import Backoff
-from rxcqrs.kafka import ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings, committed_offsets
+from rxcqrs.kafka import (ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings, committed_offsets,
+                          create_topics)
 from rxcqrs.messages import Envelope, OutgoingRecord
 from rxcqrs.operators import DeadLetters, broadcast, decode
 from rxcqrs.timers import call_later
@@ -166,7 +167,8 @@ def test_poison_records_land_in_the_dead_letter_topic(topic_factory, kafka_boots
     producer.send(topic, key=good, value=b"4")
     producer.flush()
     producer.close()
-    dead_sink = KafkaSink(ProducerSettings(bootstrap_servers=kafka_bootstrap))
+    create_topics([topic + ".dlq"], bootstrap_servers=kafka_bootstrap)  # dead-letter topics are created, never implied
+    dead_sink = KafkaSink(producer=ProducerSettings(bootstrap_servers=kafka_bootstrap))
     sink = Collect()
     flow = run(source(kafka_bootstrap, topic, group_id),
                decode(lambda b: int(b.decode()), require_uuid_key=True, dead_letters=DeadLetters(dead_sink)), sink)
@@ -202,7 +204,7 @@ def test_the_sink_retries_while_the_broker_is_frozen_then_delivers(topic_factory
     topic = topic_factory(1)
     settings = ProducerSettings(bootstrap_servers=kafka_bootstrap, linger_ms=0, delivery_timeout_ms=2_000,
                                 max_block_ms=2_000, extra={"request_timeout_ms": 1_000, "enable_idempotence": False})
-    sink = KafkaSink(settings, topic, backoff=Backoff(0.2, 30.0, 0.0))
+    sink = KafkaSink(topic, settings, backoff=Backoff(0.2, 30.0, 0.0))
     sink.on_next(OutgoingRecord(b"warm-up"))  # metadata is known before the broker freezes
     assert sink.wait_idle(30) and sink.sent == 1
     (kafka,) = services.status(["kafka"], services_settings)
@@ -229,7 +231,7 @@ def test_kafka_to_kafka_commits_only_what_was_delivered(topic_factory, kafka_boo
 
     src_topic, out_topic = topic_factory(2), topic_factory(1, suffix=".out")
     produce(kafka_bootstrap, src_topic, 300, 2)
-    sink = KafkaSink(ProducerSettings(bootstrap_servers=kafka_bootstrap), out_topic)
+    sink = KafkaSink(out_topic, ProducerSettings(bootstrap_servers=kafka_bootstrap))
     flow = run(source(kafka_bootstrap, src_topic, group_id),
                map_value(lambda v: OutgoingRecord(b"doubled " + str(2 * int(v)).encode())), sink)
     wait_until(lambda: committed(kafka_bootstrap, group_id, src_topic, 2) == {0: 150, 1: 150}, 60, "input committed")

@@ -50,10 +50,12 @@ def produce(args: argparse.Namespace) -> int:
 
 
 class Progress:
-    """One line per interval: records/s, in flight, committed, retries, dead-lettered."""
+    """One line per interval: records/s, in flight against the window, records committed, lag, retries,
+    dead letters, and what the source is doing."""
 
-    def __init__(self, flow: Any) -> None:
+    def __init__(self, flow: Any, window: int) -> None:
         self.flow = flow
+        self.window = window
         self.last_in = 0
         self.last_t = time.monotonic()
 
@@ -62,63 +64,97 @@ class Progress:
         now = time.monotonic()
         rate = (m.get("records_in", 0) - self.last_in) / max(now - self.last_t, 1e-9)
         self.last_in, self.last_t = m.get("records_in", 0), now
-        committed = sum(v for v in (m.get("committed") or {}).values() if v)
         return (f"[{m['elapsed_s']:7.1f}s] in {m.get('records_in', 0):>7} ({rate:7.0f}/s)  in-flight "
-                f"{m.get('in_flight', 0):>4}  committed {committed:>7}  lag {m.get('lag', 0):>6}  retries "
-                f"{m.get('retries', 0):>4}  dead-lettered {m.get('dead_lettered', 0):>3}  nacked "
-                f"{m.get('nacked', 0):>3}")
+                f"{m.get('in_flight', 0):>4}/{self.window}  committed {m.get('committed', 0):>7}  lag "
+                f"{m.get('lag', 0):>6}  retries {m.get('retries', 0):>4}  dead-lettered {m.get('dead_lettered', 0):>3}"
+                f"  nacked {m.get('nacked', 0):>3}  {m.get('state', '')}")
 
 
 def consume(args: argparse.Namespace) -> int:
-    from rxcqrs.kafka import create_topics
-
-    create_topics([args.topic + ".dlq"])  # the dead-letter topic exists before the first poison record
     with _session() as session:
         return _consume(args, session)
+
+
+def _prepare_schema(args: argparse.Namespace, store: Any) -> None:
+    """Tables are created only on request, and never silently again under a group that already committed:
+    a keyspace that vanished after records were committed is lost data, not a first run."""
+    from rxcqrs.exceptions import SchemaError
+    from rxcqrs.kafka import committed_offsets
+
+    missing = store.missing_tables()
+    if not missing:
+        return
+    if any(offset is not None for offset in committed_offsets(args.group, args.topic).values()):
+        raise SchemaError(f"{', '.join(missing)} missing, but group {args.group!r} has already committed offsets on "
+                          f"{args.topic!r}: the records they cover are not in Cassandra any more (lost data, not a "
+                          "first run); restore the keyspace, or start over with a new --group and --keyspace")
+    if not args.create_schema:
+        store.require_schema()
+    store.create()
 
 
 def _consume(args: argparse.Namespace, session: Any) -> int:
     from rxcqrs.examples.shoppingcart.pipeline import start_pipeline
     from rxcqrs.examples.shoppingcart.store import CartStore
-    from rxcqrs.kafka import ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings
+    from rxcqrs.exceptions import TopicNotFoundError
+    from rxcqrs.kafka import (ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings,
+                              create_topics)
+    from rxcqrs.kafka.admin import topic_partitions
     from rxcqrs.operators import DeadLetters
 
+    if topic_partitions(args.topic) is None:
+        raise TopicNotFoundError(f"Kafka topic {args.topic!r} does not exist: produce to it first (rxcqrs cart "
+                                 "produce), or check --topic")
     store = CartStore(session, args.keyspace, idempotent=args.idempotent)
-    store.create()
+    _prepare_schema(args, store)
+    create_topics([args.topic + ".dlq"])  # the dead-letter topic exists before the first poison record
+    window = args.window
     source = KafkaSource(args.topic, ConsumerSettings(group_id=args.group),
-                         SourceSettings(max_in_flight=args.window, failure_policy=args.on_failure,
-                                        prefetch=args.prefetch))
+                         SourceSettings(max_in_flight=window, failure_policy=args.on_failure, prefetch=args.prefetch,
+                                        drain_timeout=args.drain_timeout))
     dead_letter_sink = KafkaSink(producer=ProducerSettings())
     flow = start_pipeline(source, store, mode=args.mode, dead_letters=DeadLetters(dead_letter_sink))
-    print(f"consuming {args.topic} as group {args.group} into keyspace {args.keyspace} ({args.mode}"
-          f"{', idempotent commands' if args.idempotent else ''})", flush=True)
+    print(f"consuming {args.topic} as group {args.group} into keyspace {args.keyspace} ({args.mode}, "
+          f"{'idempotent commands' if args.idempotent else 'read-modify-write commands: repair with compensate'})",
+          flush=True)
 
     def stop(signum: int, _frame: Any) -> None:
-        print(f"signal {signum}: draining", flush=True)
+        print(f"signal {signum}: draining (at most {args.drain_timeout:g}s)", flush=True)
         flow.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    progress = Progress(flow)
-    assigned_at: float | None = None
-    last_in, last_change = -1, time.monotonic()
-    while not flow.wait(args.progress_every):
+    progress = Progress(flow, window)
+    while not flow.wait_quietly(args.progress_every):
         print(progress.line(), flush=True)
-        metrics = flow.metrics
-        now = time.monotonic()
-        if assigned_at is None and metrics.get("assigned") > 0:
-            assigned_at = last_change = now
-        if metrics.get("records_in") != last_in:
-            last_in, last_change = metrics.get("records_in"), now
-        if args.stop_when_idle is not None and assigned_at is not None and now - last_change >= args.stop_when_idle:
-            print(f"no record for {args.stop_when_idle:g}s: draining", flush=True)
+        if args.stop_when_idle is not None and source.idle_seconds() >= args.stop_when_idle:
+            print(f"idle for {args.stop_when_idle:g}s (nothing in flight, nothing left to read): draining", flush=True)
             flow.stop()
     print(progress.line(), flush=True)
     dead_letter_sink.on_completed()
+    return _report(flow, source, store)
+
+
+def _report(flow: Any, source: Any, store: Any) -> int:
     m = flow.metrics.snapshot()
     print(f"done: {m.get('records_in', 0)} records, {m.get('acked', 0)} acked, {m.get('retries', 0)} retries, "
-          f"{m.get('dead_lettered', 0)} dead-lettered, {m.get('commits', 0)} commits", flush=True)
-    return 0
+          f"{m.get('dead_lettered', 0)} dead-lettered, {m.get('commits', 0)} commits, {m.get('committed', 0)} "
+          f"records committed; outcomes: {m.get('cassandra_unknown', 0)} unknown ({m.get('unknown_resolved_applied', 0)}"
+          f" resolved applied, {m.get('unknown_resolved_not_applied', 0)} resolved not applied, "
+          f"{m.get('unknown_recorded', 0)} recorded), {m.get('cassandra_permanent', 0)} permanent; redeliveries "
+          f"{store.skipped} skipped, {store.reapplied} applied again", flush=True)
+    if store.reapplied or m.get("unknown_recorded", 0):
+        print(f"!! a rebuild is needed: {store.reapplied} redelivered commands were applied again and "
+              f"{m.get('unknown_recorded', 0)} outcomes stayed unknown; run `rxcqrs cart duplicates` and "
+              "`rxcqrs cart compensate`", flush=True)
+    if flow.error is not None:
+        print(f"rxcqrs cart: error: {flow.error}", file=sys.stderr, flush=True)
+    if source.left_behind:
+        print(f"stopped with {source.left_behind} records not done; they stay in Kafka and are delivered again "
+              "by the next run", flush=True)
+    if flow.error is not None:
+        return 1
+    return 3 if source.left_behind else 0
 
 
 def show(args: argparse.Namespace) -> int:
@@ -153,11 +189,17 @@ def duplicates(args: argparse.Namespace) -> int:
 
     with _session() as session:
         log = cart_event_log(args.keyspace)
-        found = list(log.duplicates(session, uuid.UUID(args.cart) if args.cart else None))
+        cart = uuid.UUID(args.cart) if args.cart else None
+        found = list(log.duplicates(session, cart))
         for dup in found:
             print(f"cart {dup.entity_id} event {dup.event_id} at {dup.event_time:%H:%M:%S.%f} logged "
                   f"{dup.times_logged} times")
-        print(f"{len(found)} events logged more than once ({sum(d.times_logged - 1 for d in found)} extra rows)")
+        unknown = [u for u in log.unknown_outcomes(session) if cart is None or u.entity_id == cart]
+        for u in unknown:
+            print(f"cart {u.entity_id} event {u.event_id} from {u.source[0]}/{u.source[1]}@{u.source[2]}: outcome "
+                  f"unknown ({u.error})")
+        print(f"{len(found)} events logged more than once ({sum(d.times_logged - 1 for d in found)} extra rows); "
+              f"{len(unknown)} command writes with an unknown outcome")
         return 0
 
 
@@ -166,11 +208,16 @@ def compensate(args: argparse.Namespace) -> int:
 
     with _session() as session:
         store = CartStore(session, args.keyspace)
+        store.require_schema()
+        unknown = {u.entity_id for u in store.log.unknown_outcomes(session)}
         report = store.rebuilder().run()
+        for cart_id in unknown:  # every cart was just compared with its event log: these are right now
+            store.log.clear_unknown(session, cart_id)
         for cart_id, before, after in report.details:
             print(f"rebuilt cart {cart_id}: {before} -> {after}")
         print(f"compensation (rebuild from the event log): {report.examined} carts examined, {report.rewritten} "
-              f"rewritten, {report.unchanged} already right, {report.conflicts} conflicts retried")
+              f"rewritten, {report.unchanged} already right, {report.conflicts} conflicts retried; {len(unknown)} "
+              "unknown outcomes settled")
         return 0
 
 
@@ -193,8 +240,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--keyspace", default=DEFAULT_KEYSPACE)
     c.add_argument("--mode", choices=["parallel", "serial"], default="parallel")
     c.add_argument("--stop-when-idle", type=float, default=None, metavar="SECONDS",
-                   help="drain, commit and exit 0 once no record arrived for SECONDS (counted from the assignment)")
-    c.add_argument("--idempotent", action="store_true", help="skip redelivered commands (exact without rebuild)")
+                   help="drain, commit and exit once idle for SECONDS: nothing in flight and every partition of the "
+                        "topic read to its end by the group")
+    c.add_argument("--idempotent", action=argparse.BooleanOptionalAction, default=True,
+                   help="skip redelivered commands (exact without repair); --no-idempotent: plain read-modify-write, "
+                        "repaired by duplicates + compensate")
+    c.add_argument("--create-schema", action="store_true",
+                   help="create the keyspace and tables if missing (never under a group that already committed)")
+    c.add_argument("--drain-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="on SIGTERM/idle, how long to wait for records in flight before exiting without them")
     c.add_argument("--window", type=int, default=1000, help="records in flight at most")
     c.add_argument("--on-failure", choices=["stop", "rewind"], default="rewind")
     c.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=False,

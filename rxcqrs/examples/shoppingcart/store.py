@@ -1,28 +1,45 @@
 """The shopping cart in Cassandra: the command-side table, the event log, rejections, and the statements the
-pipeline runs (optimistic locking: every applied command adds 1 to ``version`` through ``IF version = ?``).
+pipeline runs.
 
-Exactness after redeliveries (see :mod:`rxcqrs.cassandra.compensation`): the example uses **rebuild** by
-default, because its commands are plain read-modify-write and the story of the mission is "duplicates are
-found and a compensating function restores the right state"; ``idempotent=True`` switches on the other
-way, where each applied command records its source partition/offset in the same conditional update, and a
-redelivered command is recognised and skipped (then rebuild finds nothing to fix).
+Every write to a cart row is a lightweight transaction on ``seq`` (``IF seq = ?``: optimistic locking; ``seq``
+counts writes, so it never repeats, unlike the cart's own ``version``, which starts again at 0 when a deleted
+cart is inserted again). The same conditional write records the command's source partition and offset in
+``applied`` (partition -> highest offset applied). A deleted cart stays as a row with ``deleted = true``, and a
+rejected command still advances ``applied``: so ``applied`` always tells whether a record was already handled.
+
+Exactness after redeliveries (see :mod:`rxcqrs.cassandra.compensation`):
+
+* **idempotent** (the default): a redelivered command is recognised from ``applied`` and skipped; the cart is
+  exact without repair;
+* ``idempotent=False``: plain read-modify-write; a redelivered command applies again, and the duplicates query
+  plus a rebuild from the event log restore the right state (the story of the mission). ``reapplied`` counts
+  the commands that did so, so the consumer can say that a rebuild is needed.
+
+Either way a write whose outcome is unknown (a timeout) is resolved by a serial read of ``applied`` and never
+simply re-run; if it cannot be resolved it is recorded in the event log's unknown-outcomes table, which
+``duplicates`` reports and ``compensate`` repairs.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from rxcqrs.cassandra import EventLog, Rebuilder, create_keyspace, create_table, prepare, qualified
 from rxcqrs.cassandra.eventlog import LoggedEvent
 from rxcqrs.examples.shoppingcart.domain import Cart, Command, Rejected, apply, fold
+from rxcqrs.exceptions import SchemaError
 from rxcqrs.messages import RecordMetadata
 
-__all__ = ["CartStore", "cart_event_log", "event_payload", "command_of"]
+__all__ = ["CartStore", "CartRow", "cart_event_log", "event_payload", "command_of", "TABLES"]
 
 CART_TABLE = "shopping_cart"
 LOG_TABLE = "shopping_cart_event_log"
 REJECTIONS_TABLE = "shopping_cart_rejections"
+REBUILDS_TABLE = "shopping_cart_rebuilds"
+TABLES = (CART_TABLE, REJECTIONS_TABLE, LOG_TABLE, LOG_TABLE + "_buckets", LOG_TABLE + "_unknown", REBUILDS_TABLE)
 
 
 def cart_event_log(keyspace: str) -> EventLog:
@@ -44,8 +61,22 @@ def command_of(event: LoggedEvent) -> Command:
     return Command(p["action"], event.entity_id, p["owner"] or p["item"] or uuid.UUID(int=0), p["count"])
 
 
+@dataclass(frozen=True)
+class CartRow:
+    """A cart row as stored: the cart (``None``: never inserted, or deleted), its write counter and the
+    source offsets already applied."""
+
+    cart: Cart | None
+    seq: int | None  # None: no row at all
+    applied: dict[int, int] = field(default_factory=dict)
+
+    def handled(self, meta: RecordMetadata) -> bool:
+        """Whether the record at ``meta`` (or a later one of its partition) was already applied here."""
+        return self.applied.get(meta.partition, -1) >= meta.offset
+
+
 class CartStore:
-    def __init__(self, session: Any, keyspace: str, *, idempotent: bool = False) -> None:
+    def __init__(self, session: Any, keyspace: str, *, idempotent: bool = True) -> None:
         self.session = session
         self.keyspace = keyspace
         self.idempotent = idempotent
@@ -53,47 +84,82 @@ class CartStore:
         self.rejections = qualified(keyspace, REJECTIONS_TABLE)
         self.log = cart_event_log(keyspace)
         self._prepared = False
+        self._lock = threading.Lock()
+        #: redelivered commands that were applied again (``idempotent=False``): a rebuild is needed
+        self.reapplied = 0
+        #: redelivered commands recognised and skipped (``idempotent=True``)
+        self.skipped = 0
 
+    # -- schema -------------------------------------------------------------------------------------------
     def create(self, replication: int = 1) -> None:
         create_keyspace(self.session, self.keyspace, replication)
         create_table(self.session, self.keyspace, CART_TABLE,
                      {"cart_id": "uuid", "owner": "uuid", "items": "map<uuid, int>", "version": "int",
-                      "applied": "map<int, bigint>"}, ["cart_id"])
+                      "deleted": "boolean", "seq": "bigint", "applied": "map<int, bigint>"}, ["cart_id"])
         create_table(self.session, self.keyspace, REJECTIONS_TABLE,
                      {"cart_id": "uuid", "event_id": "uuid", "action": "text", "reason": "text",
                       "source_partition": "int", "source_offset": "bigint"}, ["cart_id"], [("event_id", "ASC")])
         self.log.create(self.session)
         self.rebuilder().create()
 
+    def missing_tables(self) -> list[str]:
+        """The keyspace (``[keyspace]``) or the tables of it that do not exist (asked of the server's own
+        schema tables, not the driver's cached metadata)."""
+        if self.session.execute("SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s",
+                                (self.keyspace,)).one() is None:
+            return [self.keyspace]
+        tables = {row.table_name for row in self.session.execute(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (self.keyspace,))}
+        return [f"{self.keyspace}.{t}" for t in TABLES if t not in tables]
+
+    def require_schema(self) -> None:
+        missing = self.missing_tables()
+        if missing:
+            raise SchemaError(f"keyspace {self.keyspace!r} is missing {', '.join(missing)}: create the schema "
+                              "first (rxcqrs cart consume --create-schema)")
+
     def _prepare(self) -> None:
-        if self._prepared:
-            return
-        s = self.session
-        self._read = prepare(s, f"SELECT owner, items, version, applied FROM {self.carts} WHERE cart_id = ?")
-        self._insert = prepare(s, f"INSERT INTO {self.carts} (cart_id, owner, items, version, applied) "
-                                  "VALUES (?, ?, ?, ?, ?) IF NOT EXISTS")
-        self._update = prepare(s, f"UPDATE {self.carts} SET owner = ?, items = ?, version = ?, applied = ? "
-                                  "WHERE cart_id = ? IF version = ?")
-        self._delete = prepare(s, f"DELETE FROM {self.carts} WHERE cart_id = ? IF version = ?")
-        self._reject = prepare(s, f"INSERT INTO {self.rejections} (cart_id, event_id, action, reason, "
-                                  "source_partition, source_offset) VALUES (?, ?, ?, ?, ?, ?)")
-        self._prepared = True
+        with self._lock:
+            if self._prepared:
+                return
+            from cassandra import ConsistencyLevel
+
+            s = self.session
+            columns = "owner, items, version, deleted, seq, applied"
+            self._read = prepare(s, f"SELECT {columns} FROM {self.carts} WHERE cart_id = ?")
+            self._read_serial = s.prepare(f"SELECT {columns} FROM {self.carts} WHERE cart_id = ?")
+            self._read_serial.consistency_level = ConsistencyLevel.SERIAL
+            self._insert = prepare(s, f"INSERT INTO {self.carts} (cart_id, owner, items, version, deleted, seq, "
+                                      "applied) VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")
+            self._update = prepare(s, f"UPDATE {self.carts} SET owner = ?, items = ?, version = ?, deleted = ?, "
+                                      "seq = ?, applied = ? WHERE cart_id = ? IF seq = ?")
+            self._reject = prepare(s, f"INSERT INTO {self.rejections} (cart_id, event_id, action, reason, "
+                                      "source_partition, source_offset) VALUES (?, ?, ?, ?, ?, ?)")
+            self._prepared = True
 
     # -- reads --------------------------------------------------------------------------------------------
-    def read(self, cart_id: uuid.UUID) -> tuple[Cart, dict[int, int]] | None:
+    def row(self, cart_id: uuid.UUID, *, serial: bool = False) -> CartRow:
+        """The cart's row; ``serial`` reads through Paxos, so a lightweight transaction whose outcome was
+        unknown is settled (completed or superseded) before the answer."""
         self._prepare()
-        row = self.session.execute(self._read, (cart_id,)).one()
-        if row is None:
-            return None
-        return Cart(row.owner, dict(row.items or {}), row.version), dict(row.applied or {})
+        found = self.session.execute(self._read_serial if serial else self._read, (cart_id,)).one()
+        if found is None:
+            return CartRow(None, None, {})
+        cart = None if found.deleted else Cart(found.owner, dict(found.items or {}), found.version)
+        return CartRow(cart, found.seq or 0, dict(found.applied or {}))
+
+    def read(self, cart_id: uuid.UUID) -> tuple[Cart, dict[int, int]] | None:
+        row = self.row(cart_id)
+        return None if row.cart is None else (row.cart, row.applied)
 
     def all_carts(self) -> Iterator[tuple[uuid.UUID, Cart]]:
         from cassandra.query import SimpleStatement
 
-        rows = self.session.execute(SimpleStatement(f"SELECT cart_id, owner, items, version FROM {self.carts}",
-                                                    fetch_size=1000))
+        rows = self.session.execute(SimpleStatement(
+            f"SELECT cart_id, owner, items, version, deleted FROM {self.carts}", fetch_size=1000))
         for row in rows:
-            yield row.cart_id, Cart(row.owner, dict(row.items or {}), row.version)
+            if not row.deleted:
+                yield row.cart_id, Cart(row.owner, dict(row.items or {}), row.version)
 
     def rejected(self, cart_id: uuid.UUID) -> list[Any]:
         return list(self.session.execute(f"SELECT * FROM {self.rejections} WHERE cart_id = %s", (cart_id,)))
@@ -102,23 +168,39 @@ class CartStore:
     def command(self, cmd: Command, meta: RecordMetadata) -> Any:
         """The CassandraRetrySink function: read, decide, write conditionally. Runs on a worker thread (it
         reads); called again after an optimistic-lock conflict, so it always decides on fresh state."""
-        self._prepare()
-        current = self.read(cmd.cart_id)
-        cart, applied = current if current else (None, {})
-        if self.idempotent and applied.get(meta.partition, -1) >= meta.offset:
-            return None  # a redelivery of a command this cart already applied: nothing to do
-        result = apply(cart, cmd)
+        row = self.row(cmd.cart_id)
+        if row.handled(meta):
+            if self.idempotent:
+                with self._lock:
+                    self.skipped += 1
+                return None  # a redelivery of a command this cart already handled: nothing to do
+            with self._lock:
+                self.reapplied += 1
+        result = apply(row.cart, cmd)
         if isinstance(result, Rejected):
-            return self._reject.bind((cmd.cart_id, meta.key_uuid, cmd.action, result.reason, meta.partition,
-                                      meta.offset))
-        marks = {**applied, meta.partition: meta.offset}
-        if cart is None:
-            assert result is not None
-            return self._insert.bind((cmd.cart_id, result.owner, dict(result.items), result.version, marks))
-        if result is None:
-            return self._delete.bind((cmd.cart_id, cart.version))
-        return self._update.bind((result.owner, dict(result.items), result.version, marks, cmd.cart_id,
-                                  cart.version))
+            self.session.execute(self._reject, (cmd.cart_id, meta.key_uuid, cmd.action, result.reason,
+                                                meta.partition, meta.offset))
+            return self.write(cmd.cart_id, row, row.cart, meta)  # the state stays; `applied` moves on
+        return self.write(cmd.cart_id, row, result, meta)
+
+    def write(self, cart_id: uuid.UUID, row: CartRow, cart: Cart | None, meta: RecordMetadata | None) -> Any:
+        """The conditional write that replaces ``row`` by ``cart`` (``None``: deleted), recording ``meta``."""
+        self._prepare()
+        applied = dict(row.applied)
+        if meta is not None:
+            applied[meta.partition] = max(meta.offset, applied.get(meta.partition, -1))
+        owner, items, version = (cart.owner, dict(cart.items), cart.version) if cart else (None, None, 0)
+        if row.seq is None:
+            return self._insert.bind((cart_id, owner, items, version, cart is None, 1, applied))
+        return self._update.bind((owner, items, version, cart is None, row.seq + 1, applied, cart_id, row.seq))
+
+    def was_applied(self, cmd: Command, meta: RecordMetadata) -> bool:
+        """Resolves an unknown outcome: a serial read shows whether the cart recorded this record."""
+        return self.row(cmd.cart_id, serial=True).handled(meta)
+
+    def record_unknown(self, cmd: Command, meta: RecordMetadata, error: BaseException) -> Any:
+        """The statement recording an outcome that could not be resolved (``duplicates`` reports it)."""
+        return self.log.record_unknown(self.session, cmd.cart_id, meta.key_uuid, meta, error)
 
     def event_statement(self, cmd: Command, meta: RecordMetadata) -> Any:
         """The event-log write of one command: id = the Kafka key, time = the Kafka record timestamp."""
@@ -126,20 +208,15 @@ class CartStore:
 
     # -- rebuild (the example's compensation) ---------------------------------------------------------------
     def rebuilder(self) -> Rebuilder[Cart]:
-        def current(cart_id: uuid.UUID) -> tuple[Cart, int] | None:
-            found = self.read(cart_id)
-            return (found[0], found[0].version) if found else None
+        def current(cart_id: uuid.UUID) -> tuple[Cart | None, int | None] | None:
+            row = self.row(cart_id)
+            return None if row.seq is None else (row.cart, row.seq)
 
-        def write(cart_id: uuid.UUID, state: Cart | None, version: int | None) -> Any:
-            self._prepare()
-            if version is None:
-                assert state is not None
-                return self._insert.bind((cart_id, state.owner, dict(state.items), state.version, {}))
-            if state is None:
-                return self._delete.bind((cart_id, version))
-            current = self.read(cart_id)
-            marks = current[1] if current else {}
-            return self._update.bind((state.owner, dict(state.items), state.version, marks, cart_id, version))
+        def write(cart_id: uuid.UUID, state: Cart | None, seq: int | None) -> Any:
+            row = self.row(cart_id)
+            if row.seq != seq:
+                return None  # moved since the read: the rebuilder reads again
+            return self.write(cart_id, row, state, None)
 
         return Rebuilder(self.session, self.log, fold=lambda events: fold(command_of(e) for e in events),
-                         read=current, write=write, ledger="shopping_cart_rebuilds")
+                         read=current, write=write, ledger=REBUILDS_TABLE)
