@@ -132,8 +132,8 @@ class EventLog:
     def record_unknown(self, session: Any, entity_id: Any, event_id: uuid.UUID, source: RecordMetadata | None,
                        error: BaseException) -> Any:
         """An idempotent statement recording that the command write of ``event_id`` has an unknown outcome."""
-        statement = prepare(session, f"INSERT INTO {self.unknown_name} ({self.entity}, event_id, source_topic, "
-                                     "source_partition, source_offset, error, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+        columns = f"{self.entity}, event_id, source_topic, source_partition, source_offset, error, recorded_at"
+        statement = prepare(session, f"INSERT INTO {self.unknown_name} ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?)")
         bound = statement.bind((entity_id, event_id, source.topic if source else None,
                                 source.partition if source else None, source.offset if source else None,
                                 repr(error)[:2000], datetime.now(timezone.utc)))

@@ -112,7 +112,8 @@ def _poison(topic: str, count: int) -> list[OutgoingRecord]:
         if kind == 0:
             value, key = b"\x00\xffnot avro", str(uuid.uuid4()).encode()
         elif kind == 1:
-            value = codec.encode(Command("SetOwner", uuid.uuid4(), uuid.uuid4(), None)).replace(b"SetOwner", b"Teleport")
+            valid = codec.encode(Command("SetOwner", uuid.uuid4(), uuid.uuid4(), None))
+            value = valid.replace(b"SetOwner", b"Teleport")  # an action the contract does not know
             key = str(uuid.uuid4()).encode()
         else:
             value, key = codec.encode(Command("SetOwner", uuid.uuid4(), uuid.uuid4(), None)), b"not-a-uuid"

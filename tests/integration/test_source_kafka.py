@@ -14,8 +14,15 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from rxcqrs import run
 from rxcqrs.backoff import Backoff
-from rxcqrs.kafka import (ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings, committed_offsets,
-                          create_topics)
+from rxcqrs.kafka import (
+    ConsumerSettings,
+    KafkaSink,
+    KafkaSource,
+    ProducerSettings,
+    SourceSettings,
+    committed_offsets,
+    create_topics,
+)
 from rxcqrs.messages import Envelope, OutgoingRecord
 from rxcqrs.operators import DeadLetters, broadcast, decode
 from rxcqrs.timers import call_later

@@ -97,8 +97,7 @@ def _consume(args: argparse.Namespace, session: Any) -> int:
     from rxcqrs.examples.shoppingcart.pipeline import start_pipeline
     from rxcqrs.examples.shoppingcart.store import CartStore
     from rxcqrs.exceptions import TopicNotFoundError
-    from rxcqrs.kafka import (ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings,
-                              create_topics)
+    from rxcqrs.kafka import ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings, create_topics
     from rxcqrs.kafka.admin import topic_partitions
     from rxcqrs.operators import DeadLetters
 
@@ -139,8 +138,9 @@ def _report(flow: Any, source: Any, store: Any) -> int:
     m = flow.metrics.snapshot()
     print(f"done: {m.get('records_in', 0)} records, {m.get('acked', 0)} acked, {m.get('retries', 0)} retries, "
           f"{m.get('dead_lettered', 0)} dead-lettered, {m.get('commits', 0)} commits, {m.get('committed', 0)} "
-          f"records committed; outcomes: {m.get('cassandra_unknown', 0)} unknown ({m.get('unknown_resolved_applied', 0)}"
-          f" resolved applied, {m.get('unknown_resolved_not_applied', 0)} resolved not applied, "
+          f"records committed; outcomes: {m.get('cassandra_unknown', 0)} unknown "
+          f"({m.get('unknown_resolved_applied', 0)} resolved applied, {m.get('unknown_resolved_not_applied', 0)} "
+          "resolved not applied, "
           f"{m.get('unknown_recorded', 0)} recorded), {m.get('cassandra_permanent', 0)} permanent; redeliveries "
           f"{store.skipped} skipped, {store.reapplied} applied again", flush=True)
     if store.reapplied or m.get("unknown_recorded", 0):

@@ -46,14 +46,15 @@ def start_pipeline(source: Any, store: CartStore, *, mode: Mode = "parallel", de
     to_event = map_envelope(lambda env: store.event_statement(env.value, env.meta))  # type: ignore[arg-type]
     events = CassandraSink(session, max_concurrency=2 * concurrency, name="event-log")
     # an unknown outcome is resolved by a serial read of the cart, or recorded for the query side
-    outcome = {"resolve": store.was_applied, "record_unknown": store.record_unknown}
     if mode == "parallel":
         commands = CassandraRetrySink(session, store.command, with_meta=True, order_by=by_cart,
-                                      max_concurrency=concurrency, name="commands", **outcome)
+                                      max_concurrency=concurrency, resolve=store.was_applied,
+                                      record_unknown=store.record_unknown, name="commands")
         return run(source, decoded, broadcast(commands, branch(to_event, events)))
     if mode == "serial":
         command_flow = cassandra_retry_flow(session, store.command, with_meta=True, order_by=by_cart,
-                                            max_concurrency=concurrency, name="commands", **outcome)
+                                            max_concurrency=concurrency, resolve=store.was_applied,
+                                            record_unknown=store.record_unknown, name="commands")
         return run(source, decoded, command_flow, to_event, events)
     raise ValueError(f"mode must be 'parallel' or 'serial', got {mode!r}")
 
