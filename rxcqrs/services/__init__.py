@@ -77,7 +77,7 @@ def _up_one(server: Server, settings: ServicesSettings, say: Callable[[str], Non
         if state is not None and state.is_running():
             return _reuse(server, state, say)
         server.state_file.unlink(missing_ok=True)
-        return _start(server, settings, say)
+        return _start(server, settings, say, grace=15.0 if state is not None else 0.0)
 
 
 def _reuse(server: Server, state: ServerState, say: Callable[[str], None]) -> ServerStatus:
@@ -98,8 +98,9 @@ def _reuse(server: Server, state: ServerState, say: Callable[[str], None]) -> Se
     return replace(current, reused=True)
 
 
-def _start(server: Server, settings: ServicesSettings, say: Callable[[str], None]) -> ServerStatus:
-    check_ports_free(server.name, settings.host, server.ports)
+def _start(server: Server, settings: ServicesSettings, say: Callable[[str], None], grace: float = 0.0
+           ) -> ServerStatus:
+    check_ports_free(server.name, settings.host, server.ports, grace)
     java = find_java17(settings.java)
     say(f"{server.name}: fetching jars for {pinned_version(server.name)} (cached after the first time)")
     lib = fetch_jars(server.name, settings.jar_cache)

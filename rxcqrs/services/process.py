@@ -84,8 +84,15 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def check_ports_free(server: str, host: str, ports: dict[str, int]) -> None:
-    taken = {name: port for name, port in ports.items() if not port_is_free(host, port)}
+def check_ports_free(server: str, host: str, ports: dict[str, int], grace: float = 0.0) -> None:
+    """Refuse ports held by another process. ``grace``: how long to wait for ports of an instance of ours
+    that just died (a killed JVM's leader thread is reaped before its other threads let go of their sockets)."""
+    deadline = time.monotonic() + grace
+    while True:
+        taken = {name: port for name, port in ports.items() if not port_is_free(host, port)}
+        if not taken or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)  # pacing while the kernel tears the old process down; the deadline bounds it
     if taken:
         listing = ", ".join(f"{port} ({name})" for name, port in taken.items())
         setting = ", ".join(f"RXCQRS_{name.upper()}" for name in taken)
