@@ -163,11 +163,10 @@ class EventLog:
                 "source_partition", "source_offset"]
         return prepare(session, f"INSERT INTO {self.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})")
 
-    def bind(self, session: Any, entity_id: Any, event_id: uuid.UUID, event_time: datetime,
-             payload: Mapping[str, Any], source: RecordMetadata | None = None) -> Any:
-        """A statement logging one event (idempotent: a retry writes the same row). The first logging of an
-        entity in a bucket also records the bucket in ``<table>_buckets``, in the same logged batch."""
-        from cassandra.query import BatchStatement, BatchType
+    def insert(self, session: Any, entity_id: Any, event_id: uuid.UUID, event_time: datetime,
+               payload: Mapping[str, Any], source: RecordMetadata | None = None) -> Any:
+        """The idempotent insert of one logging of an event (a retry writes the same row; a redelivery, with
+        a new ``logged_at``, another row). It does not record the bucket: see :meth:`bucket_index`."""
         from cassandra.util import uuid_from_time
 
         if event_time.tzinfo is None:
@@ -175,14 +174,32 @@ class EventLog:
         unknown = set(payload) - set(self.payload)
         if unknown:
             raise ConfigError(f"unknown payload columns {sorted(unknown)}; the log has {sorted(self.payload)}")
-        bucket = self.bucket_of(event_time)
-        values = [entity_id, bucket, event_time, event_id, uuid_from_time(time.time()),
+        values = [entity_id, self.bucket_of(event_time), event_time, event_id, uuid_from_time(time.time()),
                   *(payload.get(c) for c in self.payload),
                   source.topic if source else None, source.partition if source else None,
                   source.offset if source else None]
         insert = self.insert_statement(session).bind(values)
         insert.is_idempotent = True
-        key = (entity_id, bucket)
+        return insert
+
+    def bucket_index_query(self) -> str:
+        return f"INSERT INTO {self.buckets_name} ({self.entity}, bucket) VALUES (?, ?)"
+
+    def bucket_index(self, session: Any, entity_id: Any, event_time: datetime) -> Any:
+        """The idempotent insert recording that ``entity_id`` has events in the bucket of ``event_time``."""
+        bound = prepare(session, self.bucket_index_query()).bind((entity_id, self.bucket_of(event_time)))
+        bound.is_idempotent = True
+        return bound
+
+    def bind(self, session: Any, entity_id: Any, event_id: uuid.UUID, event_time: datetime,
+             payload: Mapping[str, Any], source: RecordMetadata | None = None) -> Any:
+        """A statement logging one event (idempotent: a retry writes the same row). The first logging of an
+        entity in a bucket (by this process) also records the bucket in ``<table>_buckets``, in the same
+        logged batch."""
+        from cassandra.query import BatchStatement, BatchType
+
+        insert = self.insert(session, entity_id, event_id, event_time, payload, source)
+        key = (entity_id, self.bucket_of(event_time))
         with self._seen_lock:
             first = key not in self._seen
             if first:
@@ -191,10 +208,9 @@ class EventLog:
                 self._seen.add(key)
         if not first:
             return insert
-        index = prepare(session, f"INSERT INTO {self.buckets_name} ({self.entity}, bucket) VALUES (?, ?)")
         batch = BatchStatement(BatchType.LOGGED)
         batch.add(insert)
-        batch.add(index.bind((entity_id, bucket)))
+        batch.add(self.bucket_index(session, entity_id, event_time))
         batch.is_idempotent = True
         return batch
 

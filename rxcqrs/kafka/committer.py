@@ -54,6 +54,19 @@ class Committer:
         self._first_failed: dict[TopicPartition, int] = {}
         #: set by the source when it stops without draining: a revoke then does not wait for in-flight
         self.stopping_now = False
+        self._revoke_listeners: list[Callable[[list[TopicPartition]], None]] = []
+
+    def on_revoke(self, listener: Callable[[list[TopicPartition]], None]) -> None:
+        """Call ``listener(partitions)`` when partitions are revoked or lost (from the client's thread: it
+        must be quick and thread-safe), e.g. to drop cached state that another member may change now."""
+        self._revoke_listeners.append(listener)
+
+    def _tell_revoked(self, tps: list[TopicPartition]) -> None:
+        for listener in self._revoke_listeners:
+            try:
+                listener(tps)
+            except Exception:
+                log.exception("%s: a revoke listener failed", self.name)
 
     # -- the poll thread ----------------------------------------------------------------------------------
     def ticket(self, tp: TopicPartition, epoch: int, offset: int, count: Callable[[str, int], None]) -> Ticket:
@@ -162,6 +175,7 @@ class Committer:
         # source is stopping without a drain: then they are left to be redelivered)
         settled = self.stopping_now or self.gate.wait_settled(tps, self.settings.revoke_settle_timeout)
         offsets = self.gate.revoke(tps)
+        self._tell_revoked(tps)
         self.metrics.incr("revoked", len(tps))
         log.info("%s: revoked %s (settled: %s), committing %s", self.name, sorted(tps), settled, _show(offsets))
         return offsets
@@ -181,6 +195,7 @@ class Committer:
 
     def lost(self, tps: list[TopicPartition]) -> None:
         self.gate.revoke(tps)
+        self._tell_revoked(tps)
         self.metrics.incr("lost", len(tps))
         log.warning("%s: lost %s (the member was dropped from the group)", self.name, sorted(tps))
 

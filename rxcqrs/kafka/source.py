@@ -147,6 +147,10 @@ class KafkaSource:
         """Wait until the poll thread has finished; True if it did."""
         return self.done.wait(timeout)
 
+    def on_revoke(self, listener: Callable[[list[TopicPartition]], None]) -> None:
+        """Call ``listener(partitions)`` when partitions are revoked or lost (see :class:`Committer`)."""
+        self.committer.on_revoke(listener)
+
     def lag(self) -> dict[TopicPartition, int]:
         """Records behind the end offsets, per partition assigned to this source (last measurement)."""
         return dict(self._lag)

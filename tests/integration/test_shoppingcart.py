@@ -41,7 +41,7 @@ def test_the_dendrites_scenario(mode, topic_factory, kafka_bootstrap, group_id, 
     wait_until(lambda: sum(v or 0 for v in committed(kafka_bootstrap, group_id, topic, 3).values()) == 10, 60,
                "all ten commands committed")
     flow.stop_and_wait()
-    cart, _ = store.read(ids["cart"])  # type: ignore[misc]
+    cart, _ = store.find(ids["cart"])  # type: ignore[misc]
     assert cart == Cart(ids["o1"], {ids["i1"]: 1, ids["i2"]: 2}, 9)
     events = list(store.log.events(cassandra_session, ids["cart"]))
     assert len(events) == 10

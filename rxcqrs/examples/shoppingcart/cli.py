@@ -136,15 +136,17 @@ def _consume(args: argparse.Namespace, session: Any) -> int:
 
 def _report(flow: Any, source: Any, store: Any) -> int:
     m = flow.metrics.snapshot()
+    skipped = store.skipped + m.get("redelivered_skipped", 0)
+    reapplied = store.reapplied + m.get("redelivered_reapplied", 0)
     print(f"done: {m.get('records_in', 0)} records, {m.get('acked', 0)} acked, {m.get('retries', 0)} retries, "
           f"{m.get('dead_lettered', 0)} dead-lettered, {m.get('commits', 0)} commits, {m.get('committed', 0)} "
           f"records committed; outcomes: {m.get('cassandra_unknown', 0)} unknown "
           f"({m.get('unknown_resolved_applied', 0)} resolved applied, {m.get('unknown_resolved_not_applied', 0)} "
           "resolved not applied, "
           f"{m.get('unknown_recorded', 0)} recorded), {m.get('cassandra_permanent', 0)} permanent; redeliveries "
-          f"{store.skipped} skipped, {store.reapplied} applied again", flush=True)
-    if store.reapplied or m.get("unknown_recorded", 0):
-        print(f"!! a rebuild is needed: {store.reapplied} redelivered commands were applied again and "
+          f"{skipped} skipped, {reapplied} applied again", flush=True)
+    if reapplied or m.get("unknown_recorded", 0):
+        print(f"!! a rebuild is needed: {reapplied} redelivered commands were applied again and "
               f"{m.get('unknown_recorded', 0)} outcomes stayed unknown; run `rxcqrs cart duplicates` and "
               "`rxcqrs cart compensate`", flush=True)
     if flow.error is not None:
@@ -164,7 +166,7 @@ def show(args: argparse.Namespace) -> int:
         store = CartStore(session, args.keyspace)
         if args.cart:
             cart_id = uuid.UUID(args.cart)
-            found = store.read(cart_id)
+            found = store.find(cart_id)
             print(f"cart {cart_id}: " + ("not found" if found is None else
                                          f"owner {found[0].owner}, version {found[0].version}, items "
                                          f"{ {str(k): v for k, v in found[0].items.items()} }"))
@@ -238,7 +240,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--topic", default=DEFAULT_TOPIC)
     c.add_argument("--group", default=DEFAULT_GROUP)
     c.add_argument("--keyspace", default=DEFAULT_KEYSPACE)
-    c.add_argument("--mode", choices=["parallel", "serial"], default="parallel")
+    c.add_argument("--mode", choices=["batched", "parallel", "serial"], default="batched",
+                   help="batched: a cart's waiting commands in one conditional write (fastest); parallel: command "
+                        "and event log in a broadcast; serial: command, then event")
     c.add_argument("--stop-when-idle", type=float, default=None, metavar="SECONDS",
                    help="drain, commit and exit once idle for SECONDS: nothing in flight and every partition of the "
                         "topic read to its end by the group")
@@ -249,7 +253,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="create the keyspace and tables if missing (never under a group that already committed)")
     c.add_argument("--drain-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="on SIGTERM/idle, how long to wait for records in flight before exiting without them")
-    c.add_argument("--window", type=int, default=1000, help="records in flight at most")
+    c.add_argument("--window", type=int, default=5000, help="records in flight at most")
     c.add_argument("--on-failure", choices=["stop", "rewind"], default="rewind")
     c.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=False,
                    help="poll again while the previous poll is still in flight (bounded by --window)")

@@ -1,4 +1,9 @@
-"""The two CQRS pipelines of the example, and the producer side.
+"""The CQRS pipelines of the example, and the producer side.
+
+batched (the default)::
+
+    KafkaSource -> decode (poison -> <topic>.dlq) -> AggregateSink(store): per cart, the waiting commands
+                   folded over the cached cart, one conditional write, then their events (unlogged batches)
 
 parallel::
 
@@ -19,6 +24,7 @@ from typing import Any, Iterable, Literal
 import reactivex
 
 from rxcqrs.cassandra import CassandraRetrySink, CassandraSink, cassandra_retry_flow
+from rxcqrs.cassandra.aggregate import AggregateSink
 from rxcqrs.examples.shoppingcart.codec import command_codec
 from rxcqrs.examples.shoppingcart.domain import Command
 from rxcqrs.examples.shoppingcart.generator import partition_for
@@ -28,9 +34,10 @@ from rxcqrs.kafka import KafkaSink, ProducerSettings
 from rxcqrs.messages import Envelope, OutgoingRecord
 from rxcqrs.operators import DeadLetters, branch, broadcast, decode, map_envelope
 
-__all__ = ["Mode", "start_pipeline", "publish_commands", "by_cart"]
+__all__ = ["Mode", "MODES", "start_pipeline", "publish_commands", "by_cart"]
 
-Mode = Literal["parallel", "serial"]
+Mode = Literal["batched", "parallel", "serial"]
+MODES = ("batched", "parallel", "serial")
 
 
 def by_cart(env: Any) -> Any:
@@ -38,11 +45,17 @@ def by_cart(env: Any) -> Any:
     return env.value.cart_id if isinstance(env, Envelope) else None
 
 
-def start_pipeline(source: Any, store: CartStore, *, mode: Mode = "parallel", dead_letters: DeadLetters,
+def start_pipeline(source: Any, store: CartStore, *, mode: Mode = "batched", dead_letters: DeadLetters,
                    concurrency: int = 32) -> Flow:
     """Subscribe the example pipeline to ``source`` (a KafkaSource) and return the running :class:`Flow`."""
     session = store.session
     decoded = decode(command_codec(), require_uuid_key=True, dead_letters=dead_letters)
+    if mode == "batched":
+        carts = AggregateSink(session, store, idempotent=store.idempotent, max_concurrency=concurrency,
+                              name="carts")
+        if hasattr(source, "on_revoke"):
+            source.on_revoke(carts.forget)  # another member may write those carts now
+        return run(source, decoded, carts)
     to_event = map_envelope(lambda env: store.event_statement(env.value, env.meta))  # type: ignore[arg-type]
     events = CassandraSink(session, max_concurrency=2 * concurrency, name="event-log")
     # an unknown outcome is resolved by a serial read of the cart, or recorded for the query side
@@ -56,7 +69,7 @@ def start_pipeline(source: Any, store: CartStore, *, mode: Mode = "parallel", de
                                             max_concurrency=concurrency, resolve=store.was_applied,
                                             record_unknown=store.record_unknown, name="commands")
         return run(source, decoded, command_flow, to_event, events)
-    raise ValueError(f"mode must be 'parallel' or 'serial', got {mode!r}")
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
 def publish_commands(commands: Iterable[Command], topic: str, partitions: int,

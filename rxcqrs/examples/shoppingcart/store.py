@@ -18,22 +18,28 @@ Exactness after redeliveries (see :mod:`rxcqrs.cassandra.compensation`):
 Either way a write whose outcome is unknown (a timeout) is resolved by a serial read of ``applied`` and never
 simply re-run; if it cannot be resolved it is recorded in the event log's unknown-outcomes table, which
 ``duplicates`` reports and ``compensate`` repairs.
+
+The store is also the :class:`~rxcqrs.cassandra.aggregate.Aggregate` of the batched pipeline (the default):
+there a cart's waiting commands are folded together and written with one conditional write.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from rxcqrs.cassandra import EventLog, Rebuilder, create_keyspace, create_table, prepare, qualified
+from rxcqrs.cassandra.aggregate import Applied, Rejection, Stored
 from rxcqrs.cassandra.eventlog import LoggedEvent
 from rxcqrs.examples.shoppingcart.domain import Cart, Command, Rejected, apply, fold
 from rxcqrs.exceptions import SchemaError
 from rxcqrs.messages import RecordMetadata
 
 __all__ = ["CartStore", "CartRow", "cart_event_log", "event_payload", "command_of", "TABLES"]
+
+#: a cart row as stored: the cart (``None``: never inserted, or deleted), ``seq`` and ``applied``
+CartRow = Stored[Cart]
 
 CART_TABLE = "shopping_cart"
 LOG_TABLE = "shopping_cart_event_log"
@@ -61,27 +67,13 @@ def command_of(event: LoggedEvent) -> Command:
     return Command(p["action"], event.entity_id, p["owner"] or p["item"] or uuid.UUID(int=0), p["count"])
 
 
-@dataclass(frozen=True)
-class CartRow:
-    """A cart row as stored: the cart (``None``: never inserted, or deleted), its write counter and the
-    source offsets already applied."""
-
-    cart: Cart | None
-    seq: int | None  # None: no row at all
-    applied: dict[int, int] = field(default_factory=dict)
-
-    def handled(self, meta: RecordMetadata) -> bool:
-        """Whether the record at ``meta`` (or a later one of its partition) was already applied here."""
-        return self.applied.get(meta.partition, -1) >= meta.offset
-
-
 class CartStore:
     def __init__(self, session: Any, keyspace: str, *, idempotent: bool = True) -> None:
         self.session = session
         self.keyspace = keyspace
         self.idempotent = idempotent
         self.carts = qualified(keyspace, CART_TABLE)
-        self.rejections = qualified(keyspace, REJECTIONS_TABLE)
+        self.rejections_table = qualified(keyspace, REJECTIONS_TABLE)
         self.log = cart_event_log(keyspace)
         self._prepared = False
         self._lock = threading.Lock()
@@ -133,7 +125,7 @@ class CartStore:
                                       "applied) VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")
             self._update = prepare(s, f"UPDATE {self.carts} SET owner = ?, items = ?, version = ?, deleted = ?, "
                                       "seq = ?, applied = ? WHERE cart_id = ? IF seq = ?")
-            self._reject = prepare(s, f"INSERT INTO {self.rejections} (cart_id, event_id, action, reason, "
+            self._reject = prepare(s, f"INSERT INTO {self.rejections_table} (cart_id, event_id, action, reason, "
                                       "source_partition, source_offset) VALUES (?, ?, ?, ?, ?, ?)")
             self._prepared = True
 
@@ -141,16 +133,23 @@ class CartStore:
     def row(self, cart_id: uuid.UUID, *, serial: bool = False) -> CartRow:
         """The cart's row; ``serial`` reads through Paxos, so a lightweight transaction whose outcome was
         unknown is settled (completed or superseded) before the answer."""
+        return self.stored(list(self.session.execute(self.read_row(cart_id, serial))))
+
+    def read_row(self, cart_id: uuid.UUID, serial: bool = False) -> Any:
         self._prepare()
-        found = self.session.execute(self._read_serial if serial else self._read, (cart_id,)).one()
+        return (self._read_serial if serial else self._read).bind((cart_id,))
+
+    def stored(self, rows: Any) -> CartRow:
+        found = rows[0] if rows else None
         if found is None:
             return CartRow(None, None, {})
         cart = None if found.deleted else Cart(found.owner, dict(found.items or {}), found.version)
         return CartRow(cart, found.seq or 0, dict(found.applied or {}))
 
-    def read(self, cart_id: uuid.UUID) -> tuple[Cart, dict[int, int]] | None:
+    def find(self, cart_id: uuid.UUID) -> tuple[Cart, dict[int, int]] | None:
+        """The cart and the source offsets it applied; ``None`` if it does not exist (or was deleted)."""
         row = self.row(cart_id)
-        return None if row.cart is None else (row.cart, row.applied)
+        return None if row.state is None else (row.state, dict(row.applied))
 
     def all_carts(self) -> Iterator[tuple[uuid.UUID, Cart]]:
         from cassandra.query import SimpleStatement
@@ -162,7 +161,7 @@ class CartStore:
                 yield row.cart_id, Cart(row.owner, dict(row.items or {}), row.version)
 
     def rejected(self, cart_id: uuid.UUID) -> list[Any]:
-        return list(self.session.execute(f"SELECT * FROM {self.rejections} WHERE cart_id = %s", (cart_id,)))
+        return list(self.session.execute(f"SELECT * FROM {self.rejections_table} WHERE cart_id = %s", (cart_id,)))
 
     # -- the command side ---------------------------------------------------------------------------------
     def command(self, cmd: Command, meta: RecordMetadata) -> Any:
@@ -176,19 +175,23 @@ class CartStore:
                 return None  # a redelivery of a command this cart already handled: nothing to do
             with self._lock:
                 self.reapplied += 1
-        result = apply(row.cart, cmd)
+        result = apply(row.state, cmd)
         if isinstance(result, Rejected):
             self.session.execute(self._reject, (cmd.cart_id, meta.key_uuid, cmd.action, result.reason,
                                                 meta.partition, meta.offset))
-            return self.write(cmd.cart_id, row, row.cart, meta)  # the state stays; `applied` moves on
+            return self.write(cmd.cart_id, row, row.state, meta)  # the state stays; `applied` moves on
         return self.write(cmd.cart_id, row, result, meta)
 
     def write(self, cart_id: uuid.UUID, row: CartRow, cart: Cart | None, meta: RecordMetadata | None) -> Any:
         """The conditional write that replaces ``row`` by ``cart`` (``None``: deleted), recording ``meta``."""
-        self._prepare()
         applied = dict(row.applied)
         if meta is not None:
             applied[meta.partition] = max(meta.offset, applied.get(meta.partition, -1))
+        return self.update(cart_id, row, cart, applied)
+
+    def update(self, cart_id: uuid.UUID, row: CartRow, cart: Cart | None, applied: dict[int, int]) -> Any:
+        """The conditional write replacing ``row`` (``IF seq = ?``, or ``IF NOT EXISTS`` for a new row)."""
+        self._prepare()
         owner, items, version = (cart.owner, dict(cart.items), cart.version) if cart else (None, None, 0)
         if row.seq is None:
             return self._insert.bind((cart_id, owner, items, version, cart is None, 1, applied))
@@ -202,6 +205,39 @@ class CartStore:
         """The statement recording an outcome that could not be resolved (``duplicates`` reports it)."""
         return self.log.record_unknown(self.session, cmd.cart_id, meta.key_uuid, meta, error)
 
+    # -- the aggregate of the batched pipeline -------------------------------------------------------------
+    def prepare(self) -> None:
+        """Prepare every statement the batched pipeline uses (its other methods run on driver callbacks)."""
+        self._prepare()
+        self.log.insert_statement(self.session)
+        prepare(self.session, self.log.bucket_index_query())
+
+    def key(self, cmd: Command) -> uuid.UUID:
+        return cmd.cart_id
+
+    def read(self, cart_id: uuid.UUID, serial: bool = False) -> Any:
+        return self.read_row(cart_id, serial)
+
+    def decide(self, cart: Cart | None, cmd: Command, meta: RecordMetadata) -> Applied[Cart] | Rejection:
+        result = apply(cart, cmd)
+        return Rejection(result.reason) if isinstance(result, Rejected) else Applied(result)
+
+    def events(self, cart_id: uuid.UUID, records: list[tuple[Command, RecordMetadata]]) -> list[Any]:
+        """Every delivery is logged (redeliveries too); plus the bucket index of the batch's buckets."""
+        inserts = [self.log.insert(self.session, cmd.cart_id, meta.key_uuid, meta.timestamp_utc, event_payload(cmd),
+                                   meta) for cmd, meta in records]
+        buckets = {self.log.bucket_of(meta.timestamp_utc): meta.timestamp_utc for _cmd, meta in records}
+        return inserts + [self.log.bucket_index(self.session, cart_id, when) for when in buckets.values()]
+
+    def record_rejections(self, cart_id: uuid.UUID, rejected: list[tuple[Command, RecordMetadata, str]]) -> list[Any]:
+        self._prepare()
+        out = []
+        for cmd, meta, reason in rejected:
+            bound = self._reject.bind((cmd.cart_id, meta.key_uuid, cmd.action, reason, meta.partition, meta.offset))
+            bound.is_idempotent = True
+            out.append(bound)
+        return out
+
     def event_statement(self, cmd: Command, meta: RecordMetadata) -> Any:
         """The event-log write of one command: id = the Kafka key, time = the Kafka record timestamp."""
         return self.log.bind(self.session, cmd.cart_id, meta.key_uuid, meta.timestamp_utc, event_payload(cmd), meta)
@@ -210,7 +246,7 @@ class CartStore:
     def rebuilder(self) -> Rebuilder[Cart]:
         def current(cart_id: uuid.UUID) -> tuple[Cart | None, int | None] | None:
             row = self.row(cart_id)
-            return None if row.seq is None else (row.cart, row.seq)
+            return None if row.seq is None else (row.state, row.seq)
 
         def write(cart_id: uuid.UUID, state: Cart | None, seq: int | None) -> Any:
             row = self.row(cart_id)
