@@ -432,11 +432,14 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
 def _batches(statements: list[Any], rows: int, size: int) -> list[Any]:
     """Group statements per partition (routing key) into unlogged batches below Cassandra's batch limits
     (rows and approximate bytes); a group of one is sent as that statement."""
-    from cassandra.query import BatchStatement, BatchType
+    from cassandra.query import BatchStatement, BatchType, BoundStatement
 
     groups: list[list[Any]] = []
     open_groups: dict[Any, tuple[list[Any], int]] = {}
     for statement in statements:
+        if not isinstance(statement, BoundStatement):  # only bound statements can join a batch
+            groups.append([statement])
+            continue
         cost = _size(statement)
         partition = getattr(statement, "routing_key", None)
         group, weight = open_groups.get(partition, (None, 0))
