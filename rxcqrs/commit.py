@@ -64,8 +64,18 @@ class CommitGate:
         #: how many partitions hold a nacked offset (read without the lock as a cheap "anything failed?")
         self.failed = 0
         self._on_change = on_change  # wakes the poll thread
+        # when to wake it: a failure, nothing in flight, and (set by the owner) these two crossings
+        self._wake_in_flight = -1  # in flight falls to this (the window has room again)
+        self._wake_done = 0  # this many done since the last commit (a commit is due)
 
     # -- assignment ---------------------------------------------------------------------------------------
+    def wake_when(self, in_flight: int = -1, done: int = 0) -> None:
+        """Wake the poll thread (``on_change``) only when a settle makes a difference to it: a failure,
+        nothing left in flight, in flight falling to ``in_flight``, or ``done`` records done since the last
+        commit. Per-settle wake-ups would cost the poll thread a context switch per record."""
+        self._wake_in_flight = in_flight
+        self._wake_done = done
+
     def assign(self, tp: TopicPartition, committed: int | None = None) -> int:
         """Start tracking ``tp`` under a new epoch (a new assignment or a rewind)."""
         with self._lock:
@@ -145,9 +155,11 @@ class CommitGate:
                 return False
             self._in_flight -= 1
             track.pending -= 1
+            wake = self._in_flight in (0, self._wake_in_flight) or error is not None
             if error is None:
                 track.states[offset] = _DONE
                 self._done_since_commit += 1
+                wake = wake or self._done_since_commit == self._wake_done
                 while track.offsets and track.states[track.offsets[0]] == _DONE:
                     done = track.offsets.popleft()
                     del track.states[done]
@@ -159,7 +171,8 @@ class CommitGate:
                     self.failed += 1
             if self._waiters:
                 self._changed.notify_all()
-        self._on_change()
+        if wake:
+            self._on_change()
         return True
 
     # -- queries ------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Frozen Cassandra settings and the session factory (token/DC-aware load balancing, one execution profile,
-a retry policy that never re-sends a non-idempotent request whose outcome is unknown).
+a retry policy that never re-sends a non-idempotent request whose outcome is unknown, rows as named tuples
+of cached classes).
 
 Credentials and SSL options are passed through to the driver and masked in ``repr`` and logs.
 """
@@ -79,8 +80,10 @@ def connect(settings: CassandraSettings | None = None) -> Any:
 
     s = settings or CassandraSettings()
     from rxcqrs.cassandra.outcomes import OutcomeRetryPolicy
+    from rxcqrs.cassandra.rows import cached_named_tuple_factory
 
     profile = ExecutionProfile(
+        row_factory=cached_named_tuple_factory,
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=s.local_dc)),
         retry_policy=OutcomeRetryPolicy(),
         consistency_level=getattr(ConsistencyLevel, s.consistency.upper()),

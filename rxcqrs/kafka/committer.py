@@ -43,6 +43,9 @@ class Committer:
         self.metrics = metrics
         self.name = name
         self.gate = CommitGate(on_change=wake)
+        # resume emitting once a quarter of a full window has settled; commit after commit_every records
+        window = settings.max_in_flight
+        self.gate.wake_when(in_flight=window - max(1, window // 4), done=settings.commit_every)
         self._lock = threading.Lock()
         self._committed: dict[TopicPartition, int] = {}  # last commit per partition, kept after a revoke
         self._records_committed = 0

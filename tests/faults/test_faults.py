@@ -55,8 +55,9 @@ class Scenario:
 
     def consumer(self, *args: str) -> Consumer:
         mode = "--idempotent" if self.idempotent else "--no-idempotent"
+        # a window well below the topic's size, so commits (and redeliveries after a fault) come in steps
         return Consumer.start(self.servers, self.topic, self.group, self.keyspace, "--create-schema", mode,
-                              "--drain-timeout", "10", *args)
+                              "--drain-timeout", "10", "--window", "400", *args)
 
     def committed(self) -> int:
         return sum(o or 0 for o in committed_offsets(self.group, self.topic,
