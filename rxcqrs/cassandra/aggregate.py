@@ -111,6 +111,9 @@ class _Batch:
     stored: Any = None
     after: Stored[Any] | None = None
     step: str = "read"
+    #: records the entity had already applied when this batch was first folded (redeliveries); any other
+    #: record found applied later was applied by this batch's own write, whose answer was lost or late
+    redelivered: set[int] | None = None
 
     def count(self, name: str, n: int = 1) -> None:
         if self.envelopes:
@@ -266,16 +269,28 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         state, applied = stored.state, dict(stored.applied)
         rejected: list[tuple[Any, RecordMetadata, str]] = []
         changed = False
+        first_fold = batch.redelivered is None
+        if batch.redelivered is None:
+            batch.redelivered = {i for i, env in enumerate(batch.envelopes) if stored.handled(env.meta)}
+        elif any(stored.handled(env.meta) for i, env in enumerate(batch.envelopes) if i not in batch.redelivered):
+            # a record that was new to the entity is applied now: this batch's own earlier write landed (its
+            # answer was lost, or it completed after a read that said otherwise); never apply it twice
+            batch.count("unknown_resolved_applied")
+            self._remember(batch, stored)
+            self._write_events(batch)
+            return
         try:
-            for env in batch.envelopes:
+            for i, env in enumerate(batch.envelopes):
                 meta = env.meta
                 if stored.handled(meta):
                     if self.idempotent:
-                        self.skipped += 1
-                        env.count("redelivered_skipped")
+                        if first_fold:
+                            self.skipped += 1
+                            env.count("redelivered_skipped")
                         continue
-                    self.reapplied += 1
-                    env.count("redelivered_reapplied")
+                    if first_fold:
+                        self.reapplied += 1
+                        env.count("redelivered_reapplied")
                 decision = self.aggregate.decide(state, env.value, meta)
                 if isinstance(decision, Rejection):
                     rejected.append((env.value, meta, decision.reason))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import OrderedDict
 from typing import Any, Iterator
 
 from rxcqrs.cassandra import EventLog, Rebuilder, create_keyspace, create_table, prepare, qualified
@@ -81,6 +82,7 @@ class CartStore:
         self.reapplied = 0
         #: redelivered commands recognised and skipped (``idempotent=True``)
         self.skipped = 0
+        self._first_tries: OrderedDict[tuple[str, int, int], bool] = OrderedDict()
 
     # -- schema -------------------------------------------------------------------------------------------
     def create(self, replication: int = 1) -> None:
@@ -168,7 +170,11 @@ class CartStore:
         """The CassandraRetrySink function: read, decide, write conditionally. Runs on a worker thread (it
         reads); called again after an optimistic-lock conflict, so it always decides on fresh state."""
         row = self.row(cmd.cart_id)
-        if row.handled(meta):
+        handled = row.handled(meta)
+        redelivered = self._handled_at_first_try(meta, handled)
+        if handled and not redelivered:
+            return None  # our earlier attempt at this very record was applied (its answer was lost or late)
+        if handled:
             if self.idempotent:
                 with self._lock:
                     self.skipped += 1
@@ -181,6 +187,18 @@ class CartStore:
                                                 meta.partition, meta.offset))
             return self.write(cmd.cart_id, row, row.state, meta)  # the state stays; `applied` moves on
         return self.write(cmd.cart_id, row, result, meta)
+
+    def _handled_at_first_try(self, meta: RecordMetadata, handled: bool) -> bool:
+        """Whether the cart had already applied this record when this process first tried it (a redelivery).
+        If it had not, finding it applied now means our own write landed. Remembers first tries (bounded)."""
+        key = (meta.topic, meta.partition, meta.offset)
+        with self._lock:
+            first = self._first_tries.get(key)
+            if first is None:
+                first = self._first_tries[key] = handled
+                if len(self._first_tries) > 200_000:
+                    self._first_tries.popitem(last=False)
+            return first
 
     def write(self, cart_id: uuid.UUID, row: CartRow, cart: Cart | None, meta: RecordMetadata | None) -> Any:
         """The conditional write that replaces ``row`` by ``cart`` (``None``: deleted), recording ``meta``."""
