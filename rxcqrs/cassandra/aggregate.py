@@ -280,7 +280,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             self._write_events(batch)
             return
         try:
-            for i, env in enumerate(batch.envelopes):
+            for env in batch.envelopes:
                 meta = env.meta
                 if stored.handled(meta):
                     if self.idempotent:
