@@ -1,138 +1,201 @@
-"""``make bench``: rxcqrs against a baseline doing the same work, side by side (figures, not assertions).
+"""``make bench``: rxcqrs against baselines doing the same work, side by side in one run, on the same data,
+each final state verified (figures, not assertions). Prints one table and writes ``build/bench.json``.
 
-1. Avro decode of the shopping-cart command: AvroCodec (parsed fastavro) vs dataclasses-avroschema.
-2. Source overhead on the in-memory fake: KafkaSource (demand, window, envelopes, commit gate) vs the same
-   polls pushed through plain reactivex with one commit per poll.
-3. Consuming from the real broker: KafkaSource (pull, gated commits) vs a bare KafkaConsumer poll loop.
+Sections (``--only`` picks some): cart (rxcqrs batched / parallel / serial / parallel without idempotence,
+a hand-written cart-batched loop, a hand-written per-command loop, a naive loop), carts (rate as commands
+per cart fall), sustained (200,000 commands, memory slope), two (two consumer processes against one),
+ceiling (Cassandra alone), insert (decode -> INSERT), kafka (Kafka -> Kafka per backend).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
+import subprocess
+import sys
 import time
 import uuid
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
-from rxcqrs.testing import wait_until
+SECTIONS = ("cart", "carts", "sustained", "two", "ceiling", "insert", "kafka")
+ROWS: list[dict[str, Any]] = []
 
 
-def best_of(runs: int, fn: Callable[[], int]) -> float:
-    """Items per second, best of ``runs``."""
-    rates = []
-    for _ in range(runs):
+def row(section: str, contender: str, rate: float, **extra: Any) -> None:
+    ROWS.append({"section": section, "contender": contender, "per_s": round(rate, 1), **extra})
+    shown = "  ".join(f"{k} {v}" for k, v in extra.items())
+    print(f"{section:<10} {contender:<34} {rate:>10,.0f}/s  {shown}", flush=True)
+
+
+def produce(carts: int, commands: int, partitions: int = 8) -> str:
+    from rxcqrs.examples.shoppingcart.generator import generate
+    from rxcqrs.examples.shoppingcart.pipeline import publish_commands
+    from rxcqrs.kafka import create_topics
+
+    topic = f"bench.{carts}.{commands}.{uuid.uuid4().hex[:6]}"
+    create_topics({topic: partitions, topic + ".dlq": 1})
+    publish_commands(generate(carts, commands, seed=7), topic, partitions)
+    return topic
+
+
+def cart(session: Any, rounds: int, commands: int) -> None:
+    from benchmarks import cart as c
+
+    topic = produce(200, commands)
+    contenders = {
+        "rxcqrs batched (default)": lambda ks: c.rxcqrs_mode(session, topic, ks, commands, "batched"),
+        "hand cart-batched loop": lambda ks: c.hand_cart_batched(session, topic, ks, commands),
+        "rxcqrs parallel": lambda ks: c.rxcqrs_mode(session, topic, ks, commands, "parallel"),
+        "rxcqrs parallel, not idempotent": lambda ks: c.rxcqrs_mode(session, topic, ks, commands, "parallel",
+                                                                    idempotent=False),
+        "rxcqrs serial": lambda ks: c.rxcqrs_mode(session, topic, ks, commands, "serial"),
+        "hand per-command loop": lambda ks: c.hand_per_command(session, topic, ks, commands),
+        "naive loop (20 s on a prefix)": lambda ks: c.naive(session, topic, ks, 20.0),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    checks: dict[str, bool] = {name: True for name in contenders}
+    for _ in range(rounds):  # interleaved: every contender once per round
+        for name, fn in contenders.items():
+            rate, info = fn(c.keyspace("cart"))
+            rates[name].append(rate)
+            checks[name] = checks[name] and bool(info.get("verified"))
+    best = statistics.median(rates["hand cart-batched loop"])
+    per_command = statistics.median(rates["hand per-command loop"])
+    for name, values in rates.items():
+        rate = statistics.median(values)
+        row("cart", name, rate, vs_batched_loop=round(rate / best, 2), vs_per_command_loop=round(rate / per_command, 2),
+            verified=checks[name])
+
+
+def carts(session: Any, commands: int) -> None:
+    from benchmarks import cart as c
+
+    for count in (200, 2_000, 20_000):
+        topic = produce(count, commands)
+        rate, info = c.rxcqrs_mode(session, topic, c.keyspace("carts"), commands, "batched")
+        row("carts", f"batched, {count} carts ({commands // count} cmds/cart)", rate, verified=info["verified"])
+
+
+def sustained(session: Any, commands: int) -> None:
+    from benchmarks import cart as c
+    from benchmarks.pipes import RssSampler
+    from rxcqrs.examples.shoppingcart.pipeline import start_pipeline
+    from rxcqrs.examples.shoppingcart.store import CartStore
+    from rxcqrs.kafka import ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings
+    from rxcqrs.operators import DeadLetters
+
+    topic = produce(200, commands)
+    ks = c.keyspace("sustained")
+    store = CartStore(session, ks)
+    store.create()
+    dead = KafkaSink(producer=ProducerSettings())
+    source = KafkaSource(topic, ConsumerSettings(group_id=f"g.{ks}", max_poll_records=2000),
+                         SourceSettings(max_in_flight=5000))
+    sampler = RssSampler(source.committer.records_committed)
+    started = time.perf_counter()
+    flow = start_pipeline(source, store, dead_letters=DeadLetters(dead))
+    c._wait(lambda: source.committer.records_committed() >= commands, 3600)
+    took = time.perf_counter() - started
+    slope = sampler.stop()
+    flow.stop_and_wait()
+    dead.on_completed()
+    row("sustained", f"batched, {commands:,} commands", commands / took, rss_mib_per_100k=round(slope, 2),
+        rss_mib=round(sampler.samples[-1][1], 1) if sampler.samples else None, verified=c.verify(session, ks, topic))
+
+
+def two(session: Any, commands: int) -> None:
+    """One consumer process against two in one group (separate keyspaces), the whole topic each time."""
+    from benchmarks import cart as c
+    from rxcqrs.kafka import committed_offsets, end_offsets
+
+    topic = produce(200, commands)
+    ends = end_offsets(topic)
+    for processes in (1, 2):
+        ks, group = c.keyspace("procs"), f"g.procs.{uuid.uuid4().hex[:6]}"
+        args = [sys.executable, "-m", "rxcqrs.examples.shoppingcart", "consume", "--topic", topic, "--group", group,
+                "--keyspace", ks, "--create-schema", "--progress-every", "60"]
         started = time.perf_counter()
-        items = fn()
-        rates.append(items / (time.perf_counter() - started))
-    return max(rates)
+        procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for _ in range(processes)]
+        c._wait(lambda g=group: committed_offsets(g, topic) == ends, 1800)
+        took = time.perf_counter() - started
+        for p in procs:
+            p.terminate()
+            p.wait(60)
+        row("two", f"{processes} consumer process(es), batched", commands / took,
+            verified=c.verify(session, ks, topic))
 
 
-def report(name: str, ours: float, baseline: float, baseline_name: str) -> None:
-    print(f"{name:<34} {ours:>11,.0f}/s   {baseline_name:<28} {baseline:>11,.0f}/s   ratio {ours / baseline:5.2f}x",
-          flush=True)
+def ceiling(session: Any) -> None:
+    from benchmarks.pipes import cassandra_ceiling
+
+    for name, rate in cassandra_ceiling(session).items():
+        row("ceiling", f"Cassandra alone: {name} in flight", rate)
 
 
-def avro(n: int) -> None:
-    from benchmarks.models import ShoppingCartCmd as model
-    from rxcqrs.examples.shoppingcart.codec import command_codec
-    from rxcqrs.examples.shoppingcart.domain import Command
+def insert(session: Any, commands: int) -> None:
+    from benchmarks.pipes import decode_insert
 
-    codec = command_codec()
-    payloads = [codec.encode(Command("AddItem", uuid.uuid4(), uuid.uuid4(), i % 5 + 1)) for i in range(n)]
-    ours = best_of(3, lambda: sum(1 for p in payloads if codec.decode(p)))
-    baseline = best_of(3, lambda: sum(1 for p in payloads if model.deserialize(p)))
-    report("avro decode (AvroCodec)", ours, baseline, "dataclasses-avroschema")
+    found = decode_insert(session, produce(200, commands), commands)
+    row("insert", "rxcqrs decode -> INSERT", found["rxcqrs"], cpu_us=round(found["rxcqrs_cpu_us"], 1),
+        vs_hand=round(found["rxcqrs"] / found["hand"], 2), verified=found["rxcqrs_verified"])
+    row("insert", "hand poll -> decode -> execute_async", found["hand"], cpu_us=round(found["hand_cpu_us"], 1),
+        verified=found["hand_verified"])
 
 
-def fake_source(n: int) -> None:
-    from rxcqrs import run
-    from rxcqrs.kafka import ConsumerSettings, KafkaSource, SourceSettings
-    from rxcqrs.testing import FakeBroker, FakeConsumer
+def kafka(commands: int) -> None:
+    from benchmarks.pipes import kafka_to_kafka
 
-    broker = FakeBroker()
-    broker.create_topic("b", 4)
-    for i in range(n):
-        broker.append("b", b"x" * 100, partition=i % 4)
-
-    def ours() -> int:
-        group = uuid.uuid4().hex
-        source = KafkaSource("b", ConsumerSettings(group_id=group), SourceSettings(poll_timeout=0.01),
-                             consumer_factory=lambda cfg: FakeConsumer(broker, **cfg))
-        flow = run(source)
-        wait_until(lambda: source.metrics.get("acked") == n, 120, "all acked")
-        flow.stop_and_wait()
-        return n
-
-    def baseline() -> int:
-        """Rx without rxcqrs: each poll's records pushed through reactivex, one commit per poll, no gate."""
-        import reactivex
-
-        consumer = FakeConsumer(broker, group_id=uuid.uuid4().hex)
-        consumer.subscribe(["b"])
-        seen = [0]
-
-        def count(_record: Any) -> None:
-            seen[0] += 1
-
-        while seen[0] < n:
-            batch = consumer.poll(timeout_ms=10)
-            for records in batch.values():
-                reactivex.from_iterable(records).subscribe(count)
-            if batch:
-                consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
-        return seen[0]
-
-    report("KafkaSource on the fake", best_of(3, ours), best_of(3, baseline), "reactivex poll loop, no gate")
+    topic = produce(200, commands)
+    for backend in ("kafka-python", "confluent"):
+        found = kafka_to_kafka(topic, commands, backend)
+        row("kafka", f"KafkaSource -> KafkaSink ({backend})", found["rxcqrs"], cpu_us=round(found["rxcqrs_cpu_us"], 1),
+            above_bare_us=round(found["rxcqrs_cpu_us"] - found["bare_cpu_us"], 1), verified=found["rxcqrs_verified"])
+        row("kafka", f"bare {backend} loop", found["bare"], cpu_us=round(found["bare_cpu_us"], 1),
+            verified=found["bare_verified"])
 
 
-def real_source(n: int) -> None:
-    from kafka import KafkaConsumer, KafkaProducer
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the cart section")
+    parser.add_argument("--commands", type=int, default=20_000)
+    parser.add_argument("--sustained", type=int, default=200_000, help="commands of the sustained run")
+    parser.add_argument("--json", default="build/bench.json")
+    args = parser.parse_args()
+    import logging
 
-    from rxcqrs import run, services
-    from rxcqrs.kafka import ConsumerSettings, KafkaSource, create_topics
+    logging.basicConfig(level=logging.WARNING)
+    for noisy in ("kafka", "cassandra"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    from rxcqrs.cassandra import connect
 
-    services.up()
-    topic = f"bench.{uuid.uuid4().hex[:8]}"
-    create_topics({topic: 4})
-    producer = KafkaProducer(bootstrap_servers="127.0.0.1:9092", linger_ms=20, batch_size=256 * 1024)
-    for i in range(n):
-        producer.send(topic, b"x" * 100, partition=i % 4)
-    producer.flush()
-    producer.close()
-
-    def ours() -> int:
-        source = KafkaSource(topic, ConsumerSettings(group_id=uuid.uuid4().hex))
-        flow = run(source)
-        wait_until(lambda: source.metrics.get("acked") == n, 300, "all acked")
-        flow.stop_and_wait()
-        return n
-
-    def baseline() -> int:
-        consumer = KafkaConsumer(topic, bootstrap_servers="127.0.0.1:9092", group_id=uuid.uuid4().hex,
-                                 auto_offset_reset="earliest", enable_auto_commit=False)
-        seen = 0
-        while seen < n:
-            batch = consumer.poll(timeout_ms=200, max_records=500)
-            seen += sum(len(r) for r in batch.values())
-            if batch:
-                consumer.commit()
-        consumer.close()
-        return seen
-
-    report("KafkaSource on the real broker", best_of(2, ours), best_of(2, baseline), "bare KafkaConsumer loop")
-
-
-def main(argv: Any = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("--records", type=int, default=50_000)
-    parser.add_argument("--skip-real", action="store_true", help="no servers: skip the real-broker figure")
-    args = parser.parse_args(argv)
-    print(f"rxcqrs benchmarks, {args.records} records each (best of several runs; ratio = ours / baseline)")
-    avro(args.records)
-    fake_source(args.records)
-    if not args.skip_real:
-        real_source(args.records)
+    session = connect()
+    try:
+        for section in args.only:
+            if section == "cart":
+                cart(session, args.rounds, args.commands)
+            elif section == "carts":
+                carts(session, args.commands)
+            elif section == "sustained":
+                sustained(session, args.sustained)
+            elif section == "two":
+                two(session, args.commands)
+            elif section == "ceiling":
+                ceiling(session)
+            elif section == "insert":
+                insert(session, args.commands)
+            else:
+                kafka(args.commands)
+    finally:
+        session.cluster.shutdown()
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(ROWS, indent=1))
+        print(f"figures written to {args.json}", flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

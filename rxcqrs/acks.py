@@ -9,9 +9,9 @@ child nack. Settling twice is ignored, so a late duplicate callback can never do
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Any, Callable
 
-__all__ = ["Ticket", "Settle"]
+__all__ = ["Ticket", "GateTicket", "Settle"]
 
 #: called once with ``None`` (ack) or the error (nack)
 Settle = Callable[[BaseException | None], None]
@@ -85,3 +85,28 @@ class _Join:
             last = self._remaining == 0
         if last:
             self._parent.ack()
+
+
+class GateTicket(Ticket):
+    """The ticket a source hands out: it settles one offset in its commit gate. A second settle is ignored by
+    the gate itself (its offset is no longer pending), so no lock is taken here: this is on every record's
+    path."""
+
+    __slots__ = ("_gate", "_tp", "_epoch", "_offset")
+
+    def __init__(self, gate_settle: Callable[[Any, int, int, BaseException | None], None], tp: Any, epoch: int,
+                 offset: int, count: Callable[[str, int], None]) -> None:
+        self._settled = False
+        self.count = count
+        self._gate = gate_settle
+        self._tp, self._epoch, self._offset = tp, epoch, offset
+
+    def ack(self) -> None:
+        if not self._settled:
+            self._settled = True
+            self._gate(self._tp, self._epoch, self._offset, None)
+
+    def nack(self, error: BaseException) -> None:
+        if not self._settled:
+            self._settled = True
+            self._gate(self._tp, self._epoch, self._offset, error)

@@ -63,6 +63,10 @@ class CommitGate:
         self._waiters = 0
         #: how many partitions hold a nacked offset (read without the lock as a cheap "anything failed?")
         self.failed = 0
+        #: settles that mattered to the poll thread so far (it compares before it sleeps); acks and nacks
+        self.changes = 0
+        self.acked = 0
+        self.nacked = 0
         self._on_change = on_change  # wakes the poll thread
         # when to wake it: a failure, nothing in flight, and (set by the owner) these two crossings
         self._wake_in_flight = -1  # in flight falls to this (the window has room again)
@@ -157,6 +161,7 @@ class CommitGate:
             track.pending -= 1
             wake = self._in_flight in (0, self._wake_in_flight) or error is not None
             if error is None:
+                self.acked += 1
                 track.states[offset] = _DONE
                 self._done_since_commit += 1
                 wake = wake or self._done_since_commit == self._wake_done
@@ -165,12 +170,15 @@ class CommitGate:
                     del track.states[done]
                     track.watermark = done + 1
             else:
+                self.nacked += 1
                 track.states[offset] = _FAILED
                 if track.failure is None:
                     track.failure = Failure(tp, offset, error, epoch)
                     self.failed += 1
             if self._waiters:
                 self._changed.notify_all()
+            if wake:
+                self.changes += 1
         if wake:
             self._on_change()
         return True

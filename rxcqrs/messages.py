@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from rxcqrs.acks import Ticket
 from rxcqrs.exceptions import PoisonRecordError
@@ -25,17 +25,36 @@ class TopicPartition(NamedTuple):
     partition: int
 
 
-@dataclass(frozen=True, slots=True)
 class RecordMetadata:
-    """Where a consumed record came from (dendrites' ConsumerRecordMetadata)."""
+    """Where a consumed record came from (dendrites' ConsumerRecordMetadata). Immutable by convention: one is
+    made per record on the hot path, so it is a plain slotted class rather than a frozen dataclass (whose
+    ``__init__`` costs a ``object.__setattr__`` per field)."""
 
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int  # milliseconds since the epoch
-    timestamp_type: int = 0  # 0 = CreateTime (set by the producer), 1 = LogAppendTime (set by the broker)
-    key: bytes | None = None
-    headers: Headers = ()
+    __slots__ = ("topic", "partition", "offset", "timestamp", "timestamp_type", "key", "headers")
+
+    def __init__(self, topic: str, partition: int, offset: int, timestamp: int, timestamp_type: int = 0,
+                 key: bytes | None = None, headers: Headers = ()) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.timestamp = timestamp  # milliseconds since the epoch
+        self.timestamp_type = timestamp_type  # 0 = CreateTime (set by the producer), 1 = LogAppendTime (broker)
+        self.key = key
+        self.headers = headers
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.topic, self.partition, self.offset, self.timestamp, self.timestamp_type, self.key, self.headers)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RecordMetadata) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (f"RecordMetadata(topic={self.topic!r}, partition={self.partition}, offset={self.offset}, "
+                f"timestamp={self.timestamp}, timestamp_type={self.timestamp_type}, key={self.key!r}, "
+                f"headers={self.headers!r})")
 
     @property
     def tp(self) -> TopicPartition:
@@ -68,13 +87,25 @@ class RecordMetadata:
         return f"{self.topic}/{self.partition}@{self.offset}"
 
 
-@dataclass(frozen=True, slots=True)
 class Envelope(Generic[T]):
-    """A value plus the metadata of the record it came from, plus the ticket that settles that record."""
+    """A value plus the metadata of the record it came from, plus the ticket that settles that record.
+    Immutable by convention (a plain slotted class: one is made per record and per stage)."""
 
-    value: T
-    meta: RecordMetadata
-    ticket: Ticket = field(default_factory=Ticket.untracked, compare=False, repr=False)
+    __slots__ = ("value", "meta", "ticket")
+
+    def __init__(self, value: T, meta: RecordMetadata, ticket: Ticket | None = None) -> None:
+        self.value = value
+        self.meta = meta
+        self.ticket = ticket if ticket is not None else Ticket.untracked()
+
+    def __eq__(self, other: object) -> bool:  # the ticket is not part of the identity of an envelope
+        return isinstance(other, Envelope) and (self.value, self.meta) == (other.value, other.meta)
+
+    def __hash__(self) -> int:
+        return hash((self.meta, id(self.value)))
+
+    def __repr__(self) -> str:
+        return f"Envelope(value={self.value!r}, meta={self.meta!r})"
 
     def ack(self) -> None:
         self.ticket.ack()

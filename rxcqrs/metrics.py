@@ -23,8 +23,18 @@ class Metrics:
             self._counters[name] = self._counters.get(name, 0) + amount
 
     def get(self, name: str) -> int:
+        """A counter, or a numeric gauge of that name (0 if neither exists)."""
         with self._lock:
-            return self._counters.get(name, 0)
+            if name in self._counters:
+                return self._counters[name]
+        read = self._gauges.get(name)
+        if read is None:
+            return 0
+        try:
+            value = read()
+        except Exception:
+            return 0
+        return value if isinstance(value, int) else 0
 
     def gauge(self, name: str, read: Callable[[], Any]) -> None:
         self._gauges[name] = read

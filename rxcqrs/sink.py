@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 class SinkBase(abc.ObserverBase[Any]):
     #: seconds ``on_error`` waits for in-flight requests before abandoning them
-    abandon_timeout: float = 5.0
+    abandon_timeout: float = 2.0
 
     def __init__(self) -> None:
         self._idle = threading.Condition()

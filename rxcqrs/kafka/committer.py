@@ -20,10 +20,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from functools import partial
 from typing import Callable
 
-from rxcqrs.acks import Ticket
+from rxcqrs.acks import GateTicket, Ticket
 from rxcqrs.commit import CommitGate, Failure
 from rxcqrs.exceptions import CommitError, FlowError, RetriesExhaustedError, is_permanent
 from rxcqrs.kafka.client import ConsumerClient
@@ -74,12 +73,10 @@ class Committer:
     # -- the poll thread ----------------------------------------------------------------------------------
     def ticket(self, tp: TopicPartition, epoch: int, offset: int, count: Callable[[str, int], None]) -> Ticket:
         """The ticket of a record the gate accepted (``gate.emit``); it settles the record from any thread."""
-        return Ticket(partial(self._settled, tp, epoch, offset), count)
+        return GateTicket(self._settled, tp, epoch, offset, count)
 
     def _settled(self, tp: TopicPartition, epoch: int, offset: int, error: BaseException | None) -> None:
-        if self.gate.settle(tp, epoch, offset, error):
-            self.metrics.incr("acked" if error is None else "nacked")
-        else:
+        if not self.gate.settle(tp, epoch, offset, error):  # (acks and nacks are counted by the gate)
             self.metrics.incr("stale_settles")
 
     def maybe_commit(self, client: ConsumerClient, *, batch_done: bool = False, force: bool = False,

@@ -89,7 +89,7 @@ class KafkaSource:
         self._stop_mode: Literal["drain", "now"] | None = None
         self._stop_error: BaseException | None = None
         self._stop_deadline = float("inf")
-        self.committer = Committer(self.settings, self.metrics, self.name, wake=self._wake.set)
+        self.committer = Committer(self.settings, self.metrics, self.name, wake=self._wake_if_sleeping)
         self.gate = self.committer.gate
         self._client: ConsumerClient | None = None
         self._partitions: dict[str, int] = {}
@@ -112,6 +112,12 @@ class KafkaSource:
         self._thread: threading.Thread | None = None
         self.done = threading.Event()
         self.error: BaseException | None = None
+        self._records_in = 0  # only the poll thread counts
+        self._sleeping = False  # the poll thread waits for a wake-up (see _wake_if_sleeping)
+        self._seen_changes = 0
+        self.metrics.gauge("records_in", lambda: self._records_in)
+        self.metrics.gauge("acked", lambda: self.gate.acked)
+        self.metrics.gauge("nacked", lambda: self.gate.nacked)
         self.metrics.gauge("in_flight", self.gate.in_flight)
         self.metrics.gauge("buffered", lambda: self._buffered)
         self.metrics.gauge("committed", self.committer.records_committed)
@@ -142,6 +148,12 @@ class KafkaSource:
                                                           else self.settings.drain_timeout)
                 self.committer.stopping_now = not drain
         self._wake.set()
+
+    def _wake_if_sleeping(self) -> None:
+        """A settle that matters (see ``CommitGate.wake_when``): wake the poll thread only if it sleeps; if it
+        is busy, it sees the gate's change counter move before it goes to sleep."""
+        if self._sleeping:
+            self._wake.set()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the poll thread has finished; True if it did."""
@@ -274,6 +286,7 @@ class KafkaSource:
         assert client is not None
         while True:
             self._wake.clear()
+            self._seen_changes = self.gate.changes
             if self._stuck is not None:
                 raise _Replace(self._stuck)
             stop_with = self.committer.check_failures()
@@ -309,47 +322,47 @@ class KafkaSource:
 
     # -- emission -----------------------------------------------------------------------------------------
     def _emit_burst(self, observer: abc.ObserverBase[Envelope[bytes | None]]) -> bool:
+        """Emit up to ``_BURST`` buffered records, round-robin over partitions, within the window and the
+        demand (both are read once: settles and requests made meanwhile only add room)."""
+        if not self._ring:
+            return False
+        allowed = min(_BURST, self.settings.max_in_flight - self.gate.in_flight())
+        if self._manual:
+            with self._lock:
+                allowed = min(allowed, self._demand)
         emitted = 0
-        while emitted < _BURST and self._emit_one(observer):
-            emitted += 1
-        return emitted > 0
-
-    def _emit_one(self, observer: abc.ObserverBase[Envelope[bytes | None]]) -> bool:
-        while self._ring:
-            if self.gate.in_flight() >= self.settings.max_in_flight:
-                return False
-            if self._manual:
-                with self._lock:
-                    if self._demand <= 0:
-                        return False
-            tp = self._ring.popleft()
-            epoch, records = self._buffers[tp]
+        ring, buffers, halted = self._ring, self._buffers, self.committer.halted
+        while emitted < allowed and ring:
+            tp = ring.popleft()
+            epoch, records = buffers[tp]
             record = records.popleft()
             self._buffered -= 1
             if records:
-                self._ring.append(tp)
+                ring.append(tp)
             else:
-                del self._buffers[tp]
-            if self.committer.halted(tp):
+                del buffers[tp]
+            if halted(tp):
                 continue  # rewinding: it will be fetched again
             ticket_epoch = self.gate.emit(tp, record.offset, epoch)
             if ticket_epoch is None:
                 continue  # revoked or rewound since the poll: it will be fetched again
+            emitted += 1
+            self._emit(observer, tp, ticket_epoch, record)
+        if emitted:
+            self._records_in += emitted
+            self._idle_since = None
             if self._manual:
                 with self._lock:
-                    self._demand -= 1
-            self._emit(observer, tp, ticket_epoch, record)
-            return True
-        return False
+                    self._demand -= emitted
+        return emitted > 0
 
     def _emit(self, observer: abc.ObserverBase[Envelope[bytes | None]], tp: TopicPartition, epoch: int,
               record: Record) -> None:
+        headers = record.headers
         meta = RecordMetadata(record.topic, record.partition, record.offset, record.timestamp,
                               getattr(record, "timestamp_type", 0) or 0, record.key,
-                              tuple((k, v) for k, v in (record.headers or ())))
+                              tuple((k, v) for k, v in headers) if headers else ())
         ticket = self.committer.ticket(tp, epoch, record.offset, self.metrics.incr)
-        self.metrics.incr("records_in")
-        self._idle_since = None
         try:
             observer.on_next(Envelope(record.value, meta, ticket))
         except Exception as exc:  # a downstream observer without its own isolation: nack, never kill the source
@@ -452,7 +465,12 @@ class KafkaSource:
             timeout = min(timeout, self.settings.commit_interval)
         if self._stop_mode is not None:
             timeout = min(timeout, max(0.0, self._stop_deadline - time.monotonic()))
-        self._wake.wait(timeout)
+        self._sleeping = True
+        try:
+            if self.gate.changes == self._seen_changes:  # nothing happened since this turn began
+                self._wake.wait(timeout)
+        finally:
+            self._sleeping = False
         if time.monotonic() - self._last_poll >= self.settings.keepalive_interval:
             self._keepalive(client)
 

@@ -286,6 +286,8 @@ def test_a_dropped_table_stops_the_flow_at_once_and_commits_nothing_past_the_fai
     finally:
         session.cluster.shutdown()
     dropped = time.monotonic()
+    publish_commands(generate(CARTS, 200, seed=99), run.topic, PARTITIONS,  # records keep arriving after the drop
+                     ProducerSettings(bootstrap_servers=thawed.bootstrap))
     code = consumer.wait(120)
     took = time.monotonic() - dropped
     assert code == 1, consumer.output[-3000:]
