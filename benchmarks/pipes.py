@@ -46,7 +46,7 @@ class RssSampler:
         xs, ys = [x for x, _ in half], [y for _, y in half]
         mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
         var = sum((x - mx) ** 2 for x in xs)
-        return 0.0 if var == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var * 100_000
+        return 0.0 if var == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var * 100_000
 
 
 def cassandra_ceiling(session: Any, seconds: float = 4.0) -> dict[str, float]:
@@ -125,9 +125,9 @@ def decode_insert(session: Any, topic: str, total: int) -> dict[str, float]:
             source = KafkaSource(topic, ConsumerSettings(group_id=f"g.{ks}", max_poll_records=2000),
                                  SourceSettings(max_in_flight=2000))
             flow = run(source, decode(codec, dead_letters=DeadLetters(dead)),
-                       map_value(lambda c: insert.bind((uuid.uuid4(), c.cart_id, c.action))),
+                       map_value(lambda c, ps=insert: ps.bind((uuid.uuid4(), c.cart_id, c.action))),
                        CassandraSink(session, max_concurrency=32))
-            _wait(lambda: source.committer.records_committed() >= total, 600)
+            _wait(lambda src=source: src.committer.records_committed() >= total, 600)
             took = time.perf_counter() - started
             flow.stop_and_wait()
             dead.on_completed()
@@ -144,7 +144,7 @@ def decode_insert(session: Any, topic: str, total: int) -> dict[str, float]:
                         c = codec.decode(r.value)
                         slots.acquire()
                         future = session.execute_async(insert.bind((uuid.uuid4(), c.cart_id, c.action)))
-                        future.add_callbacks(lambda _r: slots.release(), lambda _e: slots.release())
+                        future.add_callbacks(lambda _r, s=slots: s.release(), lambda _e, s=slots: s.release())
                         futures.append(future)
                 for future in futures:
                     future.result()
@@ -188,7 +188,7 @@ def kafka_to_kafka(topic: str, total: int, backend: str) -> dict[str, float]:
                                                          max_poll_records=2000),
                                  SourceSettings(max_in_flight=5000, prefetch=True))
             flow = run(source, map_value(lambda v: OutgoingRecord(v)), sink)
-            _wait(lambda: source.committer.records_committed() >= total, 600)
+            _wait(lambda src=source: src.committer.records_committed() >= total, 600)
             flow.stop_and_wait()
         elif backend == "confluent":
             _bare_confluent(topic, target, total)
