@@ -12,7 +12,7 @@ help:
 	@echo "make test     - set up everything, start the servers, run unit + integration tests + notebooks"
 	@echo "make unit     - fast tests on in-memory fakes only (no servers)"
 	@echo "make faults   - the fault suite at full size (its own server pair; SIGKILL, SIGSTOP, restarts)"
-	@echo "make bench    - throughput benchmarks (figures, not assertions)"
+	@echo "make bench    - benchmarks side by side, state verified (figures in build/bench.json, not assertions)"
 	@echo "make services-down - stop the servers (add WIPE=1 to delete their data)"
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -61,7 +61,8 @@ typecheck: install
 	$(VENV)/bin/mypy rxcqrs
 
 bench: services
-	$(PY) -m benchmarks
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

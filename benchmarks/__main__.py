@@ -155,6 +155,15 @@ def kafka(commands: int) -> None:
             above_bare_us=round(found["rxcqrs_cpu_us"] - found["bare_cpu_us"], 1), verified=found["rxcqrs_verified"])
         row("kafka", f"bare {backend} loop", found["bare"], cpu_us=round(found["bare_cpu_us"], 1),
             verified=found["bare_verified"])
+    try:
+        from benchmarks.pipes import quixstreams_pipe
+
+        found = quixstreams_pipe(topic, commands)
+    except ImportError:
+        print("kafka      quixstreams not installed (pip install -e '.[bench]')", flush=True)
+        return
+    row("kafka", "Quix Streams copy", found["quixstreams"], cpu_us=round(found["quixstreams_cpu_us"], 1),
+        verified=found["quixstreams_verified"])
 
 
 def main() -> int:

@@ -219,6 +219,27 @@ def _bare_kafka_python(topic: str, target: str, total: int) -> None:
     consumer.close()
 
 
+def quixstreams_pipe(topic: str, total: int) -> dict[str, float]:
+    """The same Kafka -> Kafka copy with Quix Streams (confluent-kafka underneath), if installed."""
+    from quixstreams import Application
+
+    from rxcqrs.kafka import create_topics, end_offsets
+
+    target = f"bench.out.{uuid.uuid4().hex[:6]}"
+    create_topics({target: 8})
+    app = Application(broker_address=BOOTSTRAP, consumer_group=f"g.{target}", auto_offset_reset="earliest",
+                      auto_create_topics=False)
+    source = app.topic(topic, value_deserializer="bytes", key_deserializer="bytes")
+    sink = app.topic(target, value_serializer="bytes", key_serializer="bytes")
+    frame = app.dataframe(source)
+    frame.to_topic(sink)
+    started, cpu0 = time.perf_counter(), cpu()
+    app.run(count=total, timeout=300, collect=False)
+    took = time.perf_counter() - started
+    return {"quixstreams": total / took, "quixstreams_cpu_us": (cpu() - cpu0) / total * 1e6,
+            "quixstreams_verified": sum(end_offsets(target).values()) >= total}
+
+
 def _bare_confluent(topic: str, target: str, total: int) -> None:
     from confluent_kafka import Consumer, Producer
 
