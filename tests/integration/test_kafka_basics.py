@@ -27,9 +27,13 @@ def test_two_member_group_sees_every_record_exactly_once(topic_factory, kafka_bo
         return bool(a) and bool(b) and not a & b and a | b == {0, 1, 2}
 
     def member(name: str) -> None:
-        consumer = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=group_id,
+        consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group_id,
                                  auto_offset_reset="earliest", enable_auto_commit=False,
                                  session_timeout_ms=6000, heartbeat_interval_ms=1000)
+        # the topic's metadata before joining: kafka-python joins with whatever it knows, and a member that
+        # joined knowing no partitions may wait a long time for its share (what rxcqrs' watchdog handles)
+        wait_until(lambda: consumer.partitions_for_topic(topic), 30, "the topic's metadata")
+        consumer.subscribe([topic])
         try:
             # join first; read only once the group is stable with both members, from the beginning
             while not stable() and not stop.is_set():
