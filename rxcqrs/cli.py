@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Sequence
-
-from rxcqrs.exceptions import RxCqrsError
 
 __all__ = ["main"]
 
@@ -36,11 +33,17 @@ def _services(args: argparse.Namespace) -> int:
 
 
 def _build() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rxcqrs", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    from rxcqrs import __version__
+    from rxcqrs.examples.shoppingcart.cli import common_options, register
+
+    common = common_options()
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="rxcqrs", description=__doc__, parents=[common], formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"rxcqrs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    svc = sub.add_parser("services", help="local Apache Kafka 4.x + Apache Cassandra 5.0 (from Maven Central)")
+    svc = sub.add_parser("services", parents=[common], formatter_class=fmt,
+                         help="local Apache Kafka 4.x + Apache Cassandra 5.0 (from Maven Central)")
     svc.add_argument("action", choices=["up", "down", "status", "fetch"])
     svc.add_argument("names", nargs="*", choices=[[], "kafka", "cassandra"], metavar="kafka|cassandra",
                      help="which servers (default: both)")
@@ -48,13 +51,13 @@ def _build() -> argparse.ArgumentParser:
     svc.add_argument("-q", "--quiet", action="store_true")
     svc.set_defaults(run=_services)
 
-    demo = sub.add_parser("demo", help="the main job: the shopping-cart CQRS story on the local servers")
-    demo.set_defaults(run=lambda a: _demo(a))
+    demo = sub.add_parser("demo", parents=[common], formatter_class=fmt,
+                          help="the main job: the shopping-cart CQRS story on the local servers")
+    demo.set_defaults(run=_demo)
 
-    cart = sub.add_parser("cart", help="the shopping-cart example (same as python -m rxcqrs.examples.shoppingcart)",
-                          add_help=False)
-    cart.add_argument("rest", nargs=argparse.REMAINDER)
-    cart.set_defaults(run=lambda a: _cart(a.rest))
+    cart = sub.add_parser("cart", parents=[common], formatter_class=fmt,
+                          help="the shopping-cart example (also python -m rxcqrs.examples.shoppingcart)")
+    register(cart.add_subparsers(dest="cart_command", required=True), common)
     return parser
 
 
@@ -64,26 +67,10 @@ def _demo(_args: argparse.Namespace) -> int:
     return demo_main()
 
 
-def _cart(rest: Sequence[str]) -> int:
-    from rxcqrs.examples.shoppingcart.cli import main as cart_main
-
-    return cart_main(list(rest))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # the drivers log every refused probe while a server starts: expected, not news
-        logging.getLogger("cassandra").setLevel(logging.CRITICAL)
-        logging.getLogger("kafka").setLevel(logging.CRITICAL)
-    try:
-        return int(args.run(args))
-    except RxCqrsError as exc:
-        print(f"rxcqrs: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    from rxcqrs.examples.shoppingcart.cli import execute
+
+    return execute(_build().parse_args(argv), "rxcqrs")
 
 
 if __name__ == "__main__":

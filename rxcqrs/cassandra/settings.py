@@ -22,12 +22,20 @@ _LEVELS = ("ANY", "ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_
 
 
 def _default_port() -> int:
-    return int(os.environ.get("RXCQRS_CASSANDRA_PORT", "9042"))
+    raw = os.environ.get("RXCQRS_CASSANDRA_PORT", "9042")
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ConfigError(f"RXCQRS_CASSANDRA_PORT must be a port number (1-65535), got {raw!r}")
+    return int(raw)
+
+
+def _default_hosts() -> tuple[str, ...]:
+    raw = os.environ.get("RXCQRS_CASSANDRA_HOSTS")
+    return tuple(h.strip() for h in raw.split(",") if h.strip()) if raw else ("127.0.0.1",)
 
 
 @dataclass(frozen=True, repr=False)
 class CassandraSettings:
-    contact_points: Sequence[str] = ("127.0.0.1",)
+    contact_points: Sequence[str] = field(default_factory=_default_hosts)
     port: int = field(default_factory=_default_port)
     keyspace: str | None = None
     local_dc: str = "datacenter1"
@@ -105,6 +113,16 @@ def connect(settings: CassandraSettings | None = None) -> Any:
     except Exception as exc:
         cluster.shutdown()
         raise StageError(f"cannot connect to Cassandra at {','.join(s.contact_points)}:{s.port}"
-                         f"{' keyspace ' + s.keyspace if s.keyspace else ''}: {exc}") from exc
+                         f"{' keyspace ' + s.keyspace if s.keyspace else ''}: {_short(exc)}; is it running? "
+                         "(`rxcqrs services up` starts a local one)") from exc
     session.default_fetch_size = s.fetch_size
     return session
+
+
+def _short(error: BaseException) -> str:
+    """The driver's NoHostAvailable lists every host's error; one line is enough."""
+    errors = getattr(error, "errors", None)
+    if isinstance(errors, dict) and errors:
+        host, first = next(iter(errors.items()))
+        return f"{type(error).__name__} ({host}: {first})"
+    return repr(error)

@@ -18,7 +18,8 @@ def admin_client(bootstrap_servers: str | None = None, **options: Any) -> Any:
     try:
         return KafkaAdminClient(bootstrap_servers=servers.split(","), client_id="rxcqrs-admin", **options)
     except Exception as exc:
-        raise FlowError(f"cannot reach Kafka at {servers}: {exc!r}") from exc
+        raise FlowError(f"cannot reach Kafka at {servers}: {exc!r}; is it running? (`rxcqrs services up` starts a "
+                        "local one)") from exc
 
 
 def create_topics(topics: dict[str, int] | Iterable[str], *, bootstrap_servers: str | None = None,

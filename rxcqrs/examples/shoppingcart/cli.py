@@ -1,18 +1,21 @@
-"""``python -m rxcqrs.examples.shoppingcart`` (or ``rxcqrs cart``): produce, consume, show, duplicates, compensate.
+"""``rxcqrs cart`` (or ``python -m rxcqrs.examples.shoppingcart``): produce, consume, show, duplicates, compensate.
 
-Every option has a default for the local servers (``rxcqrs services up``).
+Every option has a default for the local servers (``rxcqrs services up``); where the servers are comes from
+``--config FILE`` / the environment / ``--bootstrap-servers``, ``--kafka-backend``, ``--contact-points``
+(see :mod:`rxcqrs.config`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
 import uuid
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from rxcqrs.exceptions import RxCqrsError
 
@@ -24,10 +27,10 @@ DEFAULT_KEYSPACE = "shoppingcart"
 
 
 @contextmanager
-def _session() -> Iterator[Any]:
-    from rxcqrs.cassandra import CassandraSettings, connect
+def _session(args: argparse.Namespace) -> Iterator[Any]:
+    from rxcqrs.cassandra import connect
 
-    session = connect(CassandraSettings())
+    session = connect(args.config.cassandra())
     try:
         yield session
     finally:
@@ -39,10 +42,10 @@ def produce(args: argparse.Namespace) -> int:
     from rxcqrs.examples.shoppingcart.pipeline import publish_commands
     from rxcqrs.kafka import create_topics
 
-    create_topics({args.topic: args.partitions})
+    create_topics({args.topic: args.partitions}, bootstrap_servers=args.config.kafka_bootstrap)
     commands = generate(args.carts, args.commands, args.seed)
     started = time.monotonic()
-    sent = publish_commands(commands, args.topic, args.partitions)
+    sent = publish_commands(commands, args.topic, args.partitions, args.config.producer())
     took = time.monotonic() - started
     print(f"produced {sent} commands for {args.carts} carts to {args.topic} ({args.partitions} partitions, "
           f"seed {args.seed}) in {took:.1f}s ({sent / max(took, 1e-9):.0f}/s)", flush=True)
@@ -71,7 +74,7 @@ class Progress:
 
 
 def consume(args: argparse.Namespace) -> int:
-    with _session() as session:
+    with _session(args) as session:
         return _consume(args, session)
 
 
@@ -84,7 +87,8 @@ def _prepare_schema(args: argparse.Namespace, store: Any) -> None:
     missing = store.missing_tables()
     if not missing:
         return
-    if any(offset is not None for offset in committed_offsets(args.group, args.topic).values()):
+    committed = committed_offsets(args.group, args.topic, bootstrap_servers=args.config.kafka_bootstrap)
+    if any(offset is not None for offset in committed.values()):
         raise SchemaError(f"{', '.join(missing)} missing, but group {args.group!r} has already committed offsets on "
                           f"{args.topic!r}: the records they cover are not in Cassandra any more (lost data, not a "
                           "first run); restore the keyspace, or start over with a new --group and --keyspace")
@@ -97,25 +101,26 @@ def _consume(args: argparse.Namespace, session: Any) -> int:
     from rxcqrs.examples.shoppingcart.pipeline import start_pipeline
     from rxcqrs.examples.shoppingcart.store import CartStore
     from rxcqrs.exceptions import TopicNotFoundError
-    from rxcqrs.kafka import ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings, create_topics
+    from rxcqrs.kafka import KafkaSink, KafkaSource, SourceSettings, create_topics
     from rxcqrs.kafka.admin import topic_partitions
     from rxcqrs.operators import DeadLetters
 
-    if topic_partitions(args.topic) is None:
+    bootstrap = args.config.kafka_bootstrap
+    if topic_partitions(args.topic, bootstrap_servers=bootstrap) is None:
         raise TopicNotFoundError(f"Kafka topic {args.topic!r} does not exist: produce to it first (rxcqrs cart "
                                  "produce), or check --topic")
     store = CartStore(session, args.keyspace, idempotent=args.idempotent)
     _prepare_schema(args, store)
-    create_topics([args.topic + ".dlq"])  # the dead-letter topic exists before the first poison record
+    create_topics([args.topic + ".dlq"], bootstrap_servers=bootstrap)  # before the first poison record
     window = args.window
-    source = KafkaSource(args.topic, ConsumerSettings(group_id=args.group),
+    source = KafkaSource(args.topic, args.config.consumer(args.group, max_poll_records=2000),
                          SourceSettings(max_in_flight=window, failure_policy=args.on_failure, prefetch=args.prefetch,
                                         drain_timeout=args.drain_timeout))
-    dead_letter_sink = KafkaSink(producer=ProducerSettings())
+    dead_letter_sink = KafkaSink(producer=args.config.producer())
     flow = start_pipeline(source, store, mode=args.mode, dead_letters=DeadLetters(dead_letter_sink))
     print(f"consuming {args.topic} as group {args.group} into keyspace {args.keyspace} ({args.mode}, "
-          f"{'idempotent commands' if args.idempotent else 'read-modify-write commands: repair with compensate'})",
-          flush=True)
+          f"{'idempotent commands' if args.idempotent else 'read-modify-write commands: repair with compensate'}, "
+          f"{source.consumer_settings.backend})", flush=True)
 
     def stop(signum: int, _frame: Any) -> None:
         print(f"signal {signum}: draining (at most {args.drain_timeout:g}s)", flush=True)
@@ -162,10 +167,11 @@ def _report(flow: Any, source: Any, store: Any) -> int:
 def show(args: argparse.Namespace) -> int:
     from rxcqrs.examples.shoppingcart.store import CartStore
 
-    with _session() as session:
+    with _session(args) as session:
         store = CartStore(session, args.keyspace)
+        store.require_schema()
         if args.cart:
-            cart_id = uuid.UUID(args.cart)
+            cart_id = args.cart
             found = store.find(cart_id)
             print(f"cart {cart_id}: " + ("not found" if found is None else
                                          f"owner {found[0].owner}, version {found[0].version}, items "
@@ -187,11 +193,12 @@ def show(args: argparse.Namespace) -> int:
 
 
 def duplicates(args: argparse.Namespace) -> int:
-    from rxcqrs.examples.shoppingcart.store import cart_event_log
+    from rxcqrs.examples.shoppingcart.store import CartStore, cart_event_log
 
-    with _session() as session:
+    with _session(args) as session:
+        CartStore(session, args.keyspace).require_schema()
         log = cart_event_log(args.keyspace)
-        cart = uuid.UUID(args.cart) if args.cart else None
+        cart = args.cart
         found = list(log.duplicates(session, cart))
         for dup in found:
             print(f"cart {dup.entity_id} event {dup.event_id} at {dup.event_time:%H:%M:%S.%f} logged "
@@ -208,7 +215,7 @@ def duplicates(args: argparse.Namespace) -> int:
 def compensate(args: argparse.Namespace) -> int:
     from rxcqrs.examples.shoppingcart.store import CartStore
 
-    with _session() as session:
+    with _session(args) as session:
         store = CartStore(session, args.keyspace)
         store.require_schema()
         unknown = {u.entity_id for u in store.log.unknown_outcomes(session)}
@@ -223,27 +230,83 @@ def compensate(args: argparse.Namespace) -> int:
         return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rxcqrs cart", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+# -- the command line -----------------------------------------------------------------------------------------
+def _checked(kind: Callable[[str], Any], test: Callable[[Any], bool], wanted: str) -> Callable[[str], Any]:
+    """An argparse type: argparse names the flag in the error ("argument --carts: ...")."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}")
+        return value
 
-    p = sub.add_parser("produce", help="publish a reproducible command stream")
-    p.add_argument("--topic", default=DEFAULT_TOPIC)
-    p.add_argument("--carts", type=int, default=100)
-    p.add_argument("--commands", type=int, default=10_000)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--partitions", type=int, default=8)
+    return parse
+
+
+POSITIVE = _checked(int, lambda v: v > 0, "a whole number above 0")
+NON_NEGATIVE = _checked(int, lambda v: v >= 0, "a whole number, 0 or more")
+SECONDS = _checked(float, lambda v: v >= 0, "a number of seconds, 0 or more")
+INTERVAL = _checked(float, lambda v: v > 0, "a number of seconds above 0")
+CART = _checked(uuid.UUID, lambda v: True, "a cart id (a UUID such as 4f1c2e9a-...)")
+
+
+def _name(kind: str) -> Callable[[str], str]:
+    from rxcqrs.exceptions import ConfigError
+
+    def parse(text: str) -> str:
+        try:
+            if kind == "topic":
+                if not text or len(text) > 249 or not all(c.isalnum() or c in "._-" for c in text):
+                    raise ConfigError("use 1-249 of [a-zA-Z0-9._-]")
+                return text
+            from rxcqrs.cassandra.identifiers import identifier
+
+            return identifier(text, kind)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind} name ({exc})") from None
+
+    return parse
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every command takes, wherever they are written (``rxcqrs -v cart show`` = ``... show -v``)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log at INFO, the Kafka and Cassandra clients included")
+    common.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE",
+                        help="TOML with [kafka] and [cassandra] tables passed to the clients (default $RXCQRS_CONFIG)")
+    common.add_argument("--bootstrap-servers", default=argparse.SUPPRESS, metavar="HOST:PORT,...",
+                        help="Kafka (default $RXCQRS_KAFKA_BOOTSTRAP or 127.0.0.1:9092)")
+    common.add_argument("--kafka-backend", choices=["kafka-python", "confluent"], default=argparse.SUPPRESS,
+                        help="the Kafka client (default $RXCQRS_KAFKA_BACKEND or kafka-python)")
+    common.add_argument("--contact-points", default=argparse.SUPPRESS, metavar="HOST[:PORT],...",
+                        help="Cassandra (default $RXCQRS_CASSANDRA_HOSTS or 127.0.0.1, port $RXCQRS_CASSANDRA_PORT "
+                             "or 9042)")
+    return common
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add produce / consume / show / duplicates / compensate to ``sub`` (an argparse subparsers object)."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    topic, keyspace = _name("topic"), _name("keyspace")
+    p = sub.add_parser("produce", parents=[common], formatter_class=fmt, help="publish a reproducible command stream")
+    p.add_argument("--topic", default=DEFAULT_TOPIC, type=topic, help="the command topic (created if missing)")
+    p.add_argument("--carts", type=POSITIVE, default=100, help="how many carts")
+    p.add_argument("--commands", type=POSITIVE, default=10_000, help="how many commands")
+    p.add_argument("--seed", type=int, default=42, help="the same seed gives the same commands")
+    p.add_argument("--partitions", type=POSITIVE, default=8, help="partitions of a new topic")
     p.set_defaults(run=produce)
 
-    c = sub.add_parser("consume", help="run the CQRS pipeline")
-    c.add_argument("--topic", default=DEFAULT_TOPIC)
-    c.add_argument("--group", default=DEFAULT_GROUP)
-    c.add_argument("--keyspace", default=DEFAULT_KEYSPACE)
+    c = sub.add_parser("consume", parents=[common], formatter_class=fmt, help="run the CQRS pipeline")
+    c.add_argument("--topic", default=DEFAULT_TOPIC, type=topic, help="the command topic (must exist)")
+    c.add_argument("--group", default=DEFAULT_GROUP, help="the consumer group (offsets are committed per group)")
+    c.add_argument("--keyspace", default=DEFAULT_KEYSPACE, type=keyspace, help="where the carts and the log live")
     c.add_argument("--mode", choices=["batched", "parallel", "serial"], default="batched",
                    help="batched: a cart's waiting commands in one conditional write (fastest); parallel: command "
                         "and event log in a broadcast; serial: command, then event")
-    c.add_argument("--stop-when-idle", type=float, default=None, metavar="SECONDS",
+    c.add_argument("--stop-when-idle", type=SECONDS, default=None, metavar="SECONDS",
                    help="drain, commit and exit once idle for SECONDS: nothing in flight and every partition of the "
                         "topic read to its end by the group")
     c.add_argument("--idempotent", action=argparse.BooleanOptionalAction, default=True,
@@ -251,46 +314,65 @@ def _parser() -> argparse.ArgumentParser:
                         "repaired by duplicates + compensate")
     c.add_argument("--create-schema", action="store_true",
                    help="create the keyspace and tables if missing (never under a group that already committed)")
-    c.add_argument("--drain-timeout", type=float, default=60.0, metavar="SECONDS",
+    c.add_argument("--drain-timeout", type=SECONDS, default=60.0, metavar="SECONDS",
                    help="on SIGTERM/idle, how long to wait for records in flight before exiting without them")
-    c.add_argument("--window", type=int, default=5000, help="records in flight at most")
-    c.add_argument("--on-failure", choices=["stop", "rewind"], default="rewind")
+    c.add_argument("--window", type=POSITIVE, default=5000, help="records in flight at most")
+    c.add_argument("--on-failure", choices=["stop", "rewind"], default="rewind",
+                   help="after a stage gave up on a record: stop the flow, or rewind the partition and retry")
     c.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=False,
                    help="poll again while the previous poll is still in flight (bounded by --window)")
-    c.add_argument("--progress-every", type=float, default=1.0, metavar="SECONDS")
+    c.add_argument("--progress-every", type=INTERVAL, default=1.0, metavar="SECONDS", help="progress interval")
     c.set_defaults(run=consume)
 
-    s = sub.add_parser("show", help="carts, or one cart with its events")
-    s.add_argument("--keyspace", default=DEFAULT_KEYSPACE)
-    s.add_argument("--cart")
-    s.add_argument("--limit", type=int, default=20)
+    s = sub.add_parser("show", parents=[common], formatter_class=fmt, help="carts, or one cart with its events")
+    s.add_argument("--keyspace", default=DEFAULT_KEYSPACE, type=keyspace, help="the example's keyspace")
+    s.add_argument("--cart", type=CART, help="one cart, with its events and rejections")
+    s.add_argument("--limit", type=NON_NEGATIVE, default=20, help="carts listed at most")
     s.set_defaults(run=show)
 
-    d = sub.add_parser("duplicates", help="events logged more than once")
-    d.add_argument("--keyspace", default=DEFAULT_KEYSPACE)
-    d.add_argument("--cart")
+    d = sub.add_parser("duplicates", parents=[common], formatter_class=fmt,
+                       help="events logged more than once, and writes with an unknown outcome")
+    d.add_argument("--keyspace", default=DEFAULT_KEYSPACE, type=keyspace, help="the example's keyspace")
+    d.add_argument("--cart", type=CART, help="only this cart")
     d.set_defaults(run=duplicates)
 
-    k = sub.add_parser("compensate", help="restore every cart that disagrees with its event log")
-    k.add_argument("--keyspace", default=DEFAULT_KEYSPACE)
+    k = sub.add_parser("compensate", parents=[common], formatter_class=fmt,
+                       help="restore every cart that disagrees with its event log")
+    k.add_argument("--keyspace", default=DEFAULT_KEYSPACE, type=keyspace, help="the example's keyspace")
     k.set_defaults(run=compensate)
-    return parser
+
+
+def execute(args: argparse.Namespace, prog: str) -> int:
+    """Run a parsed command: quiet client loggers, settings from the config, errors as one line."""
+    from rxcqrs.config import load_config
+
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("cassandra", "kafka", "confluent_kafka"):  # their retries are ours to report, in one line
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.CRITICAL)
+    try:
+        args.config = load_config(getattr(args, "config", None), bootstrap_servers=getattr(args, "bootstrap_servers",
+                                                                                           None),
+                                  kafka_backend=getattr(args, "kafka_backend", None),
+                                  contact_points=getattr(args, "contact_points", None))
+        return int(args.run(args))
+    except RxCqrsError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `... | head`: the reader went away; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("cassandra", "kafka"):
-        logging.getLogger(noisy).setLevel(logging.INFO if args.verbose else logging.ERROR)
-    try:
-        return int(args.run(args))
-    except RxCqrsError as exc:
-        print(f"rxcqrs cart: error: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:  # e.g. a malformed --cart
-        print(f"rxcqrs cart: error: {exc}", file=sys.stderr)
-        return 2
+    common = common_options()
+    parser = argparse.ArgumentParser(prog="python -m rxcqrs.examples.shoppingcart", description=__doc__,
+                                     parents=[common])
+    register(parser.add_subparsers(dest="command", required=True), common)
+    return execute(parser.parse_args(argv), "rxcqrs cart")
 
 
 if __name__ == "__main__":

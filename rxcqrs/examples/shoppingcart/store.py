@@ -108,6 +108,9 @@ class CartStore:
 
     def require_schema(self) -> None:
         missing = self.missing_tables()
+        if missing == [self.keyspace]:
+            raise SchemaError(f"keyspace {self.keyspace!r} does not exist: check --keyspace, or create it with "
+                              "rxcqrs cart consume --create-schema")
         if missing:
             raise SchemaError(f"keyspace {self.keyspace!r} is missing {', '.join(missing)}: create the schema "
                               "first (rxcqrs cart consume --create-schema)")

@@ -1,0 +1,152 @@
+"""Connection settings from one place: a TOML file, the environment, and command-line flags, in rising order.
+
+::
+
+    # rxcqrs.toml (``--config FILE`` or ``$RXCQRS_CONFIG``)
+    [kafka]
+    bootstrap_servers = "broker1:9092,broker2:9092"
+    backend = "confluent"                 # or "kafka-python"
+    security_protocol = "SASL_SSL"        # anything else is passed to the client as is
+    [cassandra]
+    contact_points = "10.0.0.1,10.0.0.2:9142"
+    local_dc = "dc1"
+    consistency = "LOCAL_QUORUM"
+    username = "app"
+    password = "..."                      # masked in every repr and error
+
+Environment: ``RXCQRS_KAFKA_BOOTSTRAP``, ``RXCQRS_KAFKA_BACKEND``, ``RXCQRS_CASSANDRA_HOSTS``,
+``RXCQRS_CASSANDRA_PORT``. Flags: ``--bootstrap-servers``, ``--kafka-backend``, ``--contact-points``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from rxcqrs.exceptions import ConfigError
+from rxcqrs.redact import redacted_repr
+
+__all__ = ["Config", "load_config", "parse_contact_points"]
+
+
+def parse_contact_points(value: str, what: str = "contact points") -> tuple[tuple[str, ...], int | None]:
+    """``"h1,h2:9142"`` -> hosts and the port (one port for all: the driver connects to every node on it)."""
+    hosts, ports = [], set()
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":") if item.count(":") == 1 else (item, "", "")
+        host = host or item
+        if sep:
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"{what}: {item!r} is not host[:port]")
+            ports.add(int(port))
+        hosts.append(host)
+    if not hosts:
+        raise ConfigError(f"{what}: give at least one host[:port]")
+    if len(ports) > 1:
+        raise ConfigError(f"{what}: every node must use the same port, got {sorted(ports)}")
+    return tuple(hosts), (ports.pop() if ports else None)
+
+
+@dataclass(frozen=True, repr=False)
+class Config:
+    """Where the servers are and how to talk to them; everything a flow needs beyond its own names."""
+
+    kafka_bootstrap: str | None = None
+    kafka_backend: str | None = None
+    kafka_options: Mapping[str, Any] = field(default_factory=dict)
+    cassandra_hosts: tuple[str, ...] | None = None
+    cassandra_port: int | None = None
+    cassandra_options: Mapping[str, Any] = field(default_factory=dict)
+    source: str = "defaults"
+
+    __repr__ = redacted_repr
+
+    def consumer(self, group_id: str, **options: Any) -> Any:
+        from rxcqrs.kafka import ConsumerSettings
+
+        return ConsumerSettings(group_id=group_id, **self._kafka(), **options)
+
+    def producer(self, **options: Any) -> Any:
+        from rxcqrs.kafka import ProducerSettings
+
+        return ProducerSettings(**self._kafka(), **options)
+
+    def _kafka(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.kafka_bootstrap:
+            out["bootstrap_servers"] = self.kafka_bootstrap
+        if self.kafka_backend:
+            out["backend"] = self.kafka_backend
+        if self.kafka_options:
+            out["extra"] = dict(self.kafka_options)
+        return out
+
+    def cassandra(self, **options: Any) -> Any:
+        from rxcqrs.cassandra import CassandraSettings
+
+        known = {f.name for f in fields(CassandraSettings)}
+        values: dict[str, Any] = {k: v for k, v in self.cassandra_options.items() if k in known}
+        extra = {k: v for k, v in self.cassandra_options.items() if k not in known}
+        if extra:
+            values["extra"] = {**dict(values.get("extra", {})), **extra}
+        if self.cassandra_hosts:
+            values["contact_points"] = self.cassandra_hosts
+        if self.cassandra_port:
+            values["port"] = self.cassandra_port
+        values.update(options)
+        return CassandraSettings(**values)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def load_config(path: str | None = None, *, bootstrap_servers: str | None = None, kafka_backend: str | None = None,
+                contact_points: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """The file (``path`` or ``$RXCQRS_CONFIG``), then the environment, then these explicit values."""
+    env = os.environ if environ is None else environ
+    file = path or env.get("RXCQRS_CONFIG")
+    data = _read_toml(Path(file)) if file else {}
+    unknown = set(data) - {"kafka", "cassandra"}
+    if unknown:
+        raise ConfigError(f"config file {file}: unknown tables {sorted(unknown)}; use [kafka] and [cassandra]")
+    kafka = dict(data.get("kafka", {}))
+    cassandra = dict(data.get("cassandra", {}))
+    bootstrap = bootstrap_servers or env.get("RXCQRS_KAFKA_BOOTSTRAP") or kafka.pop("bootstrap_servers", None)
+    kafka.pop("bootstrap_servers", None)
+    backend = kafka_backend or env.get("RXCQRS_KAFKA_BACKEND") or kafka.pop("backend", None)
+    kafka.pop("backend", None)
+    hosts: tuple[str, ...] | None = None
+    port: int | None = None
+    points = contact_points or env.get("RXCQRS_CASSANDRA_HOSTS") or cassandra.pop("contact_points", None)
+    cassandra.pop("contact_points", None)
+    if points:
+        what = "--contact-points" if contact_points else ("RXCQRS_CASSANDRA_HOSTS" if env.get("RXCQRS_CASSANDRA_HOSTS")
+                                                         else f"[cassandra] contact_points in {file}")
+        hosts, port = parse_contact_points(points if isinstance(points, str) else ",".join(points), what)
+    if port is None and env.get("RXCQRS_CASSANDRA_PORT"):
+        raw = env["RXCQRS_CASSANDRA_PORT"]
+        if not raw.isdigit() or not 0 < int(raw) < 65536:
+            raise ConfigError(f"RXCQRS_CASSANDRA_PORT must be a port number (1-65535), got {raw!r}")
+        port = int(raw)
+    if port is None and "port" in cassandra:
+        port = int(cassandra.pop("port"))
+    cassandra.pop("port", None)
+    if backend is not None and backend not in ("kafka-python", "confluent"):
+        raise ConfigError(f"the Kafka backend must be kafka-python or confluent, got {backend!r}")
+    return Config(bootstrap, backend, kafka, hosts, port, cassandra, source=file or "defaults")
