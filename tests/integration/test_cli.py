@@ -11,7 +11,8 @@ import uuid
 import pytest
 
 
-def rxcqrs(*args: str, env: dict[str, str] | None = None, shell_pipe: str | None = None) -> subprocess.CompletedProcess[str]:
+def rxcqrs(*args: str, env: dict[str, str] | None = None, shell_pipe: str | None = None
+           ) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "rxcqrs.cli", *args]
     if shell_pipe:
         line = " ".join(f"'{a}'" for a in command) + f" | {shell_pipe}"
