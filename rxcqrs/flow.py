@@ -6,6 +6,7 @@ The handle never blocks: stop or drain it from a notebook cell, read its live me
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from reactivex import Observable, abc
@@ -50,6 +51,29 @@ class Flow:
     def wait_quietly(self, timeout: float | None = None) -> bool:
         """Like :meth:`wait`, without raising: read :attr:`error` afterwards."""
         return self._done.wait(timeout)
+
+    def committed(self) -> int:
+        """Records this flow has committed so far."""
+        committer = getattr(self.source, "committer", None)
+        return committer.records_committed() if committer is not None else self.metrics.get("acked")
+
+    def until(self, count: int | None = None, timeout: float | None = None, *, stop: bool = True
+              ) -> dict[str, Any]:
+        """Notebook-friendly running (like Quix Streams' ``app.run(count=, timeout=)``): return once ``count``
+        records were committed by this flow, or ``timeout`` seconds passed, or the flow ended; then (with
+        ``stop``) drain and stop it. Returns the metrics. Raises the flow's error if it failed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.running and (count is None or self.committed() < count):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            self._done.wait(0.05 if left is None else min(0.05, left))  # sampling the commit count
+        if stop and self.running:
+            self.stop()
+            self.wait(max(5.0, getattr(getattr(self.source, "settings", None), "drain_timeout", 60.0) + 10.0))
+        elif not self.running:
+            self.wait(0)
+        return self.metrics.snapshot()
 
     def stop_and_wait(self, timeout: float = 120.0) -> None:
         self.stop()

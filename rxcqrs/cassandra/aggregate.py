@@ -4,7 +4,9 @@ The commands of one entity (one cart) that wait together are folded over the ent
 written back with **one** conditional write (``IF seq = ?``) that also records the source offsets applied
 (partition -> highest offset): one lightweight transaction for many commands instead of one each. Then the
 batch's events go to the event log, per entity partition, as unlogged batches capped in rows and bytes
-(every delivery is logged, redeliveries included, so the query side still sees duplicates). Every record is
+(every delivery is logged, redeliveries included, so the query side still sees duplicates), together with
+the rows recording rejected commands. (After a crash between the two steps, a redelivery logs the events
+again; the rejection rows of that batch are not recorded a second time.) Every record is
 acked on its own once its batch is written; a rejected command is recorded and acked; nothing of a batch
 is acked before its writes succeeded, so the commit gate never passes an unfinished record.
 
@@ -114,6 +116,8 @@ class _Batch:
     #: records the entity had already applied when this batch was first folded (redeliveries); any other
     #: record found applied later was applied by this batch's own write, whose answer was lost or late
     redelivered: set[int] | None = None
+    #: rejection records of the last fold, written with the events once the state write succeeded
+    rejections: list[Any] = field(default_factory=list)
 
     def count(self, name: str, n: int = 1) -> None:
         if self.envelopes:
@@ -208,24 +212,34 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 if not self._ready or len(self._busy) >= self.max_concurrency:
                     return
                 key = self._ready.popleft()
-                queue = self._pending.get(key)
-                if not queue:
-                    self._pending.pop(key, None)
+                taken = self._take(key)
+                if taken is None:
                     continue
-                envelopes = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
-                if not queue:
-                    del self._pending[key]
                 self._busy.add(key)
-                cached = self._cache.get(key)
-                if cached is not None:
-                    self._cache.move_to_end(key)
-            batch = _Batch(key, envelopes)
-            self.batches += 1
-            if cached is not None:
-                batch.stored = cached[0]
-                self._fold(batch)
-            else:
-                self._read(batch)
+            self._start(*taken)
+
+    def _take(self, key: Hashable) -> tuple[_Batch, Stored[Any] | None] | None:
+        """Under the lock: the next batch of ``key`` (its waiting commands, up to ``max_batch``) and the
+        cached state, or None if nothing waits."""
+        queue = self._pending.get(key)
+        if not queue:
+            self._pending.pop(key, None)
+            return None
+        envelopes = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
+        if not queue:
+            del self._pending[key]
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+        return _Batch(key, envelopes), (cached[0] if cached is not None else None)
+
+    def _start(self, batch: _Batch, cached: Stored[Any] | None) -> None:
+        self.batches += 1
+        if cached is not None:
+            batch.stored = cached
+            self._fold(batch)
+        else:
+            self._read(batch)
 
     # -- the steps of a batch (driver callback threads) ---------------------------------------------------
     def _execute(self, batch: _Batch, statement: Any, on_rows: Callable[[Any], None], *, sent_is_unknown: bool
@@ -303,11 +317,11 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 return
             batch.after = Stored(state, (stored.seq or 0) + 1, applied)
             write = self.aggregate.update(batch.key, stored, state, applied)
-            records = self.aggregate.record_rejections(batch.key, rejected) if rejected else []
+            batch.rejections = self.aggregate.record_rejections(batch.key, rejected) if rejected else []
         except Exception as exc:  # a bug in decide/write: retrying cannot help
             self._finish(batch, PermanentStageError(f"{self.name}: {exc!r} on {batch.where()}"))
             return
-        self._run_all(batch, records, lambda: self._write(batch, write))
+        self._write(batch, write)
 
     def _write(self, batch: _Batch, statement: Any) -> None:
         batch.step = "write"
@@ -328,7 +342,8 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
     def _write_events(self, batch: _Batch) -> None:
         batch.step = "events"
         try:
-            statements = self.aggregate.events(batch.key, [(env.value, env.meta) for env in batch.envelopes])
+            statements = batch.rejections + self.aggregate.events(batch.key,
+                                                                  [(env.value, env.meta) for env in batch.envelopes])
         except Exception as exc:
             self._finish(batch, PermanentStageError(f"{self.name}: {exc!r} on {batch.where()}"))
             return
@@ -419,14 +434,18 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             else:
                 env.nack(error)
         with self._lock:
-            self._busy.discard(batch.key)
             if error is not None:
                 self._cache.pop(batch.key, None)
-            if self._pending.get(batch.key):
-                self._ready.append(batch.key)
+            # what gathered for this entity meanwhile goes at once, as the next batch (no linger)
+            following = None if self._abandoned else self._take(batch.key)
+            if following is None:
+                self._busy.discard(batch.key)
         for _ in batch.envelopes:
             self._end()
-        self._wake.set()
+        if following is not None:
+            self._start(*following)
+        elif self._ready:
+            self._wake.set()
 
     # -- shutdown -----------------------------------------------------------------------------------------
     def abandon(self) -> None:

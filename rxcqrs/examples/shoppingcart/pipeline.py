@@ -51,7 +51,8 @@ def start_pipeline(source: Any, store: CartStore, *, mode: Mode = "batched", dea
     session = store.session
     decoded = decode(command_codec(), require_uuid_key=True, dead_letters=dead_letters)
     if mode == "batched":
-        carts = AggregateSink(session, store, idempotent=store.idempotent, max_concurrency=concurrency,
+        # many carts at once: concurrent writes share the commit log's syncs (here the limit, not Python)
+        carts = AggregateSink(session, store, idempotent=store.idempotent, max_concurrency=max(concurrency, 200),
                               name="carts")
         if hasattr(source, "on_revoke"):
             source.on_revoke(carts.forget)  # another member may write those carts now

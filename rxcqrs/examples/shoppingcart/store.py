@@ -83,6 +83,7 @@ class CartStore:
         #: redelivered commands recognised and skipped (``idempotent=True``)
         self.skipped = 0
         self._first_tries: OrderedDict[tuple[str, int, int], bool] = OrderedDict()
+        self._indexed: set[tuple[uuid.UUID, int]] = set()
 
     # -- schema -------------------------------------------------------------------------------------------
     def create(self, replication: int = 1) -> None:
@@ -248,7 +249,12 @@ class CartStore:
         inserts = [self.log.insert(self.session, cmd.cart_id, meta.key_uuid, meta.timestamp_utc, event_payload(cmd),
                                    meta) for cmd, meta in records]
         buckets = {self.log.bucket_of(meta.timestamp_utc): meta.timestamp_utc for _cmd, meta in records}
-        return inserts + [self.log.bucket_index(self.session, cart_id, when) for when in buckets.values()]
+        with self._lock:  # the bucket index once per cart and bucket and process (these statements are retried
+            new = {b: t for b, t in buckets.items() if (cart_id, b) not in self._indexed}  # until they succeed)
+            self._indexed.update((cart_id, b) for b in new)
+            if len(self._indexed) > 500_000:
+                self._indexed.clear()
+        return inserts + [self.log.bucket_index(self.session, cart_id, when) for when in new.values()]
 
     def record_rejections(self, cart_id: uuid.UUID, rejected: list[tuple[Command, RecordMetadata, str]]) -> list[Any]:
         self._prepare()

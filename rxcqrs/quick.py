@@ -1,0 +1,128 @@
+"""The common case in a few lines: publish commands, describe a table, run a CQRS flow.
+
+``cqrs(topic, Model, command=..., log=..., event=...)`` builds the same pipeline as the composable stages
+(source -> decode with dead letters -> command stage + event log, offsets committed once both are written)
+with the settings of :mod:`rxcqrs.config`, and returns the running :class:`~rxcqrs.flow.Flow`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Sequence
+
+from rxcqrs.config import Config, load_config
+from rxcqrs.exceptions import ConfigError
+from rxcqrs.flow import Flow
+from rxcqrs.messages import RecordMetadata
+
+if TYPE_CHECKING:  # the Cassandra driver is imported only when a flow needs it
+    from rxcqrs.cassandra.eventlog import EventLog
+
+__all__ = ["publish", "Table", "cqrs"]
+
+_sessions: dict[Any, Any] = {}
+
+
+def _session(config: Config) -> Any:
+    """One shared session per Cassandra configuration (connecting is slow; sessions are thread-safe)."""
+    from rxcqrs.cassandra import connect
+
+    settings = config.cassandra()
+    key = repr(settings)
+    if key not in _sessions:
+        _sessions[key] = connect(settings)
+    return _sessions[key]
+
+
+def _codec(model_or_codec: Any) -> Any:
+    from rxcqrs.avro import AvroCodec
+
+    return model_or_codec if hasattr(model_or_codec, "decode") else AvroCodec.for_model(model_or_codec)
+
+
+def publish(topic: str, values: Iterable[Any], codec: Any = None, *, partitions: int = 1,
+            key: Callable[[Any], bytes] = lambda _v: str(uuid.uuid4()).encode(), config: Config | None = None) -> int:
+    """Send ``values`` (dataclass-avroschema models, or anything ``codec`` encodes) to ``topic`` as raw Avro,
+    each keyed by a new event id; the topic is created if missing. Returns how many were delivered."""
+    from rxcqrs.kafka import KafkaSink, create_topics
+    from rxcqrs.messages import OutgoingRecord
+
+    config = config or load_config()
+    items = list(values)
+    if not items:
+        return 0
+    encoder = _codec(codec or type(items[0]))
+    create_topics({topic: partitions}, bootstrap_servers=config.kafka_bootstrap)
+    sink = KafkaSink(topic, config.producer())
+    for value in items:
+        sink.on_next(OutgoingRecord(encoder.encode(value), key(value)))
+    sink.on_completed()
+    sink.raise_if_failed()
+    return sink.sent
+
+
+class Table:
+    """A table that exists (created with its keyspace if missing) and hands out prepared, bound inserts."""
+
+    def __init__(self, keyspace: str, name: str, columns: Mapping[str, str], key: Sequence[str], *,
+                 config: Config | None = None, replication: int = 1) -> None:
+        from rxcqrs.cassandra import create_keyspace, create_table, prepare
+
+        self.session = _session(config or load_config())
+        create_keyspace(self.session, keyspace, replication)
+        self.name = create_table(self.session, keyspace, name, columns, key)
+        self.columns = list(columns)
+        self._insert = prepare(self.session, f"INSERT INTO {self.name} ({', '.join(self.columns)}) "
+                                             f"VALUES ({', '.join('?' * len(self.columns))})")
+
+    def insert(self, **values: Any) -> Any:
+        """A bound, idempotent INSERT of one row (every column must be given)."""
+        missing = set(self.columns) - set(values)
+        if missing:
+            raise ConfigError(f"insert into {self.name} lacks {sorted(missing)}")
+        bound = self._insert.bind([values[c] for c in self.columns])
+        bound.is_idempotent = True
+        return bound
+
+
+def cqrs(topic: str, model: Any, *, command: Callable[..., Any], log: EventLog,
+         event: Callable[[Any], tuple[Any, Mapping[str, Any]]], group: str | None = None,
+         mode: Literal["parallel", "serial"] = "parallel", config: Config | None = None,
+         source: Any = None, resolve: Callable[..., Any] | None = None, idempotent: bool | None = None) -> Flow:
+    """Consume ``topic`` (records of ``model``, or of a codec), apply ``command(value)`` (or
+    ``command(value, meta)`` if it takes two arguments; it returns a statement, or None), log
+    ``event(value) -> (entity id, payload)`` in ``log`` (id = the record key, time = the record timestamp), and
+    commit each record once both are written. ``parallel``: command and log at once; ``serial``: the log
+    after the command. Dead letters go to ``<topic>.dlq``. Settings: :mod:`rxcqrs.config`."""
+    import inspect
+
+    from rxcqrs.cassandra import CassandraRetrySink, CassandraSink, cassandra_retry_flow, create_keyspace
+    from rxcqrs.flow import run
+    from rxcqrs.kafka import KafkaSink, KafkaSource, create_topics
+    from rxcqrs.operators import DeadLetters, branch, broadcast, decode, map_envelope
+
+    if mode not in ("parallel", "serial"):
+        raise ConfigError(f"mode must be 'parallel' or 'serial', got {mode!r}")
+    config = config or load_config()
+    session = _session(config)
+    create_keyspace(session, log.keyspace)
+    log.create(session)
+    create_topics([topic + ".dlq"], bootstrap_servers=config.kafka_bootstrap)
+    with_meta = len(inspect.signature(command).parameters) >= 2
+    is_idempotent = idempotent if idempotent is not None else not with_meta  # a plain upsert, by default
+
+    def logged(env: Any) -> Any:
+        meta: RecordMetadata = env.meta
+        entity, payload = event(env.value)
+        return log.bind(session, entity, meta.key_uuid, meta.timestamp_utc, payload, meta)
+
+    dead_letters = DeadLetters(KafkaSink(producer=config.producer()))
+    decoded = decode(_codec(model), require_uuid_key=True, dead_letters=dead_letters)
+    options = {"with_meta": with_meta, "idempotent": is_idempotent, "resolve": resolve}
+    source = source or KafkaSource(topic, config.consumer(group or f"{topic}.cqrs"))
+    events = CassandraSink(session, name="event-log")
+    if mode == "parallel":
+        commands = CassandraRetrySink(session, command, name="commands", **options)  # type: ignore[arg-type]
+        return run(source, decoded, broadcast(commands, branch(map_envelope(logged), events)))
+    return run(source, decoded, cassandra_retry_flow(session, command, name="commands", **options),  # type: ignore[arg-type]
+               map_envelope(logged), events)
