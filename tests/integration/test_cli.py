@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
+from typing import Any
 
 import pytest
 
@@ -98,3 +99,35 @@ def test_config_file_settings_reach_the_clients(tmp_path: object, servers: objec
     bad = config.with_name("bad.toml")
     bad.write_text("[kafka\n")
     assert "not valid TOML" in one_line_error(rxcqrs("cart", "show", "--config", str(bad)))
+
+
+def test_the_consumer_serves_its_figures_to_prometheus(topic_factory: Any, group_id: str, keyspace: str) -> None:
+    import socket
+    import urllib.request
+
+    from tests.helpers import wait_until
+
+    topic = topic_factory(2)
+    assert rxcqrs("cart", "produce", "--topic", topic, "--carts", "5", "--commands", "300", "--partitions",
+                  "2").returncode == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    consumer = subprocess.Popen([sys.executable, "-m", "rxcqrs.cli", "cart", "consume", "--topic", topic, "--group",
+                                 group_id, "--keyspace", keyspace, "--create-schema", "--metrics-port", str(port)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def scraped() -> str:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            except OSError:
+                return ""
+            done = "rxcqrs_committed_total 300.0" in text and "rxcqrs_backlog 0.0" in text
+            return text if done else ""
+
+        text = wait_until(scraped, 120, "300 records committed and nothing left, as scraped")
+        assert 'rxcqrs_lag{partition="0",topic="' + topic + '"} 0.0' in text and "rxcqrs_in_flight 0.0" in text
+    finally:
+        consumer.terminate()
+        consumer.wait(60)
+    assert consumer.returncode == 0, consumer.stdout.read() if consumer.stdout else ""

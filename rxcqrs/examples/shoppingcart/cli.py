@@ -52,27 +52,6 @@ def produce(args: argparse.Namespace) -> int:
     return 0
 
 
-class Progress:
-    """One line per interval: records/s, in flight against the window, records committed, lag, retries,
-    dead letters, and what the source is doing."""
-
-    def __init__(self, flow: Any, window: int) -> None:
-        self.flow = flow
-        self.window = window
-        self.last_in = 0
-        self.last_t = time.monotonic()
-
-    def line(self) -> str:
-        m = self.flow.metrics.snapshot()
-        now = time.monotonic()
-        rate = (m.get("records_in", 0) - self.last_in) / max(now - self.last_t, 1e-9)
-        self.last_in, self.last_t = m.get("records_in", 0), now
-        return (f"[{m['elapsed_s']:7.1f}s] in {m.get('records_in', 0):>7} ({rate:7.0f}/s)  in-flight "
-                f"{m.get('in_flight', 0):>4}/{self.window}  committed {m.get('committed', 0):>7}  lag "
-                f"{m.get('lag', 0):>6}  retries {m.get('retries', 0):>4}  dead-lettered {m.get('dead_lettered', 0):>3}"
-                f"  nacked {m.get('nacked', 0):>3}  {m.get('state', '')}")
-
-
 def consume(args: argparse.Namespace) -> int:
     with _session(args) as session:
         return _consume(args, session)
@@ -104,6 +83,7 @@ def _consume(args: argparse.Namespace, session: Any) -> int:
     from rxcqrs.kafka import KafkaSink, KafkaSource, SourceSettings, create_topics
     from rxcqrs.kafka.admin import topic_partitions
     from rxcqrs.operators import DeadLetters
+    from rxcqrs.progress import Progress, serve_metrics
 
     bootstrap = args.config.kafka_bootstrap
     if topic_partitions(args.topic, bootstrap_servers=bootstrap) is None:
@@ -122,19 +102,26 @@ def _consume(args: argparse.Namespace, session: Any) -> int:
           f"{'idempotent commands' if args.idempotent else 'read-modify-write commands: repair with compensate'}, "
           f"{source.consumer_settings.backend})", flush=True)
 
+    progress = Progress(flow, window)
+    server = serve_metrics(args.metrics_port, source) if args.metrics_port else None
+
     def stop(signum: int, _frame: Any) -> None:
-        print(f"signal {signum}: draining (at most {args.drain_timeout:g}s)", flush=True)
+        progress.message(f"signal {signum}: draining (at most {args.drain_timeout:g}s)")
         flow.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    progress = Progress(flow, window)
-    while not flow.wait_quietly(args.progress_every):
-        print(progress.line(), flush=True)
-        if args.stop_when_idle is not None and source.idle_seconds() >= args.stop_when_idle:
-            print(f"idle for {args.stop_when_idle:g}s (nothing in flight, nothing left to read): draining", flush=True)
-            flow.stop()
-    print(progress.line(), flush=True)
+    try:
+        while not flow.wait_quietly(args.progress_every):
+            progress.show()
+            if args.stop_when_idle is not None and source.idle_seconds() >= args.stop_when_idle:
+                progress.message(f"idle for {args.stop_when_idle:g}s (nothing in flight, nothing left to read): "
+                                 "draining")
+                flow.stop()
+    finally:
+        progress.close()
+        if server is not None:
+            server.shutdown()
     dead_letter_sink.on_completed()
     return _report(flow, source, store)
 
@@ -321,7 +308,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="after a stage gave up on a record: stop the flow, or rewind the partition and retry")
     c.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=False,
                    help="poll again while the previous poll is still in flight (bounded by --window)")
-    c.add_argument("--progress-every", type=INTERVAL, default=1.0, metavar="SECONDS", help="progress interval")
+    c.add_argument("--progress-every", type=INTERVAL, default=1.0, metavar="SECONDS",
+                   help="progress interval (a panel on a terminal, a line per interval otherwise)")
+    c.add_argument("--metrics-port", type=_checked(int, lambda v: 0 < v < 65536, "a port number"), default=None,
+                   metavar="PORT",
+                   help="serve the figures for Prometheus on 127.0.0.1:PORT (pip install rxcqrs[metrics])")
     c.set_defaults(run=consume)
 
     s = sub.add_parser("show", parents=[common], formatter_class=fmt, help="carts, or one cart with its events")
