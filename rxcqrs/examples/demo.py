@@ -67,6 +67,32 @@ def _poison(topic: str) -> list[Any]:
             OutgoingRecord(valid, b"not-a-uuid", topic, partition=2)]
 
 
+def _tidy(keep: str) -> None:
+    """Remove the topics and keyspaces of earlier demos (this run's stay, for inspection)."""
+    from rxcqrs.cassandra import CassandraSettings, connect
+    from rxcqrs.kafka import delete_topics
+    from rxcqrs.kafka.admin import admin_client
+
+    admin = admin_client()
+    try:
+        old_topics = [t for t in admin.list_topics() if t.startswith("demo.") and not t.startswith(f"demo.{keep}")]
+    finally:
+        admin.close()
+    if old_topics:
+        delete_topics(old_topics)
+    session = connect(CassandraSettings())
+    try:
+        rows = session.execute("SELECT keyspace_name FROM system_schema.keyspaces")
+        old = [r.keyspace_name for r in rows
+               if r.keyspace_name.startswith("demo_") and r.keyspace_name != f"demo_{keep}"]
+        for name in old:
+            session.execute(f"DROP KEYSPACE IF EXISTS {name}", timeout=120)
+    finally:
+        session.cluster.shutdown()
+    if old_topics or old:
+        print(f"== removed {len(old_topics)} topics and {len(old)} keyspaces of earlier demos", flush=True)
+
+
 def main() -> int:
     from rxcqrs.cassandra import CassandraSettings, connect
     from rxcqrs.examples.shoppingcart.generator import generate, reference
@@ -78,6 +104,7 @@ def main() -> int:
     topic, group, keyspace = f"demo.{run_id}.cmds", f"demo.{run_id}", f"demo_{run_id}"
     started = time.monotonic()
     print(f"== rxcqrs demo {run_id}: topic {topic}, keyspace {keyspace}", flush=True)
+    _tidy(run_id)
 
     commands = generate(CARTS, COMMANDS, SEED)
     create_topics({topic: PARTITIONS})
@@ -86,10 +113,13 @@ def main() -> int:
     print(f"== produced {len(commands)} commands for {CARTS} carts (+{len(poison)} poison records), "
           f"{sent} records on {PARTITIONS} partitions", flush=True)
 
-    print("== consuming (parallel: command and event log in a broadcast, commits gated by both)", flush=True)
+    print("== consuming (parallel: command and event log in a broadcast, commits gated by both; read-modify-write "
+          "commands, so a redelivery applies a command again)", flush=True)
     first = _consumer(topic, group, keyspace, idle=5)
     relay = _relay(first.stdout, "   run 1 | ")  # type: ignore[arg-type]
     crash_after = int(COMMANDS * CRASH_AT)
+    print(f"== waiting until {crash_after} records are committed (the consumer starts, joins its group, then "
+          "works), to kill it in the middle of its work", flush=True)
     while first.poll() is None and _committed(topic, group) < crash_after:
         time.sleep(0.2)
     if first.poll() is not None:
@@ -99,8 +129,9 @@ def main() -> int:
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     relay.join(5)
-    print(f"== CRASH: killed the consumer (SIGKILL) with {at_crash} records committed; restarting it",
-          flush=True)
+    print(f"== CRASH: killed the consumer (SIGKILL) with {at_crash} records committed; restarting it. The group "
+          "first waits for the dead member's session to expire (about 10 s) before it hands its partitions to the "
+          "new one: 'waiting for partition assignment' below", flush=True)
 
     second = _consumer(topic, group, keyspace, idle=5)
     relay = _relay(second.stdout, "   run 2 | ")  # type: ignore[arg-type]
