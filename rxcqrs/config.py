@@ -15,7 +15,9 @@
     password = "..."                      # masked in every repr and error
 
 Environment: ``RXCQRS_KAFKA_BOOTSTRAP``, ``RXCQRS_KAFKA_BACKEND``, ``RXCQRS_CASSANDRA_HOSTS``,
-``RXCQRS_CASSANDRA_PORT``. Flags: ``--bootstrap-servers``, ``--kafka-backend``, ``--contact-points``.
+``RXCQRS_CASSANDRA_PORT``, ``RXCQRS_CASSANDRA_CONSISTENCY``, ``RXCQRS_CASSANDRA_SERIAL_CONSISTENCY``. Flags:
+``--bootstrap-servers``, ``--kafka-backend``, ``--contact-points``, ``--consistency``,
+``--serial-consistency``.
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def load_config(path: str | None = None, *, bootstrap_servers: str | None = None, kafka_backend: str | None = None,
-                contact_points: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+                contact_points: str | None = None, consistency: str | None = None,
+                serial_consistency: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """The file (``path`` or ``$RXCQRS_CONFIG``), then the environment, then these explicit values."""
     env = os.environ if environ is None else environ
     file = path or env.get("RXCQRS_CONFIG")
@@ -147,6 +150,10 @@ def load_config(path: str | None = None, *, bootstrap_servers: str | None = None
     if port is None and "port" in cassandra:
         port = int(cassandra.pop("port"))
     cassandra.pop("port", None)
+    for name, value in (("consistency", consistency or env.get("RXCQRS_CASSANDRA_CONSISTENCY")),
+                        ("serial_consistency", serial_consistency or env.get("RXCQRS_CASSANDRA_SERIAL_CONSISTENCY"))):
+        if value:
+            cassandra[name] = value.upper()
     if backend is not None and backend not in ("kafka-python", "confluent"):
         raise ConfigError(f"the Kafka backend must be kafka-python or confluent, got {backend!r}")
     return Config(bootstrap, backend, kafka, hosts, port, cassandra, source=file or "defaults")

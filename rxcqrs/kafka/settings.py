@@ -143,7 +143,7 @@ class ConsumerSettings:
 
 @dataclass(frozen=True, repr=False)
 class ProducerSettings:
-    """kafka-python ``KafkaProducer`` options; idempotent, acks=all by default (3.x defaults)."""
+    """Producer options: every write acknowledged by all in-sync replicas (``acks="all"``), idempotent."""
 
     bootstrap_servers: str = field(default_factory=default_bootstrap)
     client_id: str = "rxcqrs-producer"
@@ -151,6 +151,8 @@ class ProducerSettings:
     batch_size: int = 64 * 1024
     compression_type: str | None = None
     delivery_timeout_ms: int = 120_000
+    #: "all": a record counts as sent once every in-sync replica has it (on a cluster, min.insync.replicas)
+    acks: Literal["all", 1, 0] = "all"
     max_block_ms: int = 60_000
     bootstrap_timeout_ms: int = 30_000
     #: the client library: "kafka-python" (default) or "confluent" (confluent-kafka, librdkafka)
@@ -177,6 +179,7 @@ class ProducerSettings:
             "batch_size": self.batch_size,
             "compression_type": self.compression_type,
             "delivery_timeout_ms": self.delivery_timeout_ms,
+            "acks": self.acks,
             "max_block_ms": self.max_block_ms,
             "bootstrap_timeout_ms": self.bootstrap_timeout_ms,
             **self.extra,
@@ -190,8 +193,8 @@ class ProducerSettings:
             "linger.ms": self.linger_ms,
             "batch.size": self.batch_size,
             "delivery.timeout.ms": self.delivery_timeout_ms,
-            "enable.idempotence": True,
-            "acks": "all",
+            "enable.idempotence": self.acks == "all",
+            "acks": self.acks,
             **self.extra,
         }
         if self.compression_type:

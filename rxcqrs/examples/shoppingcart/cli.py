@@ -73,7 +73,7 @@ def _prepare_schema(args: argparse.Namespace, store: Any) -> None:
                           "first run); restore the keyspace, or start over with a new --group and --keyspace")
     if not args.create_schema:
         store.require_schema()
-    store.create()
+    store.create(args.replication)
 
 
 def _consume(args: argparse.Namespace, session: Any) -> int:
@@ -268,6 +268,10 @@ def common_options() -> argparse.ArgumentParser:
                         help="Kafka (default $RXCQRS_KAFKA_BOOTSTRAP or 127.0.0.1:9092)")
     common.add_argument("--kafka-backend", choices=["kafka-python", "confluent"], default=argparse.SUPPRESS,
                         help="the Kafka client (default $RXCQRS_KAFKA_BACKEND or kafka-python)")
+    common.add_argument("--consistency", default=argparse.SUPPRESS, metavar="LEVEL",
+                        help="Cassandra consistency of reads and writes (default LOCAL_QUORUM)")
+    common.add_argument("--serial-consistency", default=argparse.SUPPRESS, choices=["SERIAL", "LOCAL_SERIAL"],
+                        help="Cassandra consistency of conditional writes (default LOCAL_SERIAL)")
     common.add_argument("--contact-points", default=argparse.SUPPRESS, metavar="HOST[:PORT],...",
                         help="Cassandra (default $RXCQRS_CASSANDRA_HOSTS or 127.0.0.1, port $RXCQRS_CASSANDRA_PORT "
                              "or 9042)")
@@ -301,6 +305,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                         "repaired by duplicates + compensate")
     c.add_argument("--create-schema", action="store_true",
                    help="create the keyspace and tables if missing (never under a group that already committed)")
+    c.add_argument("--replication", type=POSITIVE, default=1,
+                   help="replication factor of a keyspace --create-schema creates (3 on a 3-node cluster)")
     c.add_argument("--drain-timeout", type=SECONDS, default=60.0, metavar="SECONDS",
                    help="on SIGTERM/idle, how long to wait for records in flight before exiting without them")
     c.add_argument("--window", type=POSITIVE, default=5000, help="records in flight at most")
@@ -346,7 +352,9 @@ def execute(args: argparse.Namespace, prog: str) -> int:
         args.config = load_config(getattr(args, "config", None), bootstrap_servers=getattr(args, "bootstrap_servers",
                                                                                            None),
                                   kafka_backend=getattr(args, "kafka_backend", None),
-                                  contact_points=getattr(args, "contact_points", None))
+                                  contact_points=getattr(args, "contact_points", None),
+                                  consistency=getattr(args, "consistency", None),
+                                  serial_consistency=getattr(args, "serial_consistency", None))
         return int(args.run(args))
     except RxCqrsError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)

@@ -126,7 +126,9 @@ class CartStore:
             columns = "owner, items, version, deleted, seq, applied"
             self._read = prepare(s, f"SELECT {columns} FROM {self.carts} WHERE cart_id = ?")
             self._read_serial = s.prepare(f"SELECT {columns} FROM {self.carts} WHERE cart_id = ?")
-            self._read_serial.consistency_level = ConsistencyLevel.SERIAL
+            # a read through Paxos at the session's serial consistency (LOCAL_SERIAL by default)
+            profile = s.cluster.profile_manager.default
+            self._read_serial.consistency_level = profile.serial_consistency_level or ConsistencyLevel.SERIAL
             self._insert = prepare(s, f"INSERT INTO {self.carts} (cart_id, owner, items, version, deleted, seq, "
                                       "applied) VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")
             self._update = prepare(s, f"UPDATE {self.carts} SET owner = ?, items = ?, version = ?, deleted = ?, "
