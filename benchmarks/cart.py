@@ -36,26 +36,13 @@ def keyspace(name: str) -> str:
 
 def verify(session: Any, ks: str, topic: str, limits: dict[int, int] | None = None) -> bool:
     """Every cart equals the fold of the topic's commands (below ``limits`` per partition, if given)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from rxcqrs.kafka.admin import read_topic
 
     codec = command_codec()
-    reader = KafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False)
     per_cart: dict[uuid.UUID, list[Command]] = defaultdict(list)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
-        reader.assign(tps)
-        reader.seek_to_beginning(*tps)
-        ends = reader.end_offsets(tps) if limits is None else {tp: limits.get(tp.partition, 0) for tp in tps}
-        records = []
-        while any(reader.position(tp) < ends[tp] for tp in tps):
-            for recs in reader.poll(timeout_ms=500).values():
-                records += recs
-    finally:
-        reader.close()
-    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
-        if r.offset < ends[TopicPartition(topic, r.partition)]:
-            cmd = codec.decode(r.value)
-            per_cart[cmd.cart_id].append(cmd)
+    for record in read_topic(topic, bootstrap_servers=BOOTSTRAP, limits=limits):
+        cmd = codec.decode(record.value)
+        per_cart[cmd.cart_id].append(cmd)
     expected = {cid: cart for cid, cmds in per_cart.items() if (cart := fold(cmds)) is not None}
     return dict(CartStore(session, ks).all_carts()) == expected
 

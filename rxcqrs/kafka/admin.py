@@ -8,7 +8,7 @@ from rxcqrs.exceptions import ConfigError, FlowError
 from rxcqrs.kafka.settings import default_bootstrap
 
 __all__ = ["create_topics", "delete_topics", "admin_client", "committed_offsets", "end_offsets", "group_size",
-           "topic_partitions"]
+           "topic_partitions", "read_topic"]
 
 
 def admin_client(bootstrap_servers: str | None = None, **options: Any) -> Any:
@@ -113,3 +113,29 @@ def topic_partitions(topic: str, *, bootstrap_servers: str | None = None, **opti
     if any(p.get("error_code") or p.get("leader_id", -1) < 0 for p in partitions):
         return None
     return len(partitions)
+
+
+def read_topic(topic: str, *, bootstrap_servers: str | None = None, limits: dict[int, int] | None = None,
+               timeout: float = 120.0) -> list[Any]:
+    """Every record of ``topic`` (below ``limits[partition]``, if given), in partition and offset order, read
+    by a consumer outside any group: for checks and tools, not for flows."""
+    import time
+
+    from kafka import TopicPartition
+
+    reader = _reader(bootstrap_servers or default_bootstrap())
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
+        reader.assign(tps)
+        reader.seek_to_beginning(*tps)
+        ends = reader.end_offsets(tps) if limits is None else {tp: limits.get(tp.partition, 0) for tp in tps}
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while any(reader.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise FlowError(f"reading {topic} did not reach its end offsets within {timeout:g}s")
+            for recs in reader.poll(timeout_ms=500).values():
+                records += [r for r in recs if r.offset < ends[TopicPartition(r.topic, r.partition)]]
+        return sorted(records, key=lambda r: (r.partition, r.offset))
+    finally:
+        reader.close()

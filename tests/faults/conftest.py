@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,23 +25,12 @@ import pytest
 from rxcqrs import services
 from rxcqrs.services import ServicesSettings
 from rxcqrs.services.process import ServerState, pid_alive
+from tests.helpers import free_ports
 
 COMMANDS = int(os.environ.get("RXCQRS_FAULTS_COMMANDS", "2000"))
 CARTS = int(os.environ.get("RXCQRS_FAULTS_CARTS", "40"))
 PARTITIONS = 8
 FIGURES = Path(os.environ.get("RXCQRS_FAULTS_REPORT", "build/faults.json"))
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class Servers:

@@ -23,6 +23,7 @@ from rxcqrs.examples.shoppingcart.generator import generate
 from rxcqrs.examples.shoppingcart.pipeline import publish_commands
 from rxcqrs.examples.shoppingcart.store import CartStore
 from rxcqrs.kafka import ProducerSettings, committed_offsets, create_topics, end_offsets
+from rxcqrs.kafka.admin import read_topic
 from rxcqrs.messages import OutgoingRecord
 from tests.faults.conftest import CARTS, COMMANDS, PARTITIONS, Consumer, Figures, Servers, names
 from tests.helpers import wait_until
@@ -125,23 +126,9 @@ def _poison(topic: str, count: int) -> list[OutgoingRecord]:
 def fold_topic(bootstrap: str, topic: str) -> dict[uuid.UUID, Cart | None]:
     """The state every cart must end in, from the topic itself: its records decoded and folded per cart in
     partition order (a cart's commands share a partition); records that do not decode are skipped."""
-    from kafka import KafkaConsumer, TopicPartition
-
     codec = command_codec()
-    reader = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     per_cart: dict[uuid.UUID, list[Command]] = defaultdict(list)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
-        reader.assign(tps)
-        reader.seek_to_beginning(*tps)
-        ends = reader.end_offsets(tps)
-        records = []
-        while any(reader.position(tp) < ends[tp] for tp in tps):
-            for recs in reader.poll(timeout_ms=500).values():
-                records += recs
-    finally:
-        reader.close()
-    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+    for record in read_topic(topic, bootstrap_servers=bootstrap):
         try:
             uuid.UUID(record.key.decode())
             cmd = codec.decode(record.value)

@@ -12,18 +12,7 @@ import pytest
 from rxcqrs import services
 from rxcqrs.exceptions import PortInUseError
 from rxcqrs.services import ServicesSettings
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+from tests.helpers import free_ports
 
 
 def cli(settings: ServicesSettings, *args: str) -> subprocess.CompletedProcess[str]:
