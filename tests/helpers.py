@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from typing import Any, Callable
 
@@ -9,7 +10,20 @@ from rxcqrs.kafka import ConsumerSettings, KafkaSource, SourceSettings
 from rxcqrs.messages import Envelope
 from rxcqrs.testing import FakeBroker, fake_consumers, wait_until
 
-__all__ = ["Collect", "fake_source", "wait_until"]
+__all__ = ["Collect", "fake_source", "free_ports", "wait_until"]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` ports nobody listens on now (for a private server instance)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 def fake_source(broker: FakeBroker, topic: str | list[str], group: str = "g", demand: str = "auto",
