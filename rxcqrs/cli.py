@@ -12,12 +12,16 @@ __all__ = ["main"]
 def _services(args: argparse.Namespace) -> int:
     from rxcqrs import services
 
-    settings = services.ServicesSettings.from_env()
+    overrides = {} if args.nodes is None else {"nodes": args.nodes}
+    settings = services.ServicesSettings.from_env(**overrides)
     names = args.names or None
     say = (lambda _m: None) if args.quiet else (lambda m: print(m, flush=True))
     if args.action == "up":
         for line in services.up(names, settings, say=say):
             print(("reused  " if line.reused else "started ") + line.describe(), flush=True)
+        if settings.nodes > 1:
+            print(f"cluster of {settings.nodes}: --bootstrap-servers {settings.kafka_bootstrap} "
+                  f"--contact-points {settings.contact_points} --replication {min(settings.nodes, 3)}")
         return 0
     if args.action == "down":
         services.down(names, settings, wipe=args.wipe, say=say)
@@ -30,6 +34,12 @@ def _services(args: argparse.Namespace) -> int:
     for line in states:
         print(line.describe())
     return 0 if all(s.running and s.healthy for s in states) else 3
+
+
+def _nodes(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 9:
+        raise argparse.ArgumentTypeError(f"a node count from 1 to 9, got {text!r}")
+    return int(text)
 
 
 def _build() -> argparse.ArgumentParser:
@@ -47,6 +57,9 @@ def _build() -> argparse.ArgumentParser:
     svc.add_argument("action", choices=["up", "down", "status", "fetch"])
     svc.add_argument("names", nargs="*", choices=[[], "kafka", "cassandra"], metavar="kafka|cassandra",
                      help="which servers (default: both)")
+    svc.add_argument("--nodes", type=_nodes, default=None,
+                     help="with up: 3 runs a three-node Kafka and Cassandra on 127.0.0.1-3, same ports (default "
+                          "$RXCQRS_NODES or 1); status and down always cover every node in the home")
     svc.add_argument("--wipe", action="store_true", help="with down: also delete data and logs")
     svc.add_argument("-q", "--quiet", action="store_true")
     svc.set_defaults(run=_services)

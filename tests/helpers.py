@@ -4,26 +4,39 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from rxcqrs.kafka import ConsumerSettings, KafkaSource, SourceSettings
 from rxcqrs.messages import Envelope
 from rxcqrs.testing import FakeBroker, fake_consumers, wait_until
 
-__all__ = ["Collect", "fake_source", "free_ports", "wait_until"]
+__all__ = ["Collect", "fake_source", "free_port_run", "free_ports", "wait_until"]
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` ports nobody listens on now (for a private server instance)."""
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+def free_ports(n: int, hosts: Sequence[str] = ("127.0.0.1",)) -> list[int]:
+    """``n`` ports nobody listens on now on any of ``hosts`` (for a private server instance or cluster)."""
+    from rxcqrs.services.process import port_is_free
+
+    ports: list[int] = []
+    while len(ports) < n:
+        with socket.socket() as s:
+            s.bind((hosts[0], 0))
+            port = s.getsockname()[1]
+        if port not in ports and all(port_is_free(host, port) for host in hosts[1:]):
+            ports.append(port)
     return ports
+
+
+def free_port_run(length: int, hosts: Sequence[str] = ("127.0.0.1",), avoid: Sequence[int] = ()) -> int:
+    """The first of ``length`` consecutive ports free on every host (a cluster's per-node JMX ports)."""
+    from rxcqrs.services.process import port_is_free
+
+    while True:
+        base = free_ports(1, hosts)[0]
+        run = range(base, base + length)
+        if base + length <= 65535 and not set(run) & set(avoid) and all(
+                port_is_free(host, port) for port in run for host in hosts):
+            return base
 
 
 def fake_source(broker: FakeBroker, topic: str | list[str], group: str = "g", demand: str = "auto",

@@ -23,9 +23,12 @@ def admin_client(bootstrap_servers: str | None = None, **options: Any) -> Any:
 
 
 def create_topics(topics: dict[str, int] | Iterable[str], *, bootstrap_servers: str | None = None,
-                  replication_factor: int = 1, configs: dict[str, str] | None = None,
+                  replication_factor: int = -1, configs: dict[str, str] | None = None,
                   exist_ok: bool = True) -> None:
-    """Create topics (name -> partitions, or names with 1 partition) and wait until their metadata is visible."""
+    """Create topics (name -> partitions, or names with 1 partition) and wait until their metadata is visible.
+
+    ``replication_factor=-1``: the brokers' ``default.replication.factor`` (1 on the local server, 3 on the
+    local cluster and on any production cluster configured that way)."""
     from kafka.errors import TopicAlreadyExistsError
 
     wanted = dict(topics) if isinstance(topics, dict) else {name: 1 for name in topics}

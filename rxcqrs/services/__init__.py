@@ -7,7 +7,9 @@ The same functions back the ``rxcqrs services up|down|status`` command, the test
 
 from __future__ import annotations
 
+import concurrent.futures
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable
@@ -19,7 +21,8 @@ from rxcqrs.services.process import ServerState, check_ports_free, launch, termi
 from rxcqrs.services.servers import SERVERS, CassandraServer, KafkaServer, Server
 from rxcqrs.services.settings import ServicesSettings
 
-__all__ = ["ServicesSettings", "ServerStatus", "up", "down", "status", "fetch", "KafkaServer", "CassandraServer"]
+__all__ = ["ServicesSettings", "ServerStatus", "up", "down", "status", "fetch", "KafkaServer", "CassandraServer",
+           "wait_until_cluster_ready"]
 
 ALL = ("cassandra", "kafka")  # Cassandra first: it takes longest, Kafka starts meanwhile on a second core
 
@@ -36,22 +39,36 @@ class ServerStatus:
     version: str | None
     detail: str
     reused: bool = False
+    host: str = "127.0.0.1"
 
     def describe(self) -> str:
         ports = ", ".join(f"{p}" for p in self.ports.values())
         if not self.running:
-            return f"{self.name:<9} stopped   ({self.detail})"
+            return f"{self.name:<11} stopped   ({self.detail})"
         state = "running" if self.healthy else "UNHEALTHY"
-        return (f"{self.name:<9} {state:<9} pid {self.pid}, 127.0.0.1 ports {ports}, version {self.version} "
+        return (f"{self.name:<11} {state:<9} pid {self.pid}, {self.host} ports {ports}, version {self.version} "
                 f"({self.detail})")
 
 
-def _servers(names: Iterable[str] | None, settings: ServicesSettings) -> list[Server]:
+def _servers(names: Iterable[str] | None, settings: ServicesSettings, *, found: bool = False) -> list[Server]:
+    """The servers of ``settings`` (one of each kind, or every node of each cluster), Cassandra first.
+
+    ``found``: the nodes that have a state file in the home, if any (``status`` and ``down`` see a cluster
+    even when asked without ``--nodes``)."""
     chosen = list(names or ALL)
     unknown = [n for n in chosen if n not in SERVERS]
     if unknown:
         raise ServiceError(f"unknown server(s) {unknown}; choose from {list(SERVERS)}")
-    return [SERVERS[n](settings) for n in ALL if n in chosen]
+    result = []
+    for kind in (n for n in ALL if n in chosen):
+        nodes = set(settings.node_numbers)
+        if found:
+            on_disk = {0} if (settings.home / kind / "server.json").exists() else set()
+            on_disk |= {int(p.parent.name.rsplit("-", 1)[1]) for p in settings.home.glob(f"{kind}-[1-9]/server.json")}
+            nodes = on_disk or nodes
+        layout = settings if settings.nodes >= max(nodes) else settings.with_(nodes=max(nodes))
+        result += [SERVERS[kind](layout, n) for n in sorted(nodes)]
+    return result
 
 
 def fetch(names: Iterable[str] | None = None, settings: ServicesSettings | None = None) -> None:
@@ -61,112 +78,165 @@ def fetch(names: Iterable[str] | None = None, settings: ServicesSettings | None 
         fetch_jars(server.name, settings.jar_cache)
 
 
-def _probe_status(server: Server, state: ServerState) -> ServerStatus:
+def _probe_status(server: Server, state: ServerState, *, whole_cluster: bool = False) -> ServerStatus:
+    """``whole_cluster``: healthy only if this node also sees every other node (``status``); without it, only
+    this node's own answer (``up`` reusing a node while others are still missing)."""
     try:
-        version = server.probe()
-        return ServerStatus(server.name, True, True, state.pid, state.ports, version,
-                            f"up {time.time() - state.started_at:.0f}s, log {state.log}")
+        version = server.probe_cluster() if whole_cluster else server.probe()
+        return ServerStatus(server.label, True, True, state.pid, state.ports, version,
+                            f"up {time.time() - state.started_at:.0f}s, log {state.log}", host=server.host)
     except Exception as exc:
-        return ServerStatus(server.name, True, False, state.pid, state.ports, state.version,
-                            f"probe failed: {exc!r}; log {state.log}")
+        return ServerStatus(server.label, True, False, state.pid, state.ports, state.version,
+                            f"probe failed: {exc!r}; log {state.log}", host=server.host)
 
 
 def _up_one(server: Server, settings: ServicesSettings, say: Callable[[str], None]) -> ServerStatus:
+    started = _launch_or_find(server, settings, say)
+    return _reuse(server, started, say) if isinstance(started, ServerState) else _await(server, *started, say)
+
+
+def _launch_or_find(server: Server, settings: ServicesSettings, say: Callable[[str], None]
+                    ) -> ServerState | tuple[subprocess.Popen[bytes], ServerState]:
+    """A running instance's state, or a freshly launched process (not awaited) and its state."""
     with file_lock(server.dir / ".lock"):
         state = ServerState.load(server.state_file)
         if state is not None and state.is_running():
-            return _reuse(server, state, say)
+            return state
         server.state_file.unlink(missing_ok=True)
-        return _start(server, settings, say, grace=15.0 if state is not None else 0.0)
+        return _launch(server, settings, say, grace=15.0 if state is not None else 0.0)
 
 
 def _reuse(server: Server, state: ServerState, say: Callable[[str], None]) -> ServerStatus:
     """A server rxcqrs started (from any checkout) is running: use it if it answers on the wanted ports."""
     current = _probe_status(server, state)
     if current.healthy and state.ports != server.ports:
-        raise ServiceError(f"{server.name} started by rxcqrs already runs on ports {state.ports}, not "
+        raise ServiceError(f"{server.label} started by rxcqrs already runs on ports {state.ports}, not "
                            f"{server.ports}; run `rxcqrs services down {server.name}` first")
     if not current.healthy:  # alive but not answering: maybe still starting (another checkout), give it time
-        say(f"{server.name}: pid {state.pid} is running but not ready yet; waiting")
+        say(f"{server.label}: pid {state.pid} is running but not ready yet; waiting")
         deadline = time.monotonic() + server.start_timeout
         while not current.healthy and time.monotonic() < deadline and state.is_running():
             time.sleep(1)  # the probe itself takes up to a few seconds; this only paces it
             current = _probe_status(server, state)
         if not current.healthy:
-            raise ServiceStartError(f"{server.name} (pid {state.pid}, started by rxcqrs) does not answer: "
+            raise ServiceStartError(f"{server.label} (pid {state.pid}, started by rxcqrs) does not answer: "
                                     f"{current.detail}. Run `rxcqrs services down {server.name}` and retry.")
     return replace(current, reused=True)
 
 
-def _start(server: Server, settings: ServicesSettings, say: Callable[[str], None], grace: float = 0.0
-           ) -> ServerStatus:
-    check_ports_free(server.name, settings.host, server.ports, grace)
+def _launch(server: Server, settings: ServicesSettings, say: Callable[[str], None], grace: float = 0.0
+            ) -> tuple[subprocess.Popen[bytes], ServerState]:
+    check_ports_free(server.label, server.host, server.ports, grace)
     java = find_java17(settings.java)
-    say(f"{server.name}: fetching jars for {pinned_version(server.name)} (cached after the first time)")
+    say(f"{server.label}: fetching jars for {pinned_version(server.name)} (cached after the first time)")
     lib = fetch_jars(server.name, settings.jar_cache)
     server.prepare(java, lib)
-    say(f"{server.name}: starting on {settings.host} ports {sorted(server.ports.values())}, log {server.log}")
-    started = time.time()
+    say(f"{server.label}: starting on {server.host} ports {sorted(server.ports.values())}, log {server.log}")
     proc = launch(server.command(java, lib), server.log, cwd=server.dir)
-    state = ServerState(server.name, proc.pid, server.ports, server.marker, "starting", started, str(server.log))
+    state = ServerState(server.label, proc.pid, server.ports, server.marker, "starting", time.time(),
+                        str(server.log))
     state.save(server.state_file)
-    version = str(wait_ready(server.name, proc, server.log, server.probe, server.start_timeout, server.fatal_lines))
+    return proc, state
+
+
+def _await(server: Server, proc: subprocess.Popen[bytes], state: ServerState, say: Callable[[str], None]
+           ) -> ServerStatus:
+    version = str(wait_ready(server.label, proc, server.log, server.probe, server.start_timeout,
+                             server.fatal_lines))
     replace(state, version=version).save(server.state_file)
-    say(f"{server.name}: ready in {time.time() - started:.1f}s, version {version}")
-    return ServerStatus(server.name, True, True, proc.pid, server.ports, version, f"log {server.log}")
+    say(f"{server.label}: ready in {time.time() - state.started_at:.1f}s, version {version}")
+    return ServerStatus(server.label, True, True, proc.pid, server.ports, version, f"log {server.log}",
+                        host=server.host)
+
+
+def _up_cluster(servers: list[Server], settings: ServicesSettings, say: Callable[[str], None]
+                ) -> list[ServerStatus]:
+    """Every node of one kind. Cassandra nodes join in turn (the seed first: one bootstrap at a time);
+    Kafka nodes start together (no broker is ready before a majority of the controller quorum runs)."""
+    if servers[0].name == "kafka":
+        started = [_launch_or_find(server, settings, say) for server in servers]
+        return [_reuse(server, s, say) if isinstance(s, ServerState) else _await(server, *s, say)
+                for server, s in zip(servers, started, strict=True)]
+    result = [_up_one(server, settings, say) for server in servers]
+    wait_until_cluster_ready(servers[0], say)
+    return result
+
+
+def wait_until_cluster_ready(server: Server, say: Callable[[str], None] = lambda _msg: None) -> None:
+    """Until ``server`` sees every node of its cluster (Cassandra: all NORMAL in its gossip)."""
+    deadline = time.monotonic() + server.start_timeout
+    while True:
+        try:
+            server.probe_cluster()
+            say(f"{server.name}: all {server.settings.nodes} nodes up in the ring")
+            return
+        except Exception as exc:
+            if time.monotonic() >= deadline:
+                raise ServiceStartError(f"{server.name} cluster not complete after {server.start_timeout:g}s: "
+                                        f"{exc}") from None
+        time.sleep(1)  # paces the probe; the deadline bounds it
 
 
 def up(names: Iterable[str] | None = None, settings: ServicesSettings | None = None,
        say: Callable[[str], None] = lambda _msg: None) -> list[ServerStatus]:
     """Make sure the servers run and answer real client requests; start what is missing.
 
-    Kafka is started while Cassandra boots (Cassandra is the slow one), then both are awaited.
+    Kafka is started while Cassandra boots (Cassandra is the slow one), then both are awaited. With
+    ``settings.nodes > 1`` each kind is a cluster (see :func:`_up_cluster`).
     """
     settings = settings or ServicesSettings.from_env()
     servers = _servers(names, settings)
-    if len(servers) == 1:
-        return [_up_one(servers[0], settings, say)]
-    import concurrent.futures
+    kinds = [[s for s in servers if s.name == kind] for kind in ALL]
+    kinds = [group for group in kinds if group]
 
-    with concurrent.futures.ThreadPoolExecutor(len(servers)) as pool:
-        futures = [pool.submit(_up_one, server, settings, say) for server in servers]
+    def up_kind(group: list[Server]) -> list[ServerStatus]:
+        return _up_cluster(group, settings, say) if settings.nodes > 1 else [_up_one(group[0], settings, say)]
+
+    if len(kinds) == 1:
+        return up_kind(kinds[0])
+    with concurrent.futures.ThreadPoolExecutor(len(kinds)) as pool:
+        futures = [pool.submit(up_kind, group) for group in kinds]
         errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
             raise errors[0]  # type: ignore[misc]
-        return [f.result() for f in futures]
+        return [line for f in futures for line in f.result()]
 
 
 def status(names: Iterable[str] | None = None, settings: ServicesSettings | None = None) -> list[ServerStatus]:
-    """What runs, as the servers themselves report it (a real metadata call / CQL query)."""
+    """What runs, as the servers themselves report it (a real metadata call / CQL query), every node."""
     settings = settings or ServicesSettings.from_env()
     result = []
-    for server in _servers(names, settings):
+    for server in _servers(names, settings, found=True):
         state = ServerState.load(server.state_file)
         if state is None or not state.is_running():
             detail = "never started here" if state is None else f"pid {state.pid} is gone"
-            result.append(ServerStatus(server.name, False, False, None, server.ports, None, detail))
+            result.append(ServerStatus(server.label, False, False, None, server.ports, None, detail,
+                                       host=server.host))
         else:
-            result.append(_probe_status(server, state))
+            result.append(_probe_status(server, state, whole_cluster=True))
     return result
 
 
 def down(names: Iterable[str] | None = None, settings: ServicesSettings | None = None, *, wipe: bool = False,
          say: Callable[[str], None] = lambda _msg: None) -> None:
-    """Stop by recorded PID (SIGTERM, SIGKILL after ``stop_timeout``); ``wipe`` also deletes data and logs."""
+    """Stop by recorded PID (SIGTERM, SIGKILL after ``stop_timeout``), every node found in the home;
+    ``wipe`` also deletes data and logs."""
     settings = settings or ServicesSettings.from_env()
-    for server in reversed(_servers(names, settings)):
+    for server in reversed(_servers(names, settings, found=True)):
         with file_lock(server.dir / ".lock"):
             state = ServerState.load(server.state_file)
             if state is not None and state.is_running():
-                say(f"{server.name}: stopping pid {state.pid}")
+                say(f"{server.label}: stopping pid {state.pid}")
                 killed = terminate(state.pid, settings.stop_timeout)
-                say(f"{server.name}: {'killed after timeout' if killed else 'stopped'}")
+                say(f"{server.label}: {'killed after timeout' if killed else 'stopped'}")
             elif state is not None:
-                say(f"{server.name}: pid {state.pid} already gone")
+                say(f"{server.label}: pid {state.pid} already gone")
             else:
-                say(f"{server.name}: not running")
+                say(f"{server.label}: not running")
             server.state_file.unlink(missing_ok=True)
             if wipe:
                 for path in (server.data, server.logs, server.tmp, server.conf):
                     shutil.rmtree(path, ignore_errors=True)
-                say(f"{server.name}: data and logs wiped")
+                say(f"{server.label}: data and logs wiped")
+    if wipe and (names is None or "kafka" in names):
+        (settings.home / "kafka-cluster.id").unlink(missing_ok=True)

@@ -28,9 +28,13 @@ class Server(ABC):
     name: str
     fatal_lines: tuple[str, ...] = ()
 
-    def __init__(self, settings: ServicesSettings) -> None:
+    def __init__(self, settings: ServicesSettings, node: int = 0) -> None:
         self.settings = settings
-        self.dir = settings.home / self.name
+        #: 0: the single server (``<home>/<kind>``); n >= 1: cluster node n (``<home>/<kind>-<n>``, 127.0.0.n)
+        self.node = node
+        self.label = self.name if node == 0 else f"{self.name}-{node}"
+        self.host = settings.node_host(node)
+        self.dir = settings.home / self.label
         self.conf = self.dir / "conf"
         self.data = self.dir / "data"
         self.logs = self.dir / "logs"
@@ -64,6 +68,10 @@ class Server(ABC):
     def probe(self) -> str:
         """Make a real client request; return the version the server reports. Raises until ready."""
 
+    def probe_cluster(self) -> str:
+        """Like :meth:`probe`, and on a cluster also every other node as this node sees it."""
+        return self.probe()
+
     def make_dirs(self) -> None:
         for path in (self.conf, self.data, self.logs, self.tmp):
             path.mkdir(parents=True, exist_ok=True)
@@ -77,6 +85,10 @@ class KafkaServer(Server):
     def ports(self) -> dict[str, int]:
         return {"kafka_port": self.settings.kafka_port, "kafka_controller_port": self.settings.kafka_controller_port}
 
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.settings.kafka_port}"
+
     def _jvm_opts(self) -> list[str]:
         heap = self.settings.kafka_heap
         return [f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
@@ -88,12 +100,16 @@ class KafkaServer(Server):
     def prepare(self, java: str, lib: Path) -> None:
         self.make_dirs()
         s = self.settings
+        members = s.node_numbers
+        voters = ",".join(f"{max(n, 1)}@{s.node_host(n)}:{s.kafka_controller_port}" for n in members)
+        replicas = min(len(members), 3)
         (self.conf / "server.properties").write_text(render(
-            "kafka-server.properties", host=s.host, port=s.kafka_port, controller_port=s.kafka_controller_port,
-            data_dir=self.data))
+            "kafka-server.properties", host=self.host, port=s.kafka_port, controller_port=s.kafka_controller_port,
+            data_dir=self.data, node_id=max(self.node, 1), voters=voters, replicas=replicas,
+            min_isr=max(1, replicas - 1)))
         (self.conf / "log4j2.properties").write_text(render("kafka-log4j2.properties"))
         if not (self.data / "meta.properties").exists():
-            cluster_id = _cluster_id()
+            cluster_id = _cluster_id() if self.node == 0 else _shared_cluster_id(s.home / "kafka-cluster.id")
             cmd = [java, *self._jvm_opts(), "-cp", f"{lib}/*", "kafka.tools.StorageTool", "format",
                    "-t", cluster_id, "-c", str(self.conf / "server.properties"), "--ignore-formatted"]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.dir)
@@ -111,7 +127,7 @@ class KafkaServer(Server):
         # imported here so `rxcqrs services` works before kafka-python is importable (clear error)
         from kafka.admin import KafkaAdminClient
 
-        admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap, bootstrap_timeout_ms=3000,
+        admin = KafkaAdminClient(bootstrap_servers=self.address, bootstrap_timeout_ms=3000,
                                  request_timeout_ms=5000, client_id="rxcqrs-services-probe")
         try:
             admin.describe_cluster()
@@ -126,6 +142,18 @@ def _cluster_id() -> str:
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         if not cid.startswith("-"):
             return cid
+
+
+def _shared_cluster_id(path: Path) -> str:
+    """One id for every node of a cluster: the first node to format writes it, the others read it."""
+    from rxcqrs.services.jars import file_lock
+
+    with file_lock(path.with_suffix(".lock")):
+        if path.exists():
+            return path.read_text().strip()
+        cid = _cluster_id()
+        path.write_text(cid + "\n")
+        return cid
 
 
 def _kafka_version(log: Path, features: object) -> str:
@@ -171,19 +199,25 @@ class CassandraServer(Server):
     def ports(self) -> dict[str, int]:
         s = self.settings
         return {"cassandra_port": s.cassandra_port, "cassandra_storage_port": s.cassandra_storage_port,
-                "cassandra_jmx_port": s.cassandra_jmx_port}
+                "cassandra_jmx_port": self.jmx_port}
+
+    @property
+    def jmx_port(self) -> int:
+        """JMX listens on 127.0.0.1 only, so each node of a cluster takes the next port."""
+        return self.settings.cassandra_jmx_port + max(self.node - 1, 0)
 
     def prepare(self, java: str, lib: Path) -> None:
         self.make_dirs()
         s = self.settings
         (self.conf / "cassandra.yaml").write_text(render(
-            "cassandra.yaml", host=s.host, port=s.cassandra_port, storage_port=s.cassandra_storage_port,
-            data_dir=self.data))
+            "cassandra.yaml", host=self.host, port=s.cassandra_port, storage_port=s.cassandra_storage_port,
+            data_dir=self.data, seed=s.node_host(min(self.node, 1))))
         (self.conf / "logback.xml").write_text(render("cassandra-logback.xml"))
 
     def command(self, java: str, lib: Path) -> list[str]:
         s = self.settings
         heap = s.cassandra_heap
+        replicas = min(s.nodes, 3)
         jpms = [f"--add-exports={m}=ALL-UNNAMED" for m in self._JPMS_EXPORTS]
         jpms += [f"--add-opens={m}=ALL-UNNAMED" for m in self._JPMS_OPENS]
         jamm = sorted(lib.glob("jamm-*.jar"))
@@ -197,26 +231,47 @@ class CassandraServer(Server):
             "-Dio.netty.allocator.maxOrder=11", *jpms, *agent,
             f"-Dcassandra.config=file://{self.conf / 'cassandra.yaml'}", f"-Dcassandra.storagedir={self.data}",
             f"-Dcassandra.logdir={self.logs}", f"-Dlogback.configurationFile={self.conf / 'logback.xml'}",
-            "-Dcassandra-foreground=yes", f"-Dcassandra.jmx.local.port={s.cassandra_jmx_port}",
+            "-Dcassandra-foreground=yes", f"-Dcassandra.jmx.local.port={self.jmx_port}",
             f"-Djava.rmi.server.hostname={s.host}", "-Dcassandra.skip_wait_for_gossip_to_settle=0",
-            "-Dcassandra.ring_delay_ms=1000", "-Dcassandra.system_distributed.default_rf=1",
-            "-Dcassandra.system_traces.default_rf=1", "-Dcassandra.superuser_setup_delay_ms=0",
+            "-Dcassandra.ring_delay_ms=1000", f"-Dcassandra.system_distributed.default_rf={replicas}",
+            f"-Dcassandra.system_traces.default_rf={replicas}", f"-Dcassandra.system_auth.default_rf={replicas}",
+            "-Dcassandra.superuser_setup_delay_ms=0",
             f"-Djava.io.tmpdir={self.tmp}",
             "-cp", f"{self.conf}:{lib}/*", "org.apache.cassandra.service.CassandraDaemon",
         ]
 
     def probe(self) -> str:
-        from cassandra.cluster import Cluster
-        from cassandra.policies import RoundRobinPolicy
+        """This node's own answer (the query goes to this node only), and, on a cluster, its view of the
+        ring: the nodes that joined before it (they join in turn) and itself gossiping as NORMAL."""
+        return self._probe(ring=self.node)
 
-        cluster = Cluster([self.settings.host], port=self.settings.cassandra_port, connect_timeout=3,
-                          control_connection_timeout=3, protocol_version=5, load_balancing_policy=RoundRobinPolicy())
+    def probe_cluster(self) -> str:
+        return self._probe(ring=self.settings.nodes if self.node > 0 else 0)
+
+    def _probe(self, ring: int) -> str:
+        from cassandra.cluster import Cluster
+        from cassandra.policies import WhiteListRoundRobinPolicy
+
+        cluster = Cluster([self.host], port=self.settings.cassandra_port, connect_timeout=3,
+                          control_connection_timeout=3, protocol_version=5,
+                          load_balancing_policy=WhiteListRoundRobinPolicy([self.host]))
         try:
             session = cluster.connect()
             row = session.execute("SELECT release_version FROM system.local", timeout=5).one()
+            if ring:
+                self._check_ring(session, ring)
             return str(row.release_version)
         finally:
             cluster.shutdown()
+
+    def _check_ring(self, session: object, ring: int) -> None:
+        """Nodes 1..``ring`` are in this node's gossip with status NORMAL."""
+        rows = session.execute("SELECT address, status, status_with_port FROM system_views.gossip_info",  # type: ignore[attr-defined]
+                               timeout=5)
+        normal = {str(r.address) for r in rows if str(r.status_with_port or r.status or "").startswith("NORMAL")}
+        wanted = {self.settings.node_host(n) for n in range(1, ring + 1)}
+        if not wanted <= normal:
+            raise ServiceStartError(f"{self.label}: nodes not NORMAL in the ring yet: {sorted(wanted - normal)}")
 
 
 SERVERS: dict[str, type[Server]] = {"cassandra": CassandraServer, "kafka": KafkaServer}

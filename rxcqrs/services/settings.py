@@ -2,10 +2,15 @@
 
 One per-user home (``~/.cache/rxcqrs`` or ``$RXCQRS_HOME``) holds the jars, configs, data, logs and
 PID/state files, so every checkout and every notebook shares the same jars and the same running servers.
+
+``nodes=3`` (``RXCQRS_NODES``, ``rxcqrs services up --nodes 3``) makes each server a cluster: node n runs on
+127.0.0.n (the loopback address of ``host`` plus n - 1) with the same ports, so clients see the
+layout of a real cluster. Only Cassandra's JMX port differs per node (JMX binds 127.0.0.1 only).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,6 +57,8 @@ class ServicesSettings:
     kafka_start_timeout: float = 120.0
     cassandra_start_timeout: float = 240.0
     stop_timeout: float = 60.0
+    #: 1: one server of each kind; 3: a three-node Kafka and a three-node Cassandra on 127.0.0.1-3
+    nodes: int = 1
     #: a JDK 17 ``java`` binary; found automatically when ``None``
     java: str | None = None
 
@@ -63,6 +70,18 @@ class ServicesSettings:
                  self.cassandra_storage_port, self.cassandra_jmx_port]
         if len(set(ports)) != len(ports):
             raise ConfigError(f"the five service ports must differ, got {ports}")
+        nodes = self.nodes
+        if isinstance(nodes, str):
+            nodes = int(nodes) if nodes.strip().isdigit() else 0
+        if not isinstance(nodes, int) or not 1 <= nodes <= 9:
+            raise ConfigError(f"nodes must be a whole number from 1 to 9, got {self.nodes!r}")
+        object.__setattr__(self, "nodes", nodes)
+        if nodes > 1:
+            self.node_host(nodes)  # the addresses must exist
+            jmx = {self.cassandra_jmx_port + n for n in range(nodes)}
+            if jmx & set(ports[:-1]):
+                raise ConfigError(f"the Cassandra JMX ports of {nodes} nodes ({sorted(jmx)}) overlap the other "
+                                  f"service ports {ports[:-1]}; choose another RXCQRS_CASSANDRA_JMX_PORT")
         object.__setattr__(self, "home", Path(self.home).expanduser().resolve())
         if self.jars is not None:
             object.__setattr__(self, "jars", Path(self.jars).expanduser().resolve())
@@ -71,16 +90,44 @@ class ServicesSettings:
     def jar_cache(self) -> Path:
         return self.jars if self.jars is not None else self.home / "jars"
 
+    def node_host(self, node: int) -> str:
+        """The address of cluster node ``node`` (1-based); node 0 is the single server on ``host``."""
+        if node <= 1:
+            return self.host
+        try:
+            address = ipaddress.IPv4Address(self.host) + (node - 1)
+        except (ValueError, ipaddress.AddressValueError):
+            raise ConfigError(f"a cluster needs an IPv4 loopback host, got {self.host!r}") from None
+        if not address.is_loopback:
+            raise ConfigError(f"a {self.nodes}-node cluster needs loopback addresses up to {address}; "
+                              f"start from 127.0.0.1")
+        return str(address)
+
+    @property
+    def node_numbers(self) -> list[int]:
+        """0 for the single server, else 1..nodes (each a cluster member with its own directory)."""
+        return [0] if self.nodes == 1 else list(range(1, self.nodes + 1))
+
+    @property
+    def hosts(self) -> list[str]:
+        return [self.node_host(n) for n in self.node_numbers]
+
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.host}:{self.kafka_port}"
+        """Every broker, comma-separated (what ``--bootstrap-servers`` takes)."""
+        return ",".join(f"{host}:{self.kafka_port}" for host in self.hosts)
+
+    @property
+    def contact_points(self) -> str:
+        """Every Cassandra node, comma-separated (what ``--contact-points`` takes)."""
+        return ",".join(f"{host}:{self.cassandra_port}" for host in self.hosts)
 
     def with_(self, **changes: Any) -> "ServicesSettings":
         return replace(self, **changes)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "ServicesSettings":
-        """Read ``RXCQRS_HOME``, ``RXCQRS_JARS``, ``RXCQRS_KAFKA_PORT``, ``RXCQRS_CASSANDRA_PORT``, ... ."""
+        """Read ``RXCQRS_HOME``, ``RXCQRS_JARS``, ``RXCQRS_NODES``, ``RXCQRS_KAFKA_PORT``, ... ."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         if env.get("RXCQRS_HOME"):
@@ -94,6 +141,8 @@ class ServicesSettings:
             key = "RXCQRS_" + name.upper()
             if env.get(key):
                 values[name] = env[key]
+        if env.get("RXCQRS_NODES"):
+            values["nodes"] = env["RXCQRS_NODES"]
         for name in ("kafka_heap", "cassandra_heap"):
             key = "RXCQRS_" + name.upper()
             if env.get(key):

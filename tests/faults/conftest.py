@@ -25,7 +25,7 @@ import pytest
 from rxcqrs import services
 from rxcqrs.services import ServicesSettings
 from rxcqrs.services.process import ServerState, pid_alive
-from tests.helpers import free_ports
+from tests.helpers import free_port_run, free_ports
 
 COMMANDS = int(os.environ.get("RXCQRS_FAULTS_COMMANDS", "2000"))
 CARTS = int(os.environ.get("RXCQRS_FAULTS_CARTS", "40"))
@@ -44,9 +44,11 @@ class Servers:
                     "RXCQRS_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
                     "RXCQRS_CASSANDRA_PORT": str(settings.cassandra_port),
                     "RXCQRS_CASSANDRA_STORAGE_PORT": str(settings.cassandra_storage_port),
-                    "RXCQRS_CASSANDRA_JMX_PORT": str(settings.cassandra_jmx_port)}
+                    "RXCQRS_CASSANDRA_JMX_PORT": str(settings.cassandra_jmx_port),
+                    "RXCQRS_NODES": str(settings.nodes), "RXCQRS_CASSANDRA_HOSTS": ",".join(settings.hosts)}
 
     def pid(self, name: str) -> int:
+        """``name``: a server (``kafka``) or a node of a cluster (``kafka-2``)."""
         state = ServerState.load(self.settings.home / name / "server.json")
         assert state is not None and state.is_running(), f"{name} is not running"
         return state.pid
@@ -67,12 +69,14 @@ class Servers:
         assert not pid_alive(pid), f"{name} survived SIGKILL"
 
     def start(self, name: str) -> None:
+        """Start what is not running of ``name`` (``kafka``, ``cassandra``: every node of a cluster)."""
         services.up([name], self.settings)
 
     def session(self) -> Any:
         from rxcqrs.cassandra import CassandraSettings, connect
 
-        return connect(CassandraSettings(port=self.settings.cassandra_port, request_timeout=20.0))
+        return connect(CassandraSettings(contact_points=tuple(self.settings.hosts), port=self.settings.cassandra_port,
+                                         request_timeout=20.0))
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +87,23 @@ def fault_servers(services_settings: ServicesSettings, tmp_path_factory: pytest.
                                 cassandra_jmx_port=cj, cassandra_heap="768m", kafka_heap="384m")
     services.up(settings=settings)
     try:
+        yield Servers(settings)
+    finally:
+        services.down(settings=settings, wipe=True)
+
+
+@pytest.fixture(scope="session")
+def cluster_servers(services_settings: ServicesSettings, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[Servers]:
+    """Three Kafka and three Cassandra nodes on 127.0.0.1-3 (replication 3), own home and ports."""
+    hosts = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+    k, kc, c, cs = free_ports(4, hosts)
+    settings = ServicesSettings(home=tmp_path_factory.mktemp("cluster") / "home", jars=services_settings.jar_cache,
+                                nodes=3, kafka_port=k, kafka_controller_port=kc, cassandra_port=c,
+                                cassandra_storage_port=cs, cassandra_jmx_port=free_port_run(3, avoid=(k, kc, c, cs)),
+                                cassandra_heap="512m", kafka_heap="256m")
+    try:
+        services.up(settings=settings)
         yield Servers(settings)
     finally:
         services.down(settings=settings, wipe=True)

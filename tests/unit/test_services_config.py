@@ -58,3 +58,57 @@ def test_cli_reports_errors_on_stderr_with_exit_code_1(tmp_path: Path) -> None:
                          text=True, env=env, timeout=120)
     assert out.returncode == 1
     assert out.stderr.startswith("rxcqrs: error:") and "JDK 17" in out.stderr or "in use" in out.stderr
+
+
+def test_a_cluster_puts_node_n_on_127_0_0_n_with_the_same_ports() -> None:
+    settings = ServicesSettings.from_env({"RXCQRS_NODES": "3", "RXCQRS_KAFKA_PORT": "19092"})
+    assert settings.hosts == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+    assert settings.kafka_bootstrap == "127.0.0.1:19092,127.0.0.2:19092,127.0.0.3:19092"
+    assert settings.contact_points == "127.0.0.1:9042,127.0.0.2:9042,127.0.0.3:9042"
+    assert ServicesSettings().kafka_bootstrap == "127.0.0.1:9092"  # a single server is unchanged
+
+
+@pytest.mark.parametrize("nodes, message", [("0", "1 to 9"), ("three", "1 to 9"), (12, "1 to 9")])
+def test_a_bad_node_count_is_named(nodes: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ServicesSettings(nodes=nodes)  # type: ignore[arg-type]
+
+
+def test_a_cluster_needs_loopback_addresses() -> None:
+    with pytest.raises(ConfigError, match="loopback"):
+        ServicesSettings(nodes=3, host="127.255.255.254")
+    with pytest.raises(ConfigError, match="JMX"):
+        ServicesSettings(nodes=3, cassandra_jmx_port=6999, cassandra_storage_port=7000)
+
+
+def test_cluster_configs_name_every_voter_seed_and_replication(tmp_path: Path) -> None:
+    from rxcqrs.services.servers import CassandraServer, KafkaServer
+
+    settings = ServicesSettings(home=tmp_path, nodes=3, kafka_controller_port=19093)
+    kafka = KafkaServer(settings, 2)
+    (tmp_path / "kafka-cluster.id").write_text("already-formatted\n")
+    kafka.make_dirs()
+    (kafka.data / "meta.properties").write_text("")  # formatted: prepare writes configs only
+    kafka.prepare("java", tmp_path)
+    props = (kafka.conf / "server.properties").read_text()
+    assert "node.id=2\n" in props and "listeners=PLAINTEXT://127.0.0.2:9092,CONTROLLER://127.0.0.2:19093" in props
+    assert "controller.quorum.voters=1@127.0.0.1:19093,2@127.0.0.2:19093,3@127.0.0.3:19093" in props
+    assert "default.replication.factor=3" in props and "min.insync.replicas=2" in props
+    assert "offsets.topic.replication.factor=3" in props
+    assert kafka.dir == tmp_path / "kafka-2" and kafka.address == "127.0.0.2:9092"
+
+    cassandra = CassandraServer(settings, 3)
+    cassandra.prepare("java", tmp_path)
+    yaml = (cassandra.conf / "cassandra.yaml").read_text()
+    assert 'seeds: "127.0.0.1:7000"' in yaml and "listen_address: 127.0.0.3" in yaml
+    assert cassandra.ports["cassandra_jmx_port"] == 7201  # JMX binds 127.0.0.1 only: one port per node
+    assert "-Dcassandra.jmx.local.port=7201" in cassandra.command("java", tmp_path)
+
+    single = KafkaServer(ServicesSettings(home=tmp_path / "one"))
+    assert single.dir == tmp_path / "one" / "kafka" and single.label == "kafka"
+
+
+def test_services_nodes_flag_is_checked(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "rxcqrs.cli", "services", "up", "--nodes", "ten"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "RXCQRS_HOME": str(tmp_path)})
+    assert out.returncode == 2 and "--nodes: a node count from 1 to 9, got 'ten'" in out.stderr

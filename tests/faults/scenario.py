@@ -1,0 +1,141 @@
+"""What every fault scenario shares: a topic, group and keyspace of its own on the fault servers, the commands
+produced, the consumer started with the scenario's options, and the independent checks at the end: every cart
+against a fold of the topic itself, committed offsets equal to the end offsets, and the dead letters.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+import zlib
+from collections import defaultdict
+from typing import Any
+
+from rxcqrs.examples.shoppingcart.codec import command_codec
+from rxcqrs.examples.shoppingcart.domain import Cart, Command, fold
+from rxcqrs.examples.shoppingcart.generator import generate
+from rxcqrs.examples.shoppingcart.pipeline import publish_commands
+from rxcqrs.examples.shoppingcart.store import CartStore
+from rxcqrs.kafka import ProducerSettings, committed_offsets, create_topics, end_offsets
+from rxcqrs.kafka.admin import read_topic
+from rxcqrs.messages import OutgoingRecord
+from tests.faults.conftest import CARTS, COMMANDS, PARTITIONS, Consumer, Figures, Servers, names
+from tests.helpers import wait_until
+
+__all__ = ["Scenario", "fold_topic", "pause"]
+
+
+def pause(seconds: float) -> None:
+    """The length of a fault (how long a server stays frozen or down): part of the scenario, not a wait for
+    a condition."""
+    threading.Event().wait(seconds)
+
+
+class Scenario:
+    """One topic, group and keyspace on the fault servers; the commands produced; the checks at the end."""
+
+    def __init__(self, servers: Servers, name: str, idempotent: bool, poison_every: int = 0,
+                 published: float = 1.0) -> None:
+        """``published``: the share of the commands produced now; :meth:`publish_rest` produces the rest."""
+        self.servers = servers
+        self.name = name
+        self.idempotent = idempotent
+        self.topic, self.group, self.keyspace = names(name)
+        self.started = time.monotonic()
+        self.commands = generate(CARTS, COMMANDS, seed=zlib.crc32(name.encode()) % 1000)
+        create_topics({self.topic: PARTITIONS, self.topic + ".dlq": 1}, bootstrap_servers=servers.bootstrap)
+        self.poison = _poison(self.topic, len(self.commands) // poison_every) if poison_every else []
+        self._unpublished = int(len(self.commands) * published)
+        publish_commands(self.commands[:self._unpublished], self.topic, PARTITIONS,
+                         ProducerSettings(bootstrap_servers=servers.bootstrap), extra=self.poison)
+
+    def publish_rest(self) -> None:
+        """Produce the commands not produced yet (with acks=all: they are on a quorum of replicas)."""
+        publish_commands(self.commands[self._unpublished:], self.topic, PARTITIONS,
+                         ProducerSettings(bootstrap_servers=self.servers.bootstrap))
+        self._unpublished = len(self.commands)
+
+    def consumer(self, *args: str) -> Consumer:
+        mode = "--idempotent" if self.idempotent else "--no-idempotent"
+        replication = ["--replication", str(min(self.servers.settings.nodes, 3))]
+        # a window well below the topic's size, so commits (and redeliveries after a fault) come in steps
+        return Consumer.start(self.servers, self.topic, self.group, self.keyspace, "--create-schema", mode,
+                              "--drain-timeout", "10", "--window", "400", *replication, *args)
+
+    def committed(self) -> int:
+        return sum(o or 0 for o in committed_offsets(self.group, self.topic,
+                                                     bootstrap_servers=self.servers.bootstrap).values())
+
+    def wait_committed(self, fraction: float, consumer: Consumer, timeout: float = 300) -> None:
+        target = int((len(self.commands) + len(self.poison)) * fraction)
+        wait_until(lambda: self.committed() >= target or consumer.proc.poll() is not None, timeout,
+                   f"{target} records committed")
+        assert consumer.proc.poll() is None, f"the consumer ended early:\n{consumer.output[-3000:]}"
+
+    def finish(self, consumer: Consumer, timeout: float = 600) -> None:
+        code = consumer.wait(timeout)
+        assert code == 0, f"exit {code}:\n{consumer.output[-4000:]}"
+
+    def verify(self, **extra: Any) -> Figures:
+        ends = end_offsets(self.topic, bootstrap_servers=self.servers.bootstrap)
+        assert committed_offsets(self.group, self.topic, bootstrap_servers=self.servers.bootstrap) == ends
+        figures = Figures(self.name, "idempotent" if self.idempotent else "rebuild", commands=len(self.commands),
+                          extra=extra)
+        session = self.servers.session()
+        try:
+            store = CartStore(session, self.keyspace, idempotent=self.idempotent)
+            figures.duplicates = sum(1 for _ in store.log.duplicates(session))
+            figures.unknown_outcomes = sum(1 for _ in store.log.unknown_outcomes(session))
+            before = dict(store.all_carts())
+            if not self.idempotent or figures.unknown_outcomes:
+                figures.compensations = store.rebuilder().run().rewritten
+            actual = dict(store.all_carts())
+        finally:
+            session.cluster.shutdown()
+        expected = {cid: cart for cid, cart in fold_topic(self.servers.bootstrap, self.topic).items()
+                    if cart is not None}
+        wrong = sorted(str(c) for c in set(expected) | set(actual) if expected.get(c) != actual.get(c))
+        figures.carts_exact = f"{len(expected) - len(wrong)}/{len(expected)}"
+        figures.dead_letters = sum(end_offsets(self.topic + ".dlq", bootstrap_servers=self.servers.bootstrap).values())
+        figures.seconds = round(time.monotonic() - self.started, 1)
+        if self.idempotent:
+            figures.extra["exact_before_compensation"] = before == expected
+        figures.save()
+        assert not wrong, f"{len(wrong)} carts differ from the fold of the topic, e.g. {wrong[:3]}"
+        assert figures.dead_letters == len(self.poison)
+        if self.idempotent and not figures.unknown_outcomes:
+            assert before == expected, "idempotent commands must be exact without any repair"
+        return figures
+
+
+def _poison(topic: str, count: int) -> list[OutgoingRecord]:
+    codec = command_codec()
+    out = []
+    for i in range(count):
+        kind = i % 3
+        if kind == 0:
+            value, key = b"\x00\xffnot avro", str(uuid.uuid4()).encode()
+        elif kind == 1:
+            valid = codec.encode(Command("SetOwner", uuid.uuid4(), uuid.uuid4(), None))
+            value = valid.replace(b"SetOwner", b"Teleport")  # an action the contract does not know
+            key = str(uuid.uuid4()).encode()
+        else:
+            value, key = codec.encode(Command("SetOwner", uuid.uuid4(), uuid.uuid4(), None)), b"not-a-uuid"
+        out.append(OutgoingRecord(value, key, topic, partition=i % PARTITIONS))
+    return out
+
+
+def fold_topic(bootstrap: str, topic: str) -> dict[uuid.UUID, Cart | None]:
+    """The state every cart must end in, from the topic itself: its records decoded and folded per cart in
+    partition order (a cart's commands share a partition); records that do not decode are skipped."""
+    codec = command_codec()
+    per_cart: dict[uuid.UUID, list[Command]] = defaultdict(list)
+    for record in read_topic(topic, bootstrap_servers=bootstrap):
+        try:
+            uuid.UUID(record.key.decode())
+            cmd = codec.decode(record.value)
+        except Exception:
+            continue
+        per_cart[cmd.cart_id].append(cmd)
+    return {cid: fold(cmds) for cid, cmds in per_cart.items()}
