@@ -5,14 +5,16 @@ PY     := $(VENV)/bin/python
 RXCQRS := $(VENV)/bin/rxcqrs
 PYTEST_ARGS ?=
 
-.PHONY: help install services services-down services-status demo test unit integration contract faults notebooks lint typecheck bench clean
+.PHONY: help install services services-down services-status demo test unit integration contract faults faults-cluster notebooks bench-cluster lint typecheck bench clean
 
 help:
 	@echo "make demo     - set up everything, start Kafka + Cassandra, run the main job"
 	@echo "make test     - set up everything, start the servers, run unit + integration tests + notebooks"
 	@echo "make unit     - fast tests on in-memory fakes only (no servers)"
 	@echo "make faults   - the fault suite at full size (its own server pair; SIGKILL, SIGSTOP, restarts)"
+	@echo "make faults-cluster - node loss on a 3-node Kafka + Cassandra of its own (replication 3)"
 	@echo "make bench    - benchmarks side by side, state verified (figures in build/bench.json, not assertions)"
+	@echo "make bench-cluster - 1, 2 and 3 consumer processes on a 3-node cluster of its own (replication 3)"
 	@echo "make services-down - stop the servers (add WIPE=1 to delete their data)"
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -37,7 +39,7 @@ demo: services
 	$(RXCQRS) demo
 
 test: services
-	$(PY) -m pytest --nbmake --nbmake-timeout=900 tests notebooks $(PYTEST_ARGS)
+	$(PY) -m pytest --nbmake --nbmake-timeout=900 -m "not long_cluster" tests notebooks $(PYTEST_ARGS)
 
 unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -51,6 +53,10 @@ contract: services
 faults: services
 	RXCQRS_FAULTS_COMMANDS=20000 RXCQRS_FAULTS_CARTS=200 $(PY) -m pytest tests/faults -m faults $(PYTEST_ARGS)
 
+faults-cluster: install
+	$(RXCQRS) services fetch
+	RXCQRS_FAULTS_COMMANDS=20000 RXCQRS_FAULTS_CARTS=200 $(PY) -m pytest tests/faults -m cluster $(PYTEST_ARGS)
+
 notebooks: services
 	$(PY) -m pytest --nbmake notebooks $(PYTEST_ARGS)
 
@@ -63,6 +69,18 @@ typecheck: install
 bench: services
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+# a 3-node cluster beside the single-node servers: its own home and ports, nodes on 127.0.0.1-3
+CLUSTER_ENV = RXCQRS_HOME=$(HOME)/.cache/rxcqrs/cluster RXCQRS_NODES=3 RXCQRS_KAFKA_PORT=19092 \
+	RXCQRS_KAFKA_CONTROLLER_PORT=19093 RXCQRS_CASSANDRA_PORT=19042 RXCQRS_CASSANDRA_STORAGE_PORT=17000 \
+	RXCQRS_CASSANDRA_JMX_PORT=17199 RXCQRS_KAFKA_BOOTSTRAP=127.0.0.1:19092,127.0.0.2:19092,127.0.0.3:19092 \
+	RXCQRS_CASSANDRA_HOSTS=127.0.0.1,127.0.0.2,127.0.0.3
+
+bench-cluster: install
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(CLUSTER_ENV) $(RXCQRS) services up
+	$(CLUSTER_ENV) $(PY) -m benchmarks --only scale --processes 1 2 3 --replication 3 \
+		--json build/bench-cluster.json $(BENCH_ARGS); rc=$$?; $(CLUSTER_ENV) $(RXCQRS) services down; exit $$rc
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

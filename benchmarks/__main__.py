@@ -3,7 +3,8 @@ each final state verified (figures, not assertions). Prints one table and writes
 
 Sections (``--only`` picks some): cart (rxcqrs batched / parallel / serial / parallel without idempotence,
 a hand-written cart-batched loop, a hand-written per-command loop, a naive loop), carts (rate as commands
-per cart fall), sustained (200,000 commands, memory slope), two (two consumer processes against one),
+per cart fall), sustained (200,000 commands, memory slope), scale (1..N consumer processes in one group;
+``make bench-cluster`` runs it with 1, 2, 3 on a 3-node cluster, replication 3),
 ceiling (Cassandra alone), insert (decode -> INSERT), kafka (Kafka -> Kafka per backend).
 """
 
@@ -19,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("cart", "carts", "sustained", "two", "ceiling", "insert", "kafka")
+SECTIONS = ("cart", "carts", "sustained", "scale", "ceiling", "insert", "kafka")
 ROWS: list[dict[str, Any]] = []
 
 
@@ -105,27 +106,32 @@ def sustained(session: Any, commands: int) -> None:
         rss_mib=round(sampler.samples[-1][1], 1) if sampler.samples else None, verified=c.verify(session, ks, topic))
 
 
-def two(session: Any, commands: int) -> None:
-    """One consumer process against two in one group (separate keyspaces), the whole topic each time."""
+def scale(session: Any, commands: int, processes: tuple[int, ...], replication: int) -> None:
+    """1..N consumer processes in one group (a keyspace each time), the whole topic each time; CPU is the
+    consumer processes' own (user + system), per record. The servers share the same cores."""
+    import resource
+
     from benchmarks import cart as c
     from rxcqrs.kafka import committed_offsets, end_offsets
 
-    topic = produce(200, commands)
+    topic = produce(200, commands, partitions=12)
     ends = end_offsets(topic)
-    for processes in (1, 2):
+    for count in processes:
         ks, group = c.keyspace("procs"), f"g.procs.{uuid.uuid4().hex[:6]}"
         args = [sys.executable, "-m", "rxcqrs.examples.shoppingcart", "consume", "--topic", topic, "--group", group,
-                "--keyspace", ks, "--create-schema", "--progress-every", "60"]
+                "--keyspace", ks, "--create-schema", "--replication", str(replication), "--progress-every", "60",
+                "--stop-when-idle", "3"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                 for _ in range(processes)]
+        procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(count)]
         c._wait(lambda g=group: committed_offsets(g, topic) == ends, 1800)
         took = time.perf_counter() - started
         for p in procs:
-            p.terminate()
-            p.wait(60)
-        row("two", f"{processes} consumer process(es), batched", commands / took,
-            verified=c.verify(session, ks, topic))
+            p.wait(120)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        row("scale", f"{count} consumer process(es), batched", commands / took,
+            cpu_us=round(cpu / commands * 1e6, 1), replication=replication, verified=c.verify(session, ks, topic))
 
 
 def ceiling(session: Any) -> None:
@@ -172,6 +178,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the cart section")
     parser.add_argument("--commands", type=int, default=20_000)
     parser.add_argument("--sustained", type=int, default=200_000, help="commands of the sustained run")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="consumer processes of scale")
+    parser.add_argument("--replication", type=int, default=1, help="replication of the keyspaces scale creates")
     parser.add_argument("--json", default="build/bench.json")
     args = parser.parse_args()
     import logging
@@ -190,8 +198,8 @@ def main() -> int:
                 carts(session, args.commands)
             elif section == "sustained":
                 sustained(session, args.sustained)
-            elif section == "two":
-                two(session, args.commands)
+            elif section == "scale":
+                scale(session, args.commands, tuple(args.processes), args.replication)
             elif section == "ceiling":
                 ceiling(session)
             elif section == "insert":

@@ -15,9 +15,9 @@
     password = "..."                      # masked in every repr and error
 
 Environment: ``RXCQRS_KAFKA_BOOTSTRAP``, ``RXCQRS_KAFKA_BACKEND``, ``RXCQRS_CASSANDRA_HOSTS``,
-``RXCQRS_CASSANDRA_PORT``, ``RXCQRS_CASSANDRA_CONSISTENCY``, ``RXCQRS_CASSANDRA_SERIAL_CONSISTENCY``. Flags:
-``--bootstrap-servers``, ``--kafka-backend``, ``--contact-points``, ``--consistency``,
-``--serial-consistency``.
+``RXCQRS_CASSANDRA_PORT``, ``RXCQRS_CASSANDRA_LOCAL_DC``, ``RXCQRS_CASSANDRA_CONSISTENCY``,
+``RXCQRS_CASSANDRA_SERIAL_CONSISTENCY``. Flags: ``--bootstrap-servers``, ``--kafka-backend``,
+``--contact-points``, ``--local-dc``, ``--consistency``, ``--serial-consistency``.
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def load_config(path: str | None = None, *, bootstrap_servers: str | None = None, kafka_backend: str | None = None,
                 contact_points: str | None = None, consistency: str | None = None,
-                serial_consistency: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+                serial_consistency: str | None = None, local_dc: str | None = None,
+                environ: Mapping[str, str] | None = None) -> Config:
     """The file (``path`` or ``$RXCQRS_CONFIG``), then the environment, then these explicit values."""
     env = os.environ if environ is None else environ
     file = path or env.get("RXCQRS_CONFIG")
@@ -154,6 +155,9 @@ def load_config(path: str | None = None, *, bootstrap_servers: str | None = None
                         ("serial_consistency", serial_consistency or env.get("RXCQRS_CASSANDRA_SERIAL_CONSISTENCY"))):
         if value:
             cassandra[name] = value.upper()
+    dc = local_dc or env.get("RXCQRS_CASSANDRA_LOCAL_DC")
+    if dc:
+        cassandra["local_dc"] = dc
     if backend is not None and backend not in ("kafka-python", "confluent"):
         raise ConfigError(f"the Kafka backend must be kafka-python or confluent, got {backend!r}")
     return Config(bootstrap, backend, kafka, hosts, port, cassandra, source=file or "defaults")

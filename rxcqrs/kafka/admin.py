@@ -1,14 +1,20 @@
-"""Topic helpers over ``KafkaAdminClient`` (create with partitions, wait until usable, delete)."""
+"""Topic helpers over ``KafkaAdminClient`` (create with partitions, wait until usable, delete) and the reads
+that checks and tools need (committed and end offsets, a whole topic).
+
+On a cluster a broker may be gone: kafka-python then fails a metadata request sent to it instead of asking
+another, so each read here is retried on a retriable error (another node is tried) until ``RETRY_FOR``.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import time
+from typing import Any, Callable, Iterable, TypeVar
 
 from rxcqrs.exceptions import ConfigError, FlowError
 from rxcqrs.kafka.settings import default_bootstrap
 
 __all__ = ["create_topics", "delete_topics", "admin_client", "committed_offsets", "end_offsets", "group_size",
-           "topic_partitions", "read_topic"]
+           "partition_leaders", "topic_partitions", "read_topic"]
 
 
 def admin_client(bootstrap_servers: str | None = None, **options: Any) -> Any:
@@ -60,6 +66,27 @@ def delete_topics(names: Iterable[str], *, bootstrap_servers: str | None = None)
         admin.close()
 
 
+RETRY_FOR = 60.0  # seconds: covers a broker's session timeout, after which the cluster stops listing it
+T = TypeVar("T")
+
+
+def _retrying(read: Callable[[], T], deadline: float | None = None) -> T:
+    """``read()``, again after a retriable client error (a dead broker, no leader yet) until the deadline."""
+    from kafka.errors import KafkaError, UnknownTopicOrPartitionError
+
+    until = deadline if deadline is not None else time.monotonic() + RETRY_FOR
+    delay = 0.1
+    while True:
+        try:
+            return read()
+        except KafkaError as exc:
+            transient = exc.retriable and not isinstance(exc, UnknownTopicOrPartitionError)
+            if not transient or time.monotonic() + delay > until:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
 def _reader(servers: str, group_id: str | None = None) -> Any:
     from kafka import KafkaConsumer
 
@@ -71,45 +98,57 @@ def committed_offsets(group_id: str, topic: str, *, bootstrap_servers: str | Non
     """What ``group_id`` committed for each partition of ``topic`` (read by a consumer that never joins)."""
     from kafka import TopicPartition
 
-    reader = _reader(bootstrap_servers or default_bootstrap(), group_id)
-    try:
-        partitions = reader.partitions_for_topic(topic) or set()
-        return {p: reader.committed(TopicPartition(topic, p)) for p in sorted(partitions)}
-    finally:
-        reader.close()
+    def read() -> dict[int, int | None]:
+        reader = _reader(bootstrap_servers or default_bootstrap(), group_id)
+        try:
+            partitions = reader.partitions_for_topic(topic) or set()
+            return {p: reader.committed(TopicPartition(topic, p)) for p in sorted(partitions)}
+        finally:
+            reader.close()
+
+    return _retrying(read)
 
 
 def end_offsets(topic: str, *, bootstrap_servers: str | None = None) -> dict[int, int]:
     """The end offset (next offset to be written) of each partition of ``topic``; {} if it does not exist."""
     from kafka import TopicPartition
 
-    reader = _reader(bootstrap_servers or default_bootstrap())
-    try:
-        partitions = sorted(reader.partitions_for_topic(topic) or set())
-        ends = reader.end_offsets([TopicPartition(topic, p) for p in partitions], timeout_ms=10_000)
-        return {tp.partition: offset for tp, offset in ends.items()}
-    finally:
-        reader.close()
+    def read() -> dict[int, int]:
+        reader = _reader(bootstrap_servers or default_bootstrap())
+        try:
+            partitions = sorted(reader.partitions_for_topic(topic) or set())
+            ends = reader.end_offsets([TopicPartition(topic, p) for p in partitions], timeout_ms=10_000)
+            return {tp.partition: offset for tp, offset in ends.items()}
+        finally:
+            reader.close()
+
+    return _retrying(read)
 
 
 def group_size(group_id: str, *, bootstrap_servers: str | None = None, **options: Any) -> int:
     """How many members the consumer group has now."""
-    admin = admin_client(bootstrap_servers, **options)
-    try:
-        groups = admin.describe_consumer_groups([group_id])
-        return len(groups[0].members) if groups else 0
-    finally:
-        admin.close()
+    def read() -> int:
+        admin = admin_client(bootstrap_servers, **options)
+        try:
+            groups = admin.describe_consumer_groups([group_id])
+            return len(groups[0].members) if groups else 0
+        finally:
+            admin.close()
+
+    return _retrying(read)
 
 
 def topic_partitions(topic: str, *, bootstrap_servers: str | None = None, **options: Any) -> int | None:
     """How many partitions ``topic`` has, once every partition has a leader; ``None`` if it does not exist
     (or is not ready yet). A metadata request that never creates the topic."""
-    admin = admin_client(bootstrap_servers, **options)
-    try:
-        found = admin.describe_topics([topic])
-    finally:
-        admin.close()
+    def read() -> Any:
+        admin = admin_client(bootstrap_servers, **options)
+        try:
+            return admin.describe_topics([topic])
+        finally:
+            admin.close()
+
+    found = _retrying(read)
     if not found or found[0].get("error_code") or not found[0].get("partitions"):
         return None
     partitions = found[0]["partitions"]
@@ -118,27 +157,44 @@ def topic_partitions(topic: str, *, bootstrap_servers: str | None = None, **opti
     return len(partitions)
 
 
+def partition_leaders(topic: str, *, bootstrap_servers: str | None = None) -> dict[int, int]:
+    """The broker (node id) leading each partition of ``topic`` (-1: none right now); {} if it does not exist."""
+    def read() -> Any:
+        admin = admin_client(bootstrap_servers)
+        try:
+            return admin.describe_topics([topic])
+        finally:
+            admin.close()
+
+    found = _retrying(read)
+    if not found or found[0].get("error_code"):
+        return {}
+    return {p["partition_index"]: p.get("leader_id", -1) for p in found[0]["partitions"]}
+
+
 def read_topic(topic: str, *, bootstrap_servers: str | None = None, limits: dict[int, int] | None = None,
                timeout: float = 120.0) -> list[Any]:
     """Every record of ``topic`` (below ``limits[partition]``, if given), in partition and offset order, read
     by a consumer outside any group: for checks and tools, not for flows."""
-    import time
-
     from kafka import TopicPartition
 
-    reader = _reader(bootstrap_servers or default_bootstrap())
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
-        reader.assign(tps)
-        reader.seek_to_beginning(*tps)
-        ends = reader.end_offsets(tps) if limits is None else {tp: limits.get(tp.partition, 0) for tp in tps}
-        records: list[Any] = []
-        deadline = time.monotonic() + timeout
-        while any(reader.position(tp) < ends[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise FlowError(f"reading {topic} did not reach its end offsets within {timeout:g}s")
-            for recs in reader.poll(timeout_ms=500).values():
-                records += [r for r in recs if r.offset < ends[TopicPartition(r.topic, r.partition)]]
-        return sorted(records, key=lambda r: (r.partition, r.offset))
-    finally:
-        reader.close()
+    deadline = time.monotonic() + timeout
+
+    def read() -> list[Any]:
+        reader = _reader(bootstrap_servers or default_bootstrap())
+        try:
+            tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
+            reader.assign(tps)
+            reader.seek_to_beginning(*tps)
+            ends = reader.end_offsets(tps) if limits is None else {tp: limits.get(tp.partition, 0) for tp in tps}
+            records: list[Any] = []
+            while any(reader.position(tp) < ends[tp] for tp in tps):
+                if time.monotonic() > deadline:
+                    raise FlowError(f"reading {topic} did not reach its end offsets within {timeout:g}s")
+                for recs in reader.poll(timeout_ms=500).values():
+                    records += [r for r in recs if r.offset < ends[TopicPartition(r.topic, r.partition)]]
+            return sorted(records, key=lambda r: (r.partition, r.offset))
+        finally:
+            reader.close()
+
+    return _retrying(read, deadline)

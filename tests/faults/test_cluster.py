@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from rxcqrs.kafka.admin import admin_client
+from rxcqrs.kafka.admin import partition_leaders
 from tests.faults.conftest import Servers
 from tests.faults.scenario import Scenario
 
@@ -30,12 +30,7 @@ def cluster(cluster_servers: Servers) -> Iterator[Servers]:
 
 def leader_of(servers: Servers, topic: str, partition: int) -> int:
     """The node id (= node number) leading ``topic``'s ``partition``, as the brokers report it."""
-    admin = admin_client(servers.bootstrap)
-    try:
-        described = admin.describe_topics([topic])
-    finally:
-        admin.close()
-    return next(p["leader"] for p in described[0]["partitions"] if p["partition"] == partition)
+    return partition_leaders(topic, bootstrap_servers=servers.bootstrap)[partition]
 
 
 def summary(output: str) -> str:
@@ -58,6 +53,7 @@ def test_a_cassandra_node_killed_mid_run_and_back(cluster: Servers) -> None:
     assert figures.unknown_outcomes == 0 and figures.extra["exact_before_compensation"], figures
 
 
+@pytest.mark.long_cluster
 def test_the_kafka_partition_leader_killed_mid_run_and_back(cluster: Servers) -> None:
     run = Scenario(cluster, "kleader", idempotent=True, published=0.5)
     consumer = run.consumer("--stop-when-idle", "15")

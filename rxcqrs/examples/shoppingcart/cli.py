@@ -268,6 +268,9 @@ def common_options() -> argparse.ArgumentParser:
                         help="Kafka (default $RXCQRS_KAFKA_BOOTSTRAP or 127.0.0.1:9092)")
     common.add_argument("--kafka-backend", choices=["kafka-python", "confluent"], default=argparse.SUPPRESS,
                         help="the Kafka client (default $RXCQRS_KAFKA_BACKEND or kafka-python)")
+    common.add_argument("--local-dc", default=argparse.SUPPRESS, metavar="NAME",
+                        help="Cassandra data center whose nodes serve requests (LOCAL_* levels count its replicas; "
+                             "default $RXCQRS_CASSANDRA_LOCAL_DC or datacenter1)")
     common.add_argument("--consistency", default=argparse.SUPPRESS, metavar="LEVEL",
                         help="Cassandra consistency of reads and writes (default LOCAL_QUORUM)")
     common.add_argument("--serial-consistency", default=argparse.SUPPRESS, choices=["SERIAL", "LOCAL_SERIAL"],
@@ -354,7 +357,8 @@ def execute(args: argparse.Namespace, prog: str) -> int:
                                   kafka_backend=getattr(args, "kafka_backend", None),
                                   contact_points=getattr(args, "contact_points", None),
                                   consistency=getattr(args, "consistency", None),
-                                  serial_consistency=getattr(args, "serial_consistency", None))
+                                  serial_consistency=getattr(args, "serial_consistency", None),
+                                  local_dc=getattr(args, "local_dc", None))
         return int(args.run(args))
     except RxCqrsError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)

@@ -1,0 +1,63 @@
+"""Connection settings from the file, the environment and the flags, in rising order (no servers needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rxcqrs.config import load_config
+from rxcqrs.exceptions import ConfigError
+
+TOML = """
+[kafka]
+bootstrap_servers = "file1:9092,file2:9092"
+backend = "confluent"
+security_protocol = "SASL_SSL"
+[cassandra]
+contact_points = "10.0.0.1,10.0.0.2:9142"
+local_dc = "file-dc"
+consistency = "QUORUM"
+serial_consistency = "SERIAL"
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> str:
+    path = tmp_path / "rxcqrs.toml"
+    path.write_text(TOML)
+    return str(path)
+
+
+def test_the_file_alone_reaches_both_clients(config_file: str) -> None:
+    config = load_config(config_file, environ={})
+    cassandra = config.cassandra()
+    assert (tuple(cassandra.contact_points), cassandra.port) == (("10.0.0.1", "10.0.0.2"), 9142)
+    assert (cassandra.local_dc, cassandra.consistency, cassandra.serial_consistency) == ("file-dc", "QUORUM", "SERIAL")
+    assert config.kafka_bootstrap == "file1:9092,file2:9092" and config.kafka_backend == "confluent"
+    assert config.kafka_options == {"security_protocol": "SASL_SSL"}
+
+
+def test_the_environment_beats_the_file_and_the_flags_beat_both(config_file: str) -> None:
+    env = {"RXCQRS_CASSANDRA_LOCAL_DC": "env-dc", "RXCQRS_CASSANDRA_CONSISTENCY": "local_one",
+           "RXCQRS_CASSANDRA_HOSTS": "10.1.1.1", "RXCQRS_KAFKA_BOOTSTRAP": "env:9092"}
+    from_env = load_config(config_file, environ=env).cassandra()
+    assert (from_env.local_dc, from_env.consistency, from_env.serial_consistency) == ("env-dc", "LOCAL_ONE", "SERIAL")
+    assert tuple(from_env.contact_points) == ("10.1.1.1",)
+    flags = load_config(config_file, environ=env, local_dc="flag-dc", consistency="each_quorum",
+                        serial_consistency="local_serial", bootstrap_servers="flag:9092")
+    cassandra = flags.cassandra()
+    assert (cassandra.local_dc, cassandra.consistency, cassandra.serial_consistency) == \
+        ("flag-dc", "EACH_QUORUM", "LOCAL_SERIAL")
+    assert flags.kafka_bootstrap == "flag:9092"
+
+
+def test_defaults_are_right_on_a_cluster() -> None:
+    cassandra = load_config(environ={}).cassandra()
+    assert (cassandra.local_dc, cassandra.consistency, cassandra.serial_consistency) == \
+        ("datacenter1", "LOCAL_QUORUM", "LOCAL_SERIAL")
+
+
+def test_a_bad_level_names_what_is_allowed() -> None:
+    with pytest.raises(ConfigError, match="consistency must be one of"):
+        load_config(environ={}, consistency="MOST").cassandra()
