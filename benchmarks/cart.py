@@ -25,9 +25,10 @@ from rxcqrs.cassandra.aggregate import Stored
 from rxcqrs.examples.shoppingcart.codec import command_codec
 from rxcqrs.examples.shoppingcart.domain import Command, Rejected, apply, fold
 from rxcqrs.examples.shoppingcart.store import CartStore, event_payload
+from rxcqrs.kafka.settings import default_bootstrap
 from rxcqrs.messages import RecordMetadata
 
-BOOTSTRAP = "127.0.0.1:9092"
+BOOTSTRAP = default_bootstrap()  # $RXCQRS_KAFKA_BOOTSTRAP: the same servers as every other contender
 
 
 def keyspace(name: str) -> str:

@@ -77,6 +77,11 @@ def test_unreachable_servers_say_what_to_do() -> None:
     assert "cannot connect to Cassandra at 127.0.0.1:1" in cassandra and "rxcqrs services up" in cassandra
 
 
+def test_an_unknown_local_data_center_is_named_with_the_ones_there_are(servers: object) -> None:
+    line = one_line_error(rxcqrs("cart", "show", "--local-dc", "dc-nowhere"))
+    assert "'dc-nowhere'" in line and "datacenter1" in line and "--local-dc" in line
+
+
 def test_a_missing_topic_ends_the_consumer_with_one_line(servers: object, keyspace: str) -> None:
     topic = f"missing.{uuid.uuid4().hex}"
     line = one_line_error(rxcqrs("cart", "consume", "--topic", topic, "--keyspace", keyspace, "--create-schema",
