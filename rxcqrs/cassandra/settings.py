@@ -111,18 +111,24 @@ def connect(settings: CassandraSettings | None = None) -> Any:
     try:
         session = cluster.connect(s.keyspace)
     except Exception as exc:
+        _check_local_dc(cluster, s)
         cluster.shutdown()
         raise StageError(f"cannot connect to Cassandra at {','.join(s.contact_points)}:{s.port}"
                          f"{' keyspace ' + s.keyspace if s.keyspace else ''}: {_short(exc)}; is it running? "
                          "(`rxcqrs services up` starts a local one)") from exc
+    _check_local_dc(cluster, s)
+    session.default_fetch_size = s.fetch_size
+    return session
+
+
+def _check_local_dc(cluster: Any, s: CassandraSettings) -> None:
+    """A local data center the cluster does not have sends no request anywhere: say so (and shut down)."""
     centers = {host.datacenter for host in cluster.metadata.all_hosts() if host.datacenter}
     if centers and s.local_dc not in centers:
         cluster.shutdown()
         raise ConfigError(f"Cassandra at {','.join(s.contact_points)}:{s.port} has no node in the local data center "
                           f"{s.local_dc!r} (its data centers: {', '.join(sorted(centers))}); set --local-dc, "
                           "$RXCQRS_CASSANDRA_LOCAL_DC or [cassandra] local_dc")
-    session.default_fetch_size = s.fetch_size
-    return session
 
 
 def _short(error: BaseException) -> str:
