@@ -17,8 +17,10 @@ def _services(args: argparse.Namespace) -> int:
     names = args.names or None
     say = (lambda _m: None) if args.quiet else (lambda m: print(m, flush=True))
     if args.action == "up":
-        for line in services.up(names, settings, say=say):
-            print(("reused  " if line.reused else "started ") + line.describe(), flush=True)
+        lines = services.up(names, settings, say=say)
+        width = max(len(line.name) for line in lines)
+        for line in lines:
+            print(("reused  " if line.reused else "started ") + line.describe(width), flush=True)
         if settings.nodes > 1:
             print(f"cluster of {settings.nodes}: --bootstrap-servers {settings.kafka_bootstrap} "
                   f"--contact-points {settings.contact_points} --replication {min(settings.nodes, 3)}")
@@ -31,8 +33,9 @@ def _services(args: argparse.Namespace) -> int:
         print(f"jars cached under {settings.jar_cache}")
         return 0
     states = services.status(names, settings)
+    width = max((len(s.name) for s in states), default=9)
     for line in states:
-        print(line.describe())
+        print(line.describe(width))
     return 0 if all(s.running and s.healthy for s in states) else 3
 
 

@@ -41,12 +41,13 @@ class ServerStatus:
     reused: bool = False
     host: str = "127.0.0.1"
 
-    def describe(self) -> str:
+    def describe(self, width: int = 9) -> str:
+        """One line; ``width``: the name column (the longest name of a listing, ``cassandra-3`` on a cluster)."""
         ports = ", ".join(f"{p}" for p in self.ports.values())
         if not self.running:
-            return f"{self.name:<11} stopped   ({self.detail})"
+            return f"{self.name:<{width}} stopped   ({self.detail})"
         state = "running" if self.healthy else "UNHEALTHY"
-        return (f"{self.name:<11} {state:<9} pid {self.pid}, {self.host} ports {ports}, version {self.version} "
+        return (f"{self.name:<{width}} {state:<9} pid {self.pid}, {self.host} ports {ports}, version {self.version} "
                 f"({self.detail})")
 
 
