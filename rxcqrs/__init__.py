@@ -15,6 +15,37 @@ from rxcqrs.messages import Envelope, OutgoingRecord, RecordMetadata, TopicParti
 from rxcqrs.metrics import Metrics
 from rxcqrs.quick import Table, cqrs, publish
 
+#: the rest of the public API, importable from here too (``from rxcqrs import KafkaSource, connect``);
+#: loaded on first use, so ``import rxcqrs`` does not import the Kafka and Cassandra clients
+_LAZY = {
+    "rxcqrs.kafka": ("KafkaSource", "KafkaSink", "Committer", "ConsumerSettings", "ProducerSettings",
+                     "SourceSettings", "create_topics", "delete_topics", "committed_offsets", "end_offsets"),
+    "rxcqrs.cassandra": ("Aggregate", "AggregateSink", "CassandraQuery", "CassandraRetrySink", "CassandraSettings",
+                         "CassandraSink", "Compensator", "EventLog", "Rebuilder", "cassandra_conditional", "connect",
+                         "create_keyspace", "create_table", "prepare"),
+    "rxcqrs.operators": ("AckAll", "DeadLetters", "branch", "broadcast", "decode", "filter_value", "map_async",
+                         "map_envelope", "map_value", "route_either", "tap"),
+    "rxcqrs.avro": ("AvroCodec",),
+    "rxcqrs.config": ("load_config",),
+    "rxcqrs.supervisor": ("supervise",),
+}
+_HOME = {name: module for module, names in _LAZY.items() for name in names}
+
 __all__ = ["Backoff", "CommitGate", "Envelope", "Flow", "Metrics", "OutgoingRecord", "RecordMetadata",
-           "RxCqrsError", "Table", "Ticket", "TopicPartition", "cqrs", "publish", "run"]
+           "RxCqrsError", "Table", "Ticket", "TopicPartition", "cqrs", "publish", "run", *_HOME]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rxcqrs' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))
