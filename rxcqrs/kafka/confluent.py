@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from rxcqrs.exceptions import CommitError, DeliveryError, FlowError
 from rxcqrs.kafka.client import Delivered, RebalanceHandler, Record
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 _client_log = logging.getLogger("confluent_kafka")
 
 _INVALID = -1001  # librdkafka's OFFSET_INVALID
+T = TypeVar("T")
 
 
 class _Record:
@@ -64,7 +65,12 @@ class ConfluentConsumer:
 
     def _admin_client(self) -> Any:
         """Offsets are read through an admin client of its own: a consumer's ListOffsets request queues
-        behind its long-polling fetch (``get_watermark_offsets`` took ~0.5 s per partition)."""
+        behind its long-polling fetch (``get_watermark_offsets`` took ~0.5 s per partition).
+
+        After a failed request the client is dropped (:meth:`_admin_call`) and the next one starts afresh: after
+        a broker restart librdkafka's admin client kept sending the old leader epoch and got
+        ``FENCED_LEADER_EPOCH`` for every ListOffsets from then on (the lag froze, and the liveness check took
+        the stale lag for records that never arrive)."""
         if self._admin is None:
             from confluent_kafka.admin import AdminClient
 
@@ -72,6 +78,14 @@ class ConfluentConsumer:
                                        if k == "bootstrap.servers" or k.startswith(("security.", "sasl.", "ssl."))},
                                       logger=_client_log)
         return self._admin
+
+    def _admin_call(self, request: Callable[[Any], T]) -> T:
+        """``request(admin_client)``; on any error the admin client is dropped (fresh metadata next time)."""
+        try:
+            return request(self._admin_client())
+        except Exception:
+            self._admin = None
+            raise
 
     @classmethod
     def create(cls, settings: ConsumerSettings) -> "ConfluentConsumer":
@@ -87,7 +101,7 @@ class ConfluentConsumer:
                    config)
 
     def topic_partitions(self, topic: str, timeout: float) -> int | None:
-        metadata = self._admin_client().list_topics(topic, timeout=timeout)
+        metadata = self._admin_call(lambda admin: admin.list_topics(topic, timeout=timeout))
         found = metadata.topics.get(topic)
         if found is None or found.error is not None or not found.partitions:
             return None
@@ -185,9 +199,13 @@ class ConfluentConsumer:
         level = (IsolationLevel.READ_COMMITTED if self._config.get("isolation.level") == "read_committed"
                  else IsolationLevel.READ_UNCOMMITTED)
         spec = OffsetSpec.latest() if latest else OffsetSpec.earliest()
-        futures = self._admin_client().list_offsets({_ctp(tp): spec for tp in tps}, isolation_level=level,
-                                                     request_timeout=timeout)
-        return {_tp(ctp): int(future.result(timeout).offset) for ctp, future in futures.items()}
+
+        def request(admin: Any) -> dict[TopicPartition, int]:
+            futures = admin.list_offsets({_ctp(tp): spec for tp in tps}, isolation_level=level,
+                                         request_timeout=timeout)
+            return {_tp(ctp): int(future.result(timeout).offset) for ctp, future in futures.items()}
+
+        return self._admin_call(request)
 
     def committed(self, tps: list[TopicPartition], timeout: float) -> dict[TopicPartition, int | None]:
         if not tps:
@@ -196,13 +214,15 @@ class ConfluentConsumer:
 
         group = self._config["group.id"]
         request = [ConsumerGroupTopicPartitions(group, [_ctp(tp) for tp in tps])]
-        found = self._admin_client().list_consumer_group_offsets(request, request_timeout=timeout)[group]
-        return {_tp(p): (None if p.offset < 0 else int(p.offset)) for p in found.result(timeout).topic_partitions}
+        found = self._admin_call(lambda admin: admin.list_consumer_group_offsets(request, request_timeout=timeout)[
+            group].result(timeout))
+        return {_tp(p): (None if p.offset < 0 else int(p.offset)) for p in found.topic_partitions}
 
     def group_size(self, timeout: float) -> int | None:
         """How many members the group has (for the liveness check), through the admin client."""
         group = self._config["group.id"]
-        found = self._admin_client().describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
+        found = self._admin_call(lambda admin: admin.describe_consumer_groups([group], request_timeout=timeout)[
+            group].result(timeout))
         return len(found.members)
 
     def interrupt(self) -> None:

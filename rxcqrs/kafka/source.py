@@ -525,6 +525,8 @@ class KafkaSource:
             raise
         except Exception as exc:
             log.info("%s: could not measure lag: %r", self.name, exc)
+            self._unfetched = {}  # unknown, not "records wait": no consumer is replaced on stale figures
+            self._starving_since = None
             return
         group = {tp: committed[tp] if committed.get(tp) is not None else starts.get(tp, ends[tp])
                  for tp in unknown if tp in ends}
