@@ -18,6 +18,7 @@ __all__ = [
     "SerializationError",
     "PoisonRecordError",
     "CommitError",
+    "GroupMovedOnError",
     "OffsetOrderError",
     "StageError",
     "RetriesExhaustedError",
@@ -92,6 +93,12 @@ class PoisonRecordError(SerializationError):
 
 class CommitError(RxCqrsError):
     """An offset commit failed."""
+
+
+class GroupMovedOnError(CommitError):
+    """The group refused a commit because it is rebalancing or this member was replaced (a new generation):
+    the partitions belong to the next assignment now, which starts from the last accepted commit. Not an error
+    of the flow: what was not committed is delivered again."""
 
 
 class OffsetOrderError(CommitError):

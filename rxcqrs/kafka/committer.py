@@ -24,7 +24,7 @@ from typing import Callable
 
 from rxcqrs.acks import GateTicket, Ticket
 from rxcqrs.commit import CommitGate, Failure
-from rxcqrs.exceptions import CommitError, FlowError, RetriesExhaustedError, is_permanent
+from rxcqrs.exceptions import CommitError, FlowError, GroupMovedOnError, RetriesExhaustedError, is_permanent
 from rxcqrs.kafka.client import ConsumerClient
 from rxcqrs.kafka.settings import SourceSettings
 from rxcqrs.messages import TopicPartition
@@ -96,6 +96,8 @@ class Committer:
             client.commit(offsets, timeout=10.0)
         except Exception as exc:
             self.metrics.incr("commit_failures")
+            if strict and isinstance(exc, GroupMovedOnError):
+                raise
             if strict:
                 raise CommitError(f"commit of {_show(offsets)} failed: {exc!r}") from exc
             log.warning("%s: commit of %s failed (will retry): %r", self.name, _show(offsets), exc)

@@ -11,7 +11,7 @@ import logging
 import threading
 from typing import Any, Callable, Iterable, TypeVar
 
-from rxcqrs.exceptions import CommitError, DeliveryError, FlowError
+from rxcqrs.exceptions import CommitError, DeliveryError, FlowError, GroupMovedOnError
 from rxcqrs.kafka.client import Delivered, RebalanceHandler, Record
 from rxcqrs.kafka.settings import ConsumerSettings, ProducerSettings
 from rxcqrs.messages import TopicPartition
@@ -24,6 +24,7 @@ _client_log = logging.getLogger("confluent_kafka")
 
 _INVALID = -1001  # librdkafka's OFFSET_INVALID
 T = TypeVar("T")
+_GROUP_MOVED_ON = (27, 22, 25, 82)  # REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID
 
 
 class _Record:
@@ -182,7 +183,16 @@ class ConfluentConsumer:
         return None if offset < 0 else int(offset)
 
     def commit(self, offsets: dict[TopicPartition, int], timeout: float) -> None:
-        _check(self._consumer.commit(offsets=[_ctp(tp, o) for tp, o in offsets.items()], asynchronous=False))
+        from confluent_kafka import KafkaException
+
+        try:
+            result = self._consumer.commit(offsets=[_ctp(tp, o) for tp, o in offsets.items()], asynchronous=False)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if getattr(error, "code", lambda: None)() in _GROUP_MOVED_ON:
+                raise GroupMovedOnError(f"the group refused the commit: {exc!r}") from exc
+            raise
+        _check(result)
 
     def end_offsets(self, tps: list[TopicPartition], timeout: float) -> dict[TopicPartition, int]:
         return self._list_offsets(tps, timeout, latest=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable
 
-from rxcqrs.exceptions import DeliveryError, FlowError
+from rxcqrs.exceptions import DeliveryError, FlowError, GroupMovedOnError
 from rxcqrs.kafka.client import Delivered, RebalanceHandler, Record
 from rxcqrs.kafka.settings import ConsumerSettings, ProducerSettings
 from rxcqrs.messages import TopicPartition
@@ -113,7 +113,19 @@ class KafkaPythonConsumer:
             return None
 
     def commit(self, offsets: dict[TopicPartition, int], timeout: float) -> None:
-        self._consumer.commit(_offsets(offsets), timeout_ms=_ms(timeout))
+        from kafka.errors import (
+            CommitFailedError,
+            FencedInstanceIdError,
+            IllegalGenerationError,
+            RebalanceInProgressError,
+            UnknownMemberIdError,
+        )
+
+        try:
+            self._consumer.commit(_offsets(offsets), timeout_ms=_ms(timeout))
+        except (CommitFailedError, FencedInstanceIdError, IllegalGenerationError, RebalanceInProgressError,
+                UnknownMemberIdError) as exc:
+            raise GroupMovedOnError(f"the group refused the commit: {exc!r}") from exc
 
     def end_offsets(self, tps: list[TopicPartition], timeout: float) -> dict[TopicPartition, int]:
         if not tps:

@@ -32,7 +32,7 @@ import reactivex
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
-from rxcqrs.exceptions import FlowError, TopicNotFoundError
+from rxcqrs.exceptions import FlowError, GroupMovedOnError, TopicNotFoundError
 from rxcqrs.kafka.client import ConsumerClient, Record
 from rxcqrs.kafka.committer import Committer
 from rxcqrs.kafka.liveness import Watchdog
@@ -582,6 +582,9 @@ class KafkaSource:
         if self._stuck is None and self._subscribed_at:
             try:
                 self.committer.maybe_commit(client, force=True, strict=True)
+            except GroupMovedOnError as exc:  # the next owner starts from the last accepted commit
+                log.warning("final commit of %s refused, the group moved on (%s); what it did not cover is "
+                            "delivered again", self.name, exc)
             except Exception as exc:
                 log.warning("final commit of %s failed: %r", self.name, exc)
                 error = error or exc
