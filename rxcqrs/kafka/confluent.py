@@ -95,6 +95,7 @@ class ConfluentConsumer:
         config = settings.to_confluent()
         try:
             consumer = Consumer(config, logger=_client_log)
+            _reach(consumer, settings.bootstrap_timeout_ms)
         except Exception as exc:
             raise FlowError(f"cannot create a Kafka consumer for {settings.bootstrap_servers} (group "
                             f"{settings.group_id}): {redact_error(exc, config)}") from None
@@ -242,6 +243,18 @@ class ConfluentConsumer:
         self._consumer.close()
 
 
+def _reach(client: Any, timeout_ms: int) -> None:
+    """Fail at creation when no broker answers (librdkafka connects lazily; kafka-python bootstraps at once)."""
+    from confluent_kafka import Consumer
+
+    try:
+        client.list_topics(timeout=timeout_ms / 1000)
+    except Exception:
+        if isinstance(client, Consumer):  # leaves no group member behind (a producer has nothing to close)
+            client.close()
+        raise
+
+
 def _check(result: Any) -> None:
     """A synchronous commit returns the partitions with a per-partition error set."""
     failed = [p for p in (result or []) if getattr(p, "error", None) is not None]
@@ -266,6 +279,7 @@ class ConfluentProducer:
         config = settings.to_confluent()
         try:
             producer = Producer(config, logger=_client_log)
+            _reach(producer, settings.bootstrap_timeout_ms)
         except Exception as exc:
             raise DeliveryError(f"cannot create a Kafka producer for {settings.bootstrap_servers}: "
                                 f"{redact_error(exc, config)}") from None

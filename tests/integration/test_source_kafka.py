@@ -210,7 +210,8 @@ def test_the_sink_retries_while_the_broker_is_frozen_then_delivers(topic_factory
 
     topic = topic_factory(1)
     settings = ProducerSettings(bootstrap_servers=kafka_bootstrap, linger_ms=0, delivery_timeout_ms=2_000,
-                                max_block_ms=2_000, extra={"request_timeout_ms": 1_000, "enable_idempotence": False})
+                                max_block_ms=2_000, extra={"request_timeout_ms": 1_000, "enable_idempotence": False},
+                                backend="kafka-python")
     sink = KafkaSink(topic, settings, backoff=Backoff(0.2, 30.0, 0.0))
     sink.on_next(OutgoingRecord(b"warm-up"))  # metadata is known before the broker freezes
     assert sink.wait_idle(30) and sink.sent == 1

@@ -50,10 +50,11 @@ def test_secrets_never_show_in_repr() -> None:
     assert "s3cret" not in repr(ProducerSettings(extra={"sasl_plain_password": "s3cret"}))
 
 
-def test_an_unreachable_broker_fails_the_flow_with_a_clear_error() -> None:
+@pytest.mark.parametrize("backend", ["kafka-python", "confluent"])
+def test_an_unreachable_broker_fails_the_flow_with_a_clear_error(backend: str) -> None:
     port = closed_port()
     source = KafkaSource("t", ConsumerSettings(group_id="g", bootstrap_servers=f"127.0.0.1:{port}",
-                                               bootstrap_timeout_ms=1500))
+                                               bootstrap_timeout_ms=1500, backend=backend))  # type: ignore[arg-type]
     sink = Collect()
     flow = run(source, sink)
     with pytest.raises(FlowError, match=f"cannot create a Kafka consumer for 127.0.0.1:{port}"):
@@ -61,7 +62,9 @@ def test_an_unreachable_broker_fails_the_flow_with_a_clear_error() -> None:
     assert sink.items == [] and sink.errors
 
 
-def test_an_unreachable_broker_for_a_sink_is_a_delivery_error() -> None:
+@pytest.mark.parametrize("backend", ["kafka-python", "confluent"])
+def test_an_unreachable_broker_for_a_sink_is_a_delivery_error(backend: str) -> None:
     port = closed_port()
     with pytest.raises(DeliveryError, match=f"cannot create a Kafka producer for 127.0.0.1:{port}"):
-        KafkaSink("t", ProducerSettings(bootstrap_servers=f"127.0.0.1:{port}", bootstrap_timeout_ms=1500))
+        KafkaSink("t", ProducerSettings(bootstrap_servers=f"127.0.0.1:{port}", bootstrap_timeout_ms=1500,
+                                        backend=backend))  # type: ignore[arg-type]
