@@ -1,4 +1,4 @@
-"""The confluent-kafka backend (librdkafka, bundled in its wheels) behind rxcqrs' client seam.
+"""The confluent-kafka backend (the default; librdkafka, bundled in its wheels) behind rxcqrs' client seam.
 
 librdkafka runs its own threads; the Python API is driven by the caller: rebalance callbacks run on the
 poll thread inside ``consume``/``close`` (so a revoke may commit synchronously), and a producer's delivery

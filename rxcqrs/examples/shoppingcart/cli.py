@@ -267,7 +267,7 @@ def common_options() -> argparse.ArgumentParser:
     common.add_argument("--bootstrap-servers", default=argparse.SUPPRESS, metavar="HOST:PORT,...",
                         help="Kafka (default $RXCQRS_KAFKA_BOOTSTRAP or 127.0.0.1:9092)")
     common.add_argument("--kafka-backend", choices=["kafka-python", "confluent"], default=argparse.SUPPRESS,
-                        help="the Kafka client (default $RXCQRS_KAFKA_BACKEND or kafka-python)")
+                        help="the Kafka client (default $RXCQRS_KAFKA_BACKEND or confluent)")
     common.add_argument("--local-dc", default=argparse.SUPPRESS, metavar="NAME",
                         help="Cassandra data center whose nodes serve requests (LOCAL_* levels count its replicas; "
                              "default $RXCQRS_CASSANDRA_LOCAL_DC or datacenter1)")
