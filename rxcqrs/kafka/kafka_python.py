@@ -1,4 +1,5 @@
-"""The kafka-python backend (pure Python; ``backend="kafka-python"``): ``KafkaConsumer`` and ``KafkaProducer`` behind rxcqrs' client seam.
+"""The kafka-python backend (pure Python; ``backend="kafka-python"``): ``KafkaConsumer`` and ``KafkaProducer``
+behind rxcqrs' client seam.
 
 kafka-python 3 runs its network loop on an IO thread of its own: rebalance listeners run there, where a
 blocking consumer call raises, so the listener is ``async`` and awaits ``commit_async``. The in-memory
