@@ -1,9 +1,9 @@
 """The seam between rxcqrs and a Kafka client library: what a source needs from a consumer, what a sink needs
 from a producer, and who calls what (see the threading model in :mod:`rxcqrs.kafka`).
 
-Two implementations stand behind it, chosen by ``backend`` in the settings: kafka-python
-(:mod:`rxcqrs.kafka.kafka_python`, the default; the in-memory fake of :mod:`rxcqrs.testing` speaks its API)
-and confluent-kafka / librdkafka (:mod:`rxcqrs.kafka.confluent`). The contract tests run the same
+Two implementations stand behind it, chosen by ``backend`` in the settings: confluent-kafka / librdkafka
+(:mod:`rxcqrs.kafka.confluent`, the default) and kafka-python (:mod:`rxcqrs.kafka.kafka_python`; the
+in-memory fake of :mod:`rxcqrs.testing` speaks its API). The contract tests run the same
 behaviours against each of them.
 """
 
