@@ -74,7 +74,7 @@ class ServicesSettings:
         if isinstance(nodes, str):
             nodes = int(nodes) if nodes.strip().isdigit() else 0
         if not isinstance(nodes, int) or not 1 <= nodes <= 9:
-            raise ConfigError(f"nodes must be a whole number from 1 to 9, got {self.nodes!r}")
+            raise ConfigError(f"nodes (--nodes, RXCQRS_NODES) must be a whole number from 1 to 9, got {self.nodes!r}")
         object.__setattr__(self, "nodes", nodes)
         if nodes > 1:
             self.node_host(nodes)  # the addresses must exist
