@@ -138,9 +138,8 @@ def group_size(group_id: str, *, bootstrap_servers: str | None = None, **options
     return _retrying(read)
 
 
-def topic_partitions(topic: str, *, bootstrap_servers: str | None = None, **options: Any) -> int | None:
-    """How many partitions ``topic`` has, once every partition has a leader; ``None`` if it does not exist
-    (or is not ready yet). A metadata request that never creates the topic."""
+def _describe_topic(topic: str, bootstrap_servers: str | None, **options: Any) -> Any:
+    """The brokers' metadata of ``topic`` (a request that never creates it), retried past a dead broker."""
     def read() -> Any:
         admin = admin_client(bootstrap_servers, **options)
         try:
@@ -148,7 +147,13 @@ def topic_partitions(topic: str, *, bootstrap_servers: str | None = None, **opti
         finally:
             admin.close()
 
-    found = _retrying(read)
+    return _retrying(read)
+
+
+def topic_partitions(topic: str, *, bootstrap_servers: str | None = None, **options: Any) -> int | None:
+    """How many partitions ``topic`` has, once every partition has a leader; ``None`` if it does not exist
+    (or is not ready yet). A metadata request that never creates the topic."""
+    found = _describe_topic(topic, bootstrap_servers, **options)
     if not found or found[0].get("error_code") or not found[0].get("partitions"):
         return None
     partitions = found[0]["partitions"]
@@ -159,14 +164,7 @@ def topic_partitions(topic: str, *, bootstrap_servers: str | None = None, **opti
 
 def partition_leaders(topic: str, *, bootstrap_servers: str | None = None) -> dict[int, int]:
     """The broker (node id) leading each partition of ``topic`` (-1: none right now); {} if it does not exist."""
-    def read() -> Any:
-        admin = admin_client(bootstrap_servers)
-        try:
-            return admin.describe_topics([topic])
-        finally:
-            admin.close()
-
-    found = _retrying(read)
+    found = _describe_topic(topic, bootstrap_servers)
     if not found or found[0].get("error_code"):
         return {}
     return {p["partition_index"]: p.get("leader_id", -1) for p in found[0]["partitions"]}
