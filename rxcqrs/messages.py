@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from rxcqrs.acks import Ticket
@@ -16,6 +16,7 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 Headers = tuple[tuple[str, bytes], ...]
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class TopicPartition(NamedTuple):
@@ -28,9 +29,10 @@ class TopicPartition(NamedTuple):
 class RecordMetadata:
     """Where a consumed record came from (dendrites' ConsumerRecordMetadata). Immutable by convention: one is
     made per record on the hot path, so it is a plain slotted class rather than a frozen dataclass (whose
-    ``__init__`` costs a ``object.__setattr__`` per field)."""
+    ``__init__`` costs a ``object.__setattr__`` per field). The UTC time and the key as a UUID are computed
+    on first use and kept (several stages ask for them)."""
 
-    __slots__ = ("topic", "partition", "offset", "timestamp", "timestamp_type", "key", "headers")
+    __slots__ = ("topic", "partition", "offset", "timestamp", "timestamp_type", "key", "headers", "_utc", "_uuid")
 
     def __init__(self, topic: str, partition: int, offset: int, timestamp: int, timestamp_type: int = 0,
                  key: bytes | None = None, headers: Headers = ()) -> None:
@@ -41,6 +43,8 @@ class RecordMetadata:
         self.timestamp_type = timestamp_type  # 0 = CreateTime (set by the producer), 1 = LogAppendTime (broker)
         self.key = key
         self.headers = headers
+        self._utc: datetime | None = None
+        self._uuid: uuid.UUID | None = None
 
     def _fields(self) -> tuple[Any, ...]:
         return (self.topic, self.partition, self.offset, self.timestamp, self.timestamp_type, self.key, self.headers)
@@ -63,7 +67,10 @@ class RecordMetadata:
     @property
     def timestamp_utc(self) -> datetime:
         """The record timestamp as a timezone-aware UTC datetime (same on every redelivery)."""
-        return datetime.fromtimestamp(self.timestamp / 1000, tz=timezone.utc)
+        utc = self._utc
+        if utc is None:
+            utc = self._utc = _EPOCH + timedelta(milliseconds=self.timestamp)
+        return utc
 
     def header(self, name: str) -> bytes | None:
         for key, value in self.headers:
@@ -74,11 +81,14 @@ class RecordMetadata:
     @property
     def key_uuid(self) -> uuid.UUID:
         """The key as a UUID (the event id); raises :class:`PoisonRecordError` if it is missing or not a UUID."""
+        if self._uuid is not None:
+            return self._uuid
         if self.key is None:
             raise PoisonRecordError(f"record {self.topic}/{self.partition}@{self.offset} has no key; a UUID key "
                                     "(the event id) is required")
         try:
-            return uuid.UUID(self.key.decode("utf-8"))
+            self._uuid = uuid.UUID(self.key.decode("utf-8"))
+            return self._uuid
         except (UnicodeDecodeError, ValueError):
             raise PoisonRecordError(f"record {self.topic}/{self.partition}@{self.offset} key {self.key[:64]!r} is "
                                     "not a UUID string; a UUID key (the event id) is required") from None

@@ -26,14 +26,15 @@ buckets, or over the whole table, paged by the driver: the log is never loaded i
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator, Mapping
 
+from rxcqrs.cassandra.binding import bind_fast
 from rxcqrs.cassandra.identifiers import cql_type, identifier, qualified
 from rxcqrs.cassandra.schema import create_table, prepare
+from rxcqrs.cassandra.timeuuid import time_uuid
 from rxcqrs.exceptions import ConfigError
 from rxcqrs.messages import RecordMetadata
 
@@ -113,6 +114,9 @@ class EventLog:
         self.bucket_seconds = seconds
         self._seen: set[tuple[Any, int]] = set()
         self._seen_lock = threading.Lock()
+        self._payload_columns = frozenset(self.payload)
+        self._payload_order = tuple(self.payload)
+        self._inserts: dict[Any, Any] = {}  # session -> prepared insert
 
     # -- DDL ----------------------------------------------------------------------------------------------
     def create(self, session: Any) -> None:
@@ -159,28 +163,31 @@ class EventLog:
         return int(when.timestamp()) // self.bucket_seconds
 
     def insert_statement(self, session: Any) -> Any:
-        cols = [self.entity, "bucket", "event_time", "event_id", "logged_at", *self.payload, "source_topic",
-                "source_partition", "source_offset"]
-        return prepare(session, f"INSERT INTO {self.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})")
+        """The prepared insert of one logging (prepared once per session)."""
+        prepared = self._inserts.get(session)
+        if prepared is None:
+            cols = [self.entity, "bucket", "event_time", "event_id", "logged_at", *self.payload, "source_topic",
+                    "source_partition", "source_offset"]
+            prepared = self._inserts[session] = prepare(
+                session, f"INSERT INTO {self.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})")
+        return prepared
 
     def insert(self, session: Any, entity_id: Any, event_id: uuid.UUID, event_time: datetime,
                payload: Mapping[str, Any], source: RecordMetadata | None = None) -> Any:
         """The idempotent insert of one logging of an event (a retry writes the same row; a redelivery, with
-        a new ``logged_at``, another row). It does not record the bucket: see :meth:`bucket_index`."""
-        from cassandra.util import uuid_from_time
-
+        a new ``logged_at``, another row). It does not record the bucket: see :meth:`bucket_index`.
+        One per logged event, so it is kept cheap (see :mod:`rxcqrs.cassandra.binding`)."""
         if event_time.tzinfo is None:
             raise ConfigError("event_time must be timezone-aware (UTC)")
-        unknown = set(payload) - set(self.payload)
-        if unknown:
+        if not self._payload_columns.issuperset(payload):
+            unknown = set(payload) - self._payload_columns
             raise ConfigError(f"unknown payload columns {sorted(unknown)}; the log has {sorted(self.payload)}")
-        values = [entity_id, self.bucket_of(event_time), event_time, event_id, uuid_from_time(time.time()),
-                  *(payload.get(c) for c in self.payload),
+        get = payload.get
+        values = [entity_id, self.bucket_of(event_time), event_time, event_id, time_uuid(),
+                  *[get(c) for c in self._payload_order],
                   source.topic if source else None, source.partition if source else None,
                   source.offset if source else None]
-        insert = self.insert_statement(session).bind(values)
-        insert.is_idempotent = True
-        return insert
+        return bind_fast(self.insert_statement(session), values, idempotent=True)
 
     def bucket_index_query(self) -> str:
         return f"INSERT INTO {self.buckets_name} ({self.entity}, bucket) VALUES (?, ?)"
