@@ -84,6 +84,7 @@ def sustained(session: Any, commands: int) -> None:
     from benchmarks.pipes import RssSampler
     from rxcqrs.examples.shoppingcart.pipeline import start_pipeline
     from rxcqrs.examples.shoppingcart.store import CartStore
+    from rxcqrs.examples.shoppingcart.tuning import MAX_POLL_RECORDS, PREFETCH, WINDOW
     from rxcqrs.kafka import ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings
     from rxcqrs.operators import DeadLetters
 
@@ -92,8 +93,8 @@ def sustained(session: Any, commands: int) -> None:
     store = CartStore(session, ks)
     store.create()
     dead = KafkaSink(producer=ProducerSettings())
-    source = KafkaSource(topic, ConsumerSettings(group_id=f"g.{ks}", max_poll_records=2000),
-                         SourceSettings(max_in_flight=5000))
+    source = KafkaSource(topic, ConsumerSettings(group_id=f"g.{ks}", max_poll_records=MAX_POLL_RECORDS),
+                         SourceSettings(max_in_flight=WINDOW, prefetch=PREFETCH))
     sampler = RssSampler(source.committer.records_committed)
     started = time.perf_counter()
     flow = start_pipeline(source, store, dead_letters=DeadLetters(dead))

@@ -188,11 +188,13 @@ def _offset(offset: int) -> Any:
     return OffsetAndMetadata(offset, "", -1)
 
 
-def rxcqrs_mode(session: Any, topic: str, ks: str, total: int, mode: str, idempotent: bool = True,
-                window: int = 5000) -> tuple[float, dict[str, Any]]:
-    """In process, timed from the source's start (client start-up and the group join included) until every
-    record is committed."""
+def rxcqrs_mode(session: Any, topic: str, ks: str, total: int, mode: str, idempotent: bool = True
+                ) -> tuple[float, dict[str, Any]]:
+    """In process, as ``cart consume`` runs it (its defaults: :mod:`rxcqrs.examples.shoppingcart.tuning`),
+    timed from the source's start (client start-up and the group join included) until every record is
+    committed."""
     from rxcqrs.examples.shoppingcart.pipeline import start_pipeline
+    from rxcqrs.examples.shoppingcart.tuning import MAX_POLL_RECORDS, PREFETCH, WINDOW
     from rxcqrs.kafka import ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings
     from rxcqrs.operators import DeadLetters
 
@@ -200,8 +202,8 @@ def rxcqrs_mode(session: Any, topic: str, ks: str, total: int, mode: str, idempo
     store.create()
     dead = KafkaSink(producer=ProducerSettings())
     started = time.perf_counter()
-    source = KafkaSource(topic, ConsumerSettings(group_id=f"g.{ks}", max_poll_records=2000),
-                         SourceSettings(max_in_flight=window))
+    source = KafkaSource(topic, ConsumerSettings(group_id=f"g.{ks}", max_poll_records=MAX_POLL_RECORDS),
+                         SourceSettings(max_in_flight=WINDOW, prefetch=PREFETCH))
     flow = start_pipeline(source, store, mode=mode, dead_letters=DeadLetters(dead))  # type: ignore[arg-type]
     _wait(lambda: source.committer.records_committed() >= total or not flow.running, 1800)
     took = time.perf_counter() - started

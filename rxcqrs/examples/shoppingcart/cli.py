@@ -17,6 +17,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
+from rxcqrs.examples.shoppingcart.tuning import MAX_POLL_RECORDS, PREFETCH, WINDOW
 from rxcqrs.exceptions import RxCqrsError
 
 __all__ = ["main", "consume"]
@@ -93,7 +94,7 @@ def _consume(args: argparse.Namespace, session: Any) -> int:
     _prepare_schema(args, store)
     create_topics([args.topic + ".dlq"], bootstrap_servers=bootstrap)  # before the first poison record
     window = args.window
-    source = KafkaSource(args.topic, args.config.consumer(args.group, max_poll_records=2000),
+    source = KafkaSource(args.topic, args.config.consumer(args.group, max_poll_records=MAX_POLL_RECORDS),
                          SourceSettings(max_in_flight=window, failure_policy=args.on_failure, prefetch=args.prefetch,
                                         drain_timeout=args.drain_timeout))
     dead_letter_sink = KafkaSink(producer=args.config.producer())
@@ -312,11 +313,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="replication factor of a keyspace --create-schema creates (3 on a 3-node cluster)")
     c.add_argument("--drain-timeout", type=SECONDS, default=60.0, metavar="SECONDS",
                    help="on SIGTERM/idle, how long to wait for records in flight before exiting without them")
-    c.add_argument("--window", type=POSITIVE, default=5000, help="records in flight at most")
+    c.add_argument("--window", type=POSITIVE, default=WINDOW, help="records in flight at most")
     c.add_argument("--on-failure", choices=["stop", "rewind"], default="rewind",
                    help="after a stage gave up on a record: stop the flow, or rewind the partition and retry")
-    c.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=False,
-                   help="poll again while the previous poll is still in flight (bounded by --window)")
+    c.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=PREFETCH,
+                   help="poll again while earlier records are still in flight (bounded by --window); "
+                        "--no-prefetch: each window is settled before the next poll")
     c.add_argument("--progress-every", type=INTERVAL, default=1.0, metavar="SECONDS",
                    help="progress interval (a panel on a terminal, a line per interval otherwise)")
     c.add_argument("--metrics-port", type=_checked(int, lambda v: 0 < v < 65536, "a port number"), default=None,

@@ -29,12 +29,14 @@ from rxcqrs.examples.shoppingcart.codec import command_codec
 from rxcqrs.examples.shoppingcart.domain import Command
 from rxcqrs.examples.shoppingcart.generator import partition_for
 from rxcqrs.examples.shoppingcart.store import CartStore
+from rxcqrs.examples.shoppingcart.tuning import CART_WRITES
 from rxcqrs.flow import Flow, run
 from rxcqrs.kafka import KafkaSink, ProducerSettings
 from rxcqrs.messages import Envelope, OutgoingRecord
 from rxcqrs.operators import DeadLetters, branch, broadcast, decode, map_envelope
 
 __all__ = ["Mode", "MODES", "start_pipeline", "publish_commands", "by_cart"]
+
 
 Mode = Literal["batched", "parallel", "serial"]
 MODES = ("batched", "parallel", "serial")
@@ -51,8 +53,7 @@ def start_pipeline(source: Any, store: CartStore, *, mode: Mode = "batched", dea
     session = store.session
     decoded = decode(command_codec(), require_uuid_key=True, dead_letters=dead_letters)
     if mode == "batched":
-        # many carts at once: concurrent writes share the commit log's syncs (here the limit, not Python)
-        carts = AggregateSink(session, store, idempotent=store.idempotent, max_concurrency=max(concurrency, 200),
+        carts = AggregateSink(session, store, idempotent=store.idempotent, max_concurrency=CART_WRITES,
                               name="carts")
         if hasattr(source, "on_revoke"):
             source.on_revoke(carts.forget)  # another member may write those carts now
