@@ -62,7 +62,7 @@ def _plan(prepared: Any) -> tuple[tuple[Serializer, ...], int] | None:
 def bind_fast(prepared: Any, values: Sequence[Any] | Mapping[str, Any], *, idempotent: bool | None = None) -> Any:
     """``prepared.bind(values)``, serialized without the driver's per-value descriptor; ``idempotent`` sets
     ``is_idempotent`` on the result (None: the prepared statement's)."""
-    from cassandra.query import UNSET_VALUE, BoundStatement
+    from cassandra.query import UNSET_VALUE, BoundStatement  # (the driver is imported only when used)
 
     plan = _plan(prepared)
     if plan is None or isinstance(values, Mapping) or len(values) != len(plan[0]) or UNSET_VALUE in values:

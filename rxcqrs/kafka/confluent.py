@@ -266,7 +266,10 @@ class ConfluentProducer:
     backend = "confluent"
 
     def __init__(self, producer: Any, description: str = "confluent-kafka producer") -> None:
+        from confluent_kafka import KafkaException
+
         self._producer = producer
+        self._exception = KafkaException  # imported once: ``send`` is on every record's path
         self.description = description
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._serve, name="rxcqrs-confluent-delivery", daemon=True)
@@ -292,7 +295,7 @@ class ConfluentProducer:
 
     def send(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]] | None,
              partition: int | None, timestamp_ms: int | None, on_done: Delivered) -> None:
-        from confluent_kafka import KafkaException
+        KafkaException = self._exception  # noqa: N806 (the class, under its own name)
 
         def delivered(error: Any, _message: Any) -> None:
             on_done(None if error is None else KafkaException(error))
