@@ -26,7 +26,11 @@ class SinkBase(abc.ObserverBase[Any]):
     abandon_timeout: float = 2.0
 
     def __init__(self) -> None:
+        # in flight is counted under a plain lock (every record passes here twice); the condition is taken
+        # only when somebody waits for idleness (``_idle_waiters``), so a record never pays for it
+        self._count_lock = threading.Lock()
         self._idle = threading.Condition()
+        self._idle_waiters = 0
         self._in_flight = 0
         self.error: BaseException | None = None  # the sink's own fatal error
         self.upstream_error: BaseException | None = None
@@ -34,28 +38,36 @@ class SinkBase(abc.ObserverBase[Any]):
 
     @property
     def in_flight(self) -> int:
-        with self._idle:
+        with self._count_lock:
             return self._in_flight
 
     def _begin(self) -> None:
-        with self._idle:
+        with self._count_lock:
             self._in_flight += 1
 
     def _end(self) -> None:
-        with self._idle:
+        with self._count_lock:
             self._in_flight -= 1
-            if self._in_flight == 0:
+            wake = self._in_flight == 0 and self._idle_waiters
+        if wake:  # a waiter registered before it looked at the count: it holds or waits on the condition
+            with self._idle:
                 self._idle.notify_all()
 
     def _fail(self, error: BaseException) -> None:
-        with self._idle:
+        with self._count_lock:
             if self.error is None:
                 self.error = error
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is in flight; False on timeout."""
         with self._idle:
-            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+            with self._count_lock:
+                self._idle_waiters += 1
+            try:
+                return self._idle.wait_for(lambda: self.in_flight == 0, timeout)
+            finally:
+                with self._count_lock:
+                    self._idle_waiters -= 1
 
     def close(self) -> None:
         """Release what the sink owns (called once, after the last in-flight request finished)."""

@@ -105,8 +105,8 @@ class KafkaSink(SinkBase):
             else:
                 self._failed(env, record, topic, attempt, error)
 
-        self.producer.send(topic, record.value, record.key, list(record.headers) or None, record.partition,
-                           record.timestamp_ms, done)
+        self.producer.send(topic, record.value, record.key, list(record.headers) if record.headers else None,
+                           record.partition, record.timestamp_ms, done)
 
     def _delivered(self, env: Envelope[Any] | None) -> None:
         self.sent += 1
