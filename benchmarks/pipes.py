@@ -103,8 +103,9 @@ def _rate(session: Any, statement: Callable[[int], Any], concurrency: int, secon
 
 
 def decode_insert(session: Any, topic: str, total: int) -> dict[str, float]:
-    """KafkaSource -> decode -> bind -> CassandraSink against poll -> decode -> execute_async (32 in flight)."""
-    from kafka import KafkaConsumer
+    """KafkaSource -> decode -> bind -> CassandraSink against poll -> decode -> execute_async (32 in flight),
+    both on confluent-kafka."""
+    from confluent_kafka import Consumer
 
     from rxcqrs import run
     from rxcqrs.cassandra import CassandraSink, create_keyspace, create_table, prepare
@@ -131,26 +132,26 @@ def decode_insert(session: Any, topic: str, total: int) -> dict[str, float]:
             took = time.perf_counter() - started
             flow.stop_and_wait()
             dead.on_completed()
-        else:
-            consumer = KafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, group_id=f"g.{ks}",
-                                     enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=2000)
+        else:  # the same client as rxcqrs' default (confluent-kafka)
+            consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"g.{ks}", "enable.auto.commit": False,
+                                 "auto.offset.reset": "earliest"})
+            consumer.subscribe([topic])
             slots = threading.Semaphore(32)
             done = 0
             while done < total:
-                polled = consumer.poll(timeout_ms=200)
+                messages = [m for m in consumer.consume(2000, 0.2) if m.error() is None]
                 futures = []
-                for records in polled.values():
-                    for r in records:
-                        c = codec.decode(r.value)
-                        slots.acquire()
-                        future = session.execute_async(insert.bind((uuid.uuid4(), c.cart_id, c.action)))
-                        future.add_callbacks(lambda _r, s=slots: s.release(), lambda _e, s=slots: s.release())
-                        futures.append(future)
+                for m in messages:
+                    c = codec.decode(m.value())
+                    slots.acquire()
+                    future = session.execute_async(insert.bind((uuid.uuid4(), c.cart_id, c.action)))
+                    future.add_callbacks(lambda _r, s=slots: s.release(), lambda _e, s=slots: s.release())
+                    futures.append(future)
                 for future in futures:
                     future.result()
                 done += len(futures)
-                if polled:
-                    consumer.commit()
+                if messages:
+                    consumer.commit(asynchronous=False)
             took = time.perf_counter() - started
             consumer.close()
         results[name] = total / took
