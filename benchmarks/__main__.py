@@ -30,6 +30,11 @@ def row(section: str, contender: str, rate: float, **extra: Any) -> None:
     print(f"{section:<10} {contender:<34} {rate:>10,.0f}/s  {shown}", flush=True)
 
 
+def drop(session: Any, keyspace: str) -> None:
+    """Drop a contender's keyspace once verified, so that the next run does not pay for its compactions."""
+    session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
+
+
 def produce(carts: int, commands: int, partitions: int = 8) -> str:
     from rxcqrs.examples.shoppingcart.generator import generate
     from rxcqrs.examples.shoppingcart.pipeline import publish_commands
@@ -68,7 +73,7 @@ def cart(session: Any, rounds: int, slow_rounds: int, commands: int) -> None:
                 rate, info = fn(ks)
                 rates[name].append(rate)
                 checks[name] = checks[name] and bool(info.get("verified"))
-                session.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=120)  # no compaction debt for the next
+                drop(session, ks)
     best = statistics.median(rates["hand cart-batched loop"])
     per_command = statistics.median(rates["hand per-command loop"])
     for name, values in rates.items():
@@ -82,7 +87,9 @@ def carts(session: Any, commands: int) -> None:
 
     for count in (200, 2_000, 20_000):
         topic = produce(count, commands)
-        rate, info = c.rxcqrs_mode(session, topic, c.keyspace("carts"), commands, "batched")
+        ks = c.keyspace("carts")
+        rate, info = c.rxcqrs_mode(session, topic, ks, commands, "batched")
+        drop(session, ks)
         row("carts", f"batched, {count} carts ({commands // count} cmds/cart)", rate, verified=info["verified"])
 
 
@@ -112,6 +119,7 @@ def sustained(session: Any, commands: int) -> None:
     dead.on_completed()
     row("sustained", f"batched, {commands:,} commands", commands / took, rss_mib_per_100k=round(slope, 2),
         rss_mib=round(sampler.samples[-1][1], 1) if sampler.samples else None, verified=c.verify(session, ks, topic))
+    drop(session, ks)
 
 
 def scale(session: Any, commands: int, processes: tuple[int, ...], replication: int) -> None:
@@ -140,6 +148,7 @@ def scale(session: Any, commands: int, processes: tuple[int, ...], replication: 
         cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         row("scale", f"{count} consumer process(es), batched", commands / took,
             cpu_us=round(cpu / commands * 1e6, 1), replication=replication, verified=c.verify(session, ks, topic))
+        drop(session, ks)
 
 
 def ceiling(session: Any) -> None:
