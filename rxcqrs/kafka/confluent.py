@@ -135,7 +135,7 @@ class ConfluentConsumer:
     def poll(self, timeout: float, max_records: int) -> dict[TopicPartition, list[Record]]:
         from confluent_kafka import KafkaError, KafkaException
 
-        out: dict[TopicPartition, list[Any]] = {}
+        by_partition: dict[tuple[str, int], list[Any]] = {}  # plain tuples: one TopicPartition per partition
         for message in self._consumer.consume(num_messages=max_records, timeout=timeout):
             error = message.error()
             if error is not None:
@@ -146,8 +146,12 @@ class ConfluentConsumer:
                 log.debug("consumer: %s", error)  # transient (a broker went away, ...): librdkafka retries
                 continue
             record = _Record(message)
-            out.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
-        return out
+            where = (record.topic, record.partition)
+            records = by_partition.get(where)
+            if records is None:
+                records = by_partition[where] = []
+            records.append(record)
+        return {TopicPartition(*where): records for where, records in by_partition.items()}
 
     def keepalive(self) -> dict[TopicPartition, list[Record]]:
         """Pause every partition, then serve callbacks (librdkafka purges what it prefetched for them and

@@ -36,11 +36,13 @@ class Scenario:
     """One topic, group and keyspace on the fault servers; the commands produced; the checks at the end."""
 
     def __init__(self, servers: Servers, name: str, idempotent: bool, poison_every: int = 0,
-                 published: float = 1.0) -> None:
-        """``published``: the share of the commands produced now; :meth:`publish_rest` produces the rest."""
+                 published: float = 1.0, client: str | None = None) -> None:
+        """``published``: the share of the commands produced now; :meth:`publish_rest` produces the rest.
+        ``client``: the consumers' Kafka client (``--kafka-backend``; None: the default)."""
         self.servers = servers
-        self.name = name
+        self.name = name if client is None else f"{name}-{client}"
         self.idempotent = idempotent
+        self.client = client
         self.topic, self.group, self.keyspace = names(name)
         self.started = time.monotonic()
         self.commands = generate(CARTS, COMMANDS, seed=zlib.crc32(name.encode()) % 1000)
@@ -60,8 +62,9 @@ class Scenario:
         mode = "--idempotent" if self.idempotent else "--no-idempotent"
         replication = ["--replication", str(min(self.servers.settings.nodes, 3))]
         # a window well below the topic's size, so commits (and redeliveries after a fault) come in steps
+        client = ["--kafka-backend", self.client] if self.client else []
         return Consumer.start(self.servers, self.topic, self.group, self.keyspace, "--create-schema", mode,
-                              "--drain-timeout", "10", "--window", "400", *replication, *args)
+                              "--drain-timeout", "10", "--window", "400", *replication, *client, *args)
 
     def committed(self) -> int:
         return sum(o or 0 for o in committed_offsets(self.group, self.topic,

@@ -2,7 +2,8 @@
 
 Every scenario runs in both modes of the example (idempotent commands, the default; and read-modify-write
 commands repaired by duplicates + compensation) and then checks, independently of the consumer: every cart
-against a fold of the topic itself, committed offsets equal to the end offsets, and the dead letters.
+against a fold of the topic itself, committed offsets equal to the end offsets, and the dead letters. The
+Kafka faults (broker killed, group churn) run once more with the second client, kafka-python.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from tests.faults.scenario import Scenario, pause
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 
 MODES = [pytest.param(True, id="idempotent"), pytest.param(False, id="rebuild")]
+#: the Kafka faults once more with the second client (kafka-python), idempotent
+CLIENTS = [pytest.param(True, None, id="idempotent"), pytest.param(False, None, id="rebuild"),
+           pytest.param(True, "kafka-python", id="idempotent-kafka-python")]
 
 
 @pytest.fixture
@@ -93,9 +97,9 @@ def test_cassandra_killed_and_restarted(thawed: Servers, idempotent: bool) -> No
     run.verify(cassandra_down_s=round(time.monotonic() - down, 1))
 
 
-@pytest.mark.parametrize("idempotent", MODES)
-def test_the_kafka_broker_killed_and_restarted(thawed: Servers, idempotent: bool) -> None:
-    run = Scenario(thawed, "kkill", idempotent)
+@pytest.mark.parametrize(("idempotent", "client"), CLIENTS)
+def test_the_kafka_broker_killed_and_restarted(thawed: Servers, idempotent: bool, client: str | None) -> None:
+    run = Scenario(thawed, "kkill", idempotent, client=client)
     consumer = run.consumer("--stop-when-idle", "3")
     run.wait_committed(0.25, consumer)
     thawed.kill("kafka")
@@ -132,9 +136,9 @@ def test_one_percent_poison_goes_to_the_dead_letter_topic(thawed: Servers, idemp
     run.verify(poison=len(run.poison))
 
 
-@pytest.mark.parametrize("idempotent", MODES)
-def test_a_group_of_two_a_third_joins_and_one_leaves(thawed: Servers, idempotent: bool) -> None:
-    run = Scenario(thawed, "group", idempotent)
+@pytest.mark.parametrize(("idempotent", "client"), CLIENTS)
+def test_a_group_of_two_a_third_joins_and_one_leaves(thawed: Servers, idempotent: bool, client: str | None) -> None:
+    run = Scenario(thawed, "group", idempotent, client=client)
     first, second = run.consumer("--stop-when-idle", "5"), run.consumer("--stop-when-idle", "5")
     run.wait_committed(0.2, first)
     third = run.consumer("--stop-when-idle", "5")
