@@ -158,18 +158,24 @@ def _up_cluster(servers: list[Server], settings: ServicesSettings, say: Callable
         started = [_launch_or_find(server, settings, say) for server in servers]
         return [_reuse(server, s, say) if isinstance(s, ServerState) else _await(server, *s, say)
                 for server, s in zip(servers, started, strict=True)]
-    result = [_up_one(server, settings, say) for server in servers]
-    wait_until_cluster_ready(servers[0], say)
+    result = []
+    for server in servers:
+        result.append(_up_one(server, settings, say))
+        if server.node > 1:  # the seed must see it NORMAL before the next one asks the seed about the ring
+            wait_until_cluster_ready(servers[0], say, nodes=server.node)
     return result
 
 
-def wait_until_cluster_ready(server: Server, say: Callable[[str], None] = lambda _msg: None) -> None:
-    """Until ``server`` sees every node of its cluster (Cassandra: all NORMAL in its gossip)."""
+def wait_until_cluster_ready(server: Server, say: Callable[[str], None] = lambda _msg: None,
+                             nodes: int | None = None) -> None:
+    """Until ``server`` sees nodes 1..``nodes`` (default: all) of its cluster (Cassandra: NORMAL in its
+    gossip)."""
     deadline = time.monotonic() + server.start_timeout
+    nodes = nodes or server.settings.nodes
     while True:
         try:
-            server.probe_cluster()
-            say(f"{server.name}: all {server.settings.nodes} nodes up in the ring")
+            server.probe_cluster(nodes)
+            say(f"{server.name}: {nodes} of {server.settings.nodes} nodes up in the ring")
             return
         except Exception as exc:
             if time.monotonic() >= deadline:

@@ -113,6 +113,20 @@ def log_tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def log_excerpt(path: Path, needle: str, lines: int = 25) -> str:
+    """The first line of the log holding ``needle`` and the ``lines`` after it: the exception and its cause,
+    which the tail has often scrolled past (a server logs its whole shutdown after a failed start)."""
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for i, line in enumerate(text):
+        if needle in line:
+            return "\n".join(text[i:i + lines])
+    return ""
+
+
 def launch(cmd: Sequence[str], log: Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start a server in its own session, stdout+stderr appended to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +160,7 @@ def wait_ready(name: str, proc: subprocess.Popen[bytes], log: Path, probe: Calla
                 if line in tail:
                     terminate(proc.pid, 10)
                     raise ServiceStartError(f"{name} failed during start-up ({line!r}); log {log}:\n"
-                                            f"{log_tail(log)}")
+                                            f"{log_excerpt(log, line)}\n[...]\n{log_tail(log, 15)}")
             attempt = pool.submit(probe)
             try:
                 return attempt.result(timeout=max(0.0, deadline - time.monotonic()))

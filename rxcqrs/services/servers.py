@@ -68,8 +68,8 @@ class Server(ABC):
     def probe(self) -> str:
         """Make a real client request; return the version the server reports. Raises until ready."""
 
-    def probe_cluster(self) -> str:
-        """Like :meth:`probe`, and on a cluster also every other node as this node sees it."""
+    def probe_cluster(self, nodes: int | None = None) -> str:
+        """Like :meth:`probe`, and on a cluster also nodes 1..``nodes`` (default: all) as this node sees them."""
         return self.probe()
 
     def make_dirs(self) -> None:
@@ -245,8 +245,8 @@ class CassandraServer(Server):
         ring: the nodes that joined before it (they join in turn) and itself gossiping as NORMAL."""
         return self._probe(ring=self.node)
 
-    def probe_cluster(self) -> str:
-        return self._probe(ring=self.settings.nodes if self.node > 0 else 0)
+    def probe_cluster(self, nodes: int | None = None) -> str:
+        return self._probe(ring=(nodes or self.settings.nodes) if self.node > 0 else 0)
 
     def _probe(self, ring: int) -> str:
         from cassandra.cluster import Cluster

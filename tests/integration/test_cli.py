@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from rxcqrs.examples.shoppingcart.tuning import WINDOW
+
 
 def rxcqrs(*args: str, env: dict[str, str] | None = None, shell_pipe: str | None = None
            ) -> subprocess.CompletedProcess[str]:
@@ -35,7 +37,8 @@ def test_every_command_has_help_with_defaults(args: list[str]) -> None:
     result = rxcqrs(*args, "--help")
     assert result.returncode == 0 and "usage: rxcqrs" in result.stdout, result.stderr
     if args[-1:] == ["consume"]:
-        assert "(default: 5000)" in result.stdout and "--kafka-backend" in result.stdout
+        assert f"(default: {WINDOW})" in result.stdout and "--kafka-backend" in result.stdout
+        assert "--no-prefetch" in result.stdout
 
 
 def test_version_and_verbose_anywhere() -> None:

@@ -114,3 +114,16 @@ def test_services_nodes_flag_is_checked(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "rxcqrs.cli", "services", "up", "--nodes", "ten"],
                          capture_output=True, text=True, timeout=120, env={**os.environ, "RXCQRS_HOME": str(tmp_path)})
     assert out.returncode == 2 and "--nodes: a node count from 1 to 9, got 'ten'" in out.stderr
+
+
+def test_a_failed_start_shows_the_exception_not_only_the_shutdown_after_it(tmp_path: Path) -> None:
+    from rxcqrs.services.process import log_excerpt
+
+    log = tmp_path / "server.out"
+    cause = ["ERROR Exception encountered during startup", "java.lang.IllegalStateException: Other bootstrapping "
+             "nodes detected", "\tat org.apache.cassandra.service.StorageService.joinTokenRing"]
+    log.write_text("\n".join(["INFO starting"] * 50 + cause + ["INFO Enqueuing flush"] * 300) + "\n")
+    excerpt = log_excerpt(log, "Exception encountered during startup", lines=3)
+    assert excerpt.splitlines() == cause
+    assert log_excerpt(log, "not in the log") == ""
+    assert log_excerpt(tmp_path / "missing.out", "anything") == ""
