@@ -233,12 +233,19 @@ class CassandraServer(Server):
             f"-Dcassandra.logdir={self.logs}", f"-Dlogback.configurationFile={self.conf / 'logback.xml'}",
             "-Dcassandra-foreground=yes", f"-Dcassandra.jmx.local.port={self.jmx_port}",
             f"-Djava.rmi.server.hostname={s.host}", "-Dcassandra.skip_wait_for_gossip_to_settle=0",
-            "-Dcassandra.ring_delay_ms=1000", f"-Dcassandra.system_distributed.default_rf={replicas}",
+            f"-Dcassandra.ring_delay_ms={self.ring_delay_ms}", f"-Dcassandra.system_distributed.default_rf={replicas}",
             f"-Dcassandra.system_traces.default_rf={replicas}", f"-Dcassandra.system_auth.default_rf={replicas}",
             "-Dcassandra.superuser_setup_delay_ms=0",
             f"-Djava.io.tmpdir={self.tmp}",
             "-cp", f"{self.conf}:{lib}/*", "org.apache.cassandra.service.CassandraDaemon",
         ]
+
+    @property
+    def ring_delay_ms(self) -> int:
+        """How long a node waits for gossip before it bootstraps. A joining node must have gossiped with the
+        seed by then ("Unable to contact any seeds" otherwise: seen with 1 s on a loaded 2-core machine), so
+        nodes after the seed wait 5 s; the seed and a single node have nobody to wait for."""
+        return 1000 if self.node <= 1 else 5000
 
     def probe(self) -> str:
         """This node's own answer (the query goes to this node only), and, on a cluster, its view of the
