@@ -1,4 +1,4 @@
-"""bind_fast: a prepared statement bound to a sequence of values at a third of the driver's cost.
+"""bind_fast: a prepared statement bound to a sequence of values at about half the driver's cost.
 
 The driver's ``BoundStatement.bind`` (cassandra-driver 3.30) builds a column-encryption descriptor (a named
 tuple) for every value even when no encryption policy is set: for an event-log row of 12 columns that is more
@@ -42,6 +42,9 @@ def _serializer(cql_type: Any) -> Serializer:
     from cassandra.cqltypes import DateType
 
     return _timestamp(cql_type.serialize) if cql_type is DateType else cql_type.serialize
+
+
+#: per prepared statement: its column serializers and protocol version, or None (the driver binds it)
 _serializers: "weakref.WeakKeyDictionary[Any, tuple[tuple[Serializer, ...], int] | None]" = weakref.WeakKeyDictionary()
 
 
