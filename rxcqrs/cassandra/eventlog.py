@@ -116,7 +116,9 @@ class EventLog:
         self._seen_lock = threading.Lock()
         self._payload_columns = frozenset(self.payload)
         self._payload_order = tuple(self.payload)
-        self._inserts: dict[Any, Any] = {}  # session -> prepared insert
+        cols = [self.entity, "bucket", "event_time", "event_id", "logged_at", *self.payload, "source_topic",
+                "source_partition", "source_offset"]
+        self._insert_query = f"INSERT INTO {self.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
 
     # -- DDL ----------------------------------------------------------------------------------------------
     def create(self, session: Any) -> None:
@@ -163,14 +165,8 @@ class EventLog:
         return int(when.timestamp()) // self.bucket_seconds
 
     def insert_statement(self, session: Any) -> Any:
-        """The prepared insert of one logging (prepared once per session)."""
-        prepared = self._inserts.get(session)
-        if prepared is None:
-            cols = [self.entity, "bucket", "event_time", "event_id", "logged_at", *self.payload, "source_topic",
-                    "source_partition", "source_offset"]
-            prepared = self._inserts[session] = prepare(
-                session, f"INSERT INTO {self.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})")
-        return prepared
+        """The prepared insert of one logging (its text built once; prepared once per session by ``prepare``)."""
+        return prepare(session, self._insert_query)
 
     def insert(self, session: Any, entity_id: Any, event_id: uuid.UUID, event_time: datetime,
                payload: Mapping[str, Any], source: RecordMetadata | None = None) -> Any:
