@@ -98,8 +98,7 @@ def sustained(session: Any, commands: int) -> None:
     from benchmarks.pipes import RssSampler
     from rxcqrs.examples.shoppingcart.pipeline import start_pipeline
     from rxcqrs.examples.shoppingcart.store import CartStore
-    from rxcqrs.examples.shoppingcart.tuning import MAX_POLL_RECORDS, PREFETCH, WINDOW
-    from rxcqrs.kafka import ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings
+    from rxcqrs.kafka import KafkaSink, ProducerSettings
     from rxcqrs.operators import DeadLetters
 
     topic = produce(200, commands)
@@ -107,8 +106,7 @@ def sustained(session: Any, commands: int) -> None:
     store = CartStore(session, ks)
     store.create()
     dead = KafkaSink(producer=ProducerSettings())
-    source = KafkaSource(topic, ConsumerSettings(group_id=f"g.{ks}", max_poll_records=MAX_POLL_RECORDS),
-                         SourceSettings(max_in_flight=WINDOW, prefetch=PREFETCH))
+    source = c.example_source(topic, f"g.{ks}")
     sampler = RssSampler(source.committer.records_committed)
     started = time.perf_counter()
     flow = start_pipeline(source, store, dead_letters=DeadLetters(dead))

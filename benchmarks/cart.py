@@ -194,22 +194,29 @@ def rxcqrs_mode(session: Any, topic: str, ks: str, total: int, mode: str, idempo
     timed from the source's start (client start-up and the group join included) until every record is
     committed."""
     from rxcqrs.examples.shoppingcart.pipeline import start_pipeline
-    from rxcqrs.examples.shoppingcart.tuning import MAX_POLL_RECORDS, PREFETCH, WINDOW
-    from rxcqrs.kafka import ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, SourceSettings
+    from rxcqrs.kafka import KafkaSink, ProducerSettings
     from rxcqrs.operators import DeadLetters
 
     store = CartStore(session, ks, idempotent=idempotent)
     store.create()
     dead = KafkaSink(producer=ProducerSettings())
     started = time.perf_counter()
-    source = KafkaSource(topic, ConsumerSettings(group_id=f"g.{ks}", max_poll_records=MAX_POLL_RECORDS),
-                         SourceSettings(max_in_flight=WINDOW, prefetch=PREFETCH))
+    source = example_source(topic, f"g.{ks}")
     flow = start_pipeline(source, store, mode=mode, dead_letters=DeadLetters(dead))  # type: ignore[arg-type]
     _wait(lambda: source.committer.records_committed() >= total or not flow.running, 1800)
     took = time.perf_counter() - started
     flow.stop_and_wait()
     dead.on_completed()
     return total / took, {"verified": verify(session, ks, topic), "cpu_s": None}
+
+
+def example_source(topic: str, group: str) -> Any:
+    """A KafkaSource as ``cart consume`` makes it (:mod:`rxcqrs.examples.shoppingcart.tuning`)."""
+    from rxcqrs.examples.shoppingcart.tuning import MAX_POLL_RECORDS, PREFETCH, WINDOW
+    from rxcqrs.kafka import ConsumerSettings, KafkaSource, SourceSettings
+
+    return KafkaSource(topic, ConsumerSettings(group_id=group, max_poll_records=MAX_POLL_RECORDS),
+                       SourceSettings(max_in_flight=WINDOW, prefetch=PREFETCH))
 
 
 def _wait(condition: Callable[[], bool], timeout: float) -> None:
