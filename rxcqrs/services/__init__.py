@@ -160,10 +160,28 @@ def _up_cluster(servers: list[Server], settings: ServicesSettings, say: Callable
                 for server, s in zip(servers, started, strict=True)]
     result = []
     for server in servers:
-        result.append(_up_one(server, settings, say))
+        result.append(_join(server, settings, say) if server.node > 1 else _up_one(server, settings, say))
         if server.node > 1:  # the seed must see it NORMAL before the next one asks the seed about the ring
             wait_until_cluster_ready(servers[0], say, nodes=server.node)
     return result
+
+
+#: start-up attempts of a Cassandra node joining the seed
+JOIN_ATTEMPTS = 3
+
+
+def _join(server: Server, settings: ServicesSettings, say: Callable[[str], None]) -> ServerStatus:
+    """Start a node after the seed. A failed bootstrap (e.g. "Unable to contact any seeds" on a loaded
+    machine) is retried by starting the node again, as Cassandra advises; each attempt has its deadline."""
+    for attempt in range(1, JOIN_ATTEMPTS + 1):
+        try:
+            return _up_one(server, settings, say)
+        except ServiceStartError as exc:
+            if attempt == JOIN_ATTEMPTS:
+                raise
+            say(f"{server.label}: could not join ({str(exc).splitlines()[0]}); starting it again "
+                f"(attempt {attempt + 1} of {JOIN_ATTEMPTS})")
+    raise AssertionError("unreachable")
 
 
 def wait_until_cluster_ready(server: Server, say: Callable[[str], None] = lambda _msg: None,

@@ -127,3 +127,31 @@ def test_a_failed_start_shows_the_exception_not_only_the_shutdown_after_it(tmp_p
     assert excerpt.splitlines() == cause
     assert log_excerpt(log, "not in the log") == ""
     assert log_excerpt(tmp_path / "missing.out", "anything") == ""
+
+
+def test_a_node_that_fails_to_join_is_started_again_a_bounded_number_of_times(monkeypatch: pytest.MonkeyPatch
+                                                                              ) -> None:
+    import types
+
+    import rxcqrs.services as services
+    from rxcqrs.exceptions import ServiceStartError
+
+    calls: list[int] = []
+
+    def failing_twice(server: object, settings: object, say: object) -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ServiceStartError("cassandra-2 failed during start-up ('Unable to contact any seeds')\nlog tail")
+        return "up"
+
+    monkeypatch.setattr(services, "_up_one", failing_twice)
+    node = types.SimpleNamespace(label="cassandra-2", node=2)
+    said: list[str] = []
+    assert services._join(node, None, said.append) == "up"  # type: ignore[arg-type]
+    assert len(calls) == 3 and len(said) == 2 and "Unable to contact any seeds" in said[0]
+
+    calls.clear()
+    monkeypatch.setattr(services, "JOIN_ATTEMPTS", 2)
+    with pytest.raises(ServiceStartError):
+        services._join(node, None, said.append)  # type: ignore[arg-type]
+    assert len(calls) == 2
