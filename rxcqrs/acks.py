@@ -94,7 +94,7 @@ class GateTicket(Ticket):
 
     __slots__ = ("_gate", "_tp", "_epoch", "_offset")
 
-    def __init__(self, gate_settle: Callable[[Any, int, int, BaseException | None], None], tp: Any, epoch: int,
+    def __init__(self, gate_settle: Callable[[Any, int, int, BaseException | None], Any], tp: Any, epoch: int,
                  offset: int, count: Callable[[str, int], None]) -> None:
         self._settled = False
         self.count = count

@@ -53,7 +53,8 @@ class _Track:
 class CommitGate:
     """Thread-safe; settles come from any thread, everything else is called by the poll thread."""
 
-    def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, on_change: Callable[[], None] = lambda: None,
+                 on_stale: Callable[[], None] = lambda: None) -> None:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._tracks: dict[TopicPartition, _Track] = {}
@@ -67,7 +68,9 @@ class CommitGate:
         self.changes = 0
         self.acked = 0
         self.nacked = 0
+        self.stale = 0  # settles ignored: a second settle, or one for a revoked or rewound assignment
         self._on_change = on_change  # wakes the poll thread
+        self._on_stale = on_stale  # told of each ignored settle (a metric)
         # when to wake it: a failure, nothing in flight, and (set by the owner) these two crossings
         self._wake_in_flight = -1  # in flight falls to this (the window has room again)
         self._wake_done = 0  # this many done since the last commit (a commit is due)
@@ -156,29 +159,34 @@ class CommitGate:
         with self._lock:
             track = self._tracks.get(tp)
             if track is None or track.epoch != epoch or track.states.get(offset) != _PENDING:
-                return False
-            self._in_flight -= 1
-            track.pending -= 1
-            wake = self._in_flight in (0, self._wake_in_flight) or error is not None
-            if error is None:
-                self.acked += 1
-                track.states[offset] = _DONE
-                self._done_since_commit += 1
-                wake = wake or self._done_since_commit == self._wake_done
-                while track.offsets and track.states[track.offsets[0]] == _DONE:
-                    done = track.offsets.popleft()
-                    del track.states[done]
-                    track.watermark = done + 1
+                self.stale += 1
+                wake = None
             else:
-                self.nacked += 1
-                track.states[offset] = _FAILED
-                if track.failure is None:
-                    track.failure = Failure(tp, offset, error, epoch)
-                    self.failed += 1
-            if self._waiters:
-                self._changed.notify_all()
-            if wake:
-                self.changes += 1
+                self._in_flight -= 1
+                track.pending -= 1
+                wake = self._in_flight in (0, self._wake_in_flight) or error is not None
+                if error is None:
+                    self.acked += 1
+                    track.states[offset] = _DONE
+                    self._done_since_commit += 1
+                    wake = wake or self._done_since_commit == self._wake_done
+                    while track.offsets and track.states[track.offsets[0]] == _DONE:
+                        done = track.offsets.popleft()
+                        del track.states[done]
+                        track.watermark = done + 1
+                else:
+                    self.nacked += 1
+                    track.states[offset] = _FAILED
+                    if track.failure is None:
+                        track.failure = Failure(tp, offset, error, epoch)
+                        self.failed += 1
+                if self._waiters:
+                    self._changed.notify_all()
+                if wake:
+                    self.changes += 1
+        if wake is None:
+            self._on_stale()
+            return False
         if wake:
             self._on_change()
         return True

@@ -41,7 +41,7 @@ class Committer:
         self.settings = settings
         self.metrics = metrics
         self.name = name
-        self.gate = CommitGate(on_change=wake)
+        self.gate = CommitGate(on_change=wake, on_stale=lambda: metrics.incr("stale_settles"))
         # resume emitting once a quarter of a full window has settled; commit after commit_every records
         window = settings.max_in_flight
         self.gate.wake_when(in_flight=window - max(1, window // 4), done=settings.commit_every)
@@ -73,11 +73,7 @@ class Committer:
     # -- the poll thread ----------------------------------------------------------------------------------
     def ticket(self, tp: TopicPartition, epoch: int, offset: int, count: Callable[[str, int], None]) -> Ticket:
         """The ticket of a record the gate accepted (``gate.emit``); it settles the record from any thread."""
-        return GateTicket(self._settled, tp, epoch, offset, count)
-
-    def _settled(self, tp: TopicPartition, epoch: int, offset: int, error: BaseException | None) -> None:
-        if not self.gate.settle(tp, epoch, offset, error):  # (acks and nacks are counted by the gate)
-            self.metrics.incr("stale_settles")
+        return GateTicket(self.gate.settle, tp, epoch, offset, count)
 
     def maybe_commit(self, client: ConsumerClient, *, batch_done: bool = False, force: bool = False,
                      strict: bool = False) -> None:

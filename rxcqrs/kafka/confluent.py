@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import partial
 from typing import Any, Callable, Iterable, TypeVar
 
 from rxcqrs.exceptions import CommitError, DeliveryError, FlowError, GroupMovedOnError
@@ -266,6 +267,11 @@ def _check(result: Any) -> None:
         raise CommitError(f"commit failed for {[(p.topic, p.partition, str(p.error)) for p in failed]}")
 
 
+def _report(on_done: Delivered, wrap: type[BaseException], error: Any, _message: Any) -> None:
+    """librdkafka's delivery report ``(error, message)`` as ``on_done(None)`` or ``on_done(exception)``."""
+    on_done(None if error is None else wrap(error))
+
+
 class ConfluentProducer:
     backend = "confluent"
 
@@ -300,20 +306,23 @@ class ConfluentProducer:
     def send(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]] | None,
              partition: int | None, timestamp_ms: int | None, on_done: Delivered) -> None:
         KafkaException = self._exception  # noqa: N806 (the class, under its own name)
-
-        def delivered(error: Any, _message: Any) -> None:
-            on_done(None if error is None else KafkaException(error))
-
-        options: dict[str, Any] = {"value": value, "key": key, "on_delivery": delivered}
-        if headers:
-            options["headers"] = headers
-        if partition is not None:
-            options["partition"] = partition
-        if timestamp_ms is not None:
-            options["timestamp"] = timestamp_ms
+        report = partial(_report, on_done, KafkaException)  # one object per record (a closure costs four)
+        options: dict[str, Any] | None = None  # the common case passes no optional field (no dict per record)
+        if headers or partition is not None or timestamp_ms is not None:
+            options = {}
+            if headers:
+                options["headers"] = headers
+            if partition is not None:
+                options["partition"] = partition
+            if timestamp_ms is not None:
+                options["timestamp"] = timestamp_ms
+        produce = self._producer.produce
         for _ in range(600):  # a full local queue drains as deliveries complete: wait up to ~60 s for room
             try:
-                self._producer.produce(topic, **options)
+                if options is None:
+                    produce(topic, value, key, on_delivery=report)
+                else:
+                    produce(topic, value, key, on_delivery=report, **options)
                 return
             except BufferError:
                 self._producer.flush(0.1)

@@ -10,9 +10,11 @@ import uuid
 from collections import Counter
 from typing import Any
 
+import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from rxcqrs import run
+from rxcqrs.acks import Ticket
 from rxcqrs.backoff import Backoff
 from rxcqrs.kafka import (
     ConsumerSettings,
@@ -23,7 +25,7 @@ from rxcqrs.kafka import (
     committed_offsets,
     create_topics,
 )
-from rxcqrs.messages import Envelope, OutgoingRecord
+from rxcqrs.messages import Envelope, OutgoingRecord, RecordMetadata
 from rxcqrs.operators import DeadLetters, broadcast, decode
 from rxcqrs.timers import call_later
 from tests.helpers import Collect, wait_until
@@ -205,8 +207,6 @@ def test_the_sink_retries_while_the_broker_is_frozen_then_delivers(topic_factory
     import signal
 
     from rxcqrs import services
-    from rxcqrs.acks import Ticket
-    from rxcqrs.messages import RecordMetadata
 
     topic = topic_factory(1)
     settings = ProducerSettings(bootstrap_servers=kafka_bootstrap, linger_ms=0, delivery_timeout_ms=2_000,
@@ -249,3 +249,29 @@ def test_kafka_to_kafka_commits_only_what_was_delivered(topic_factory, kafka_boo
     values = sorted(int(r.value.split()[1]) for r in reader)
     reader.close()
     assert values == [2 * i for i in range(300)] and sink.sent == 300
+
+
+@pytest.mark.parametrize("backend", ["confluent", "kafka-python"])
+def test_the_sink_sends_every_field_of_an_outgoing_record(topic_factory, kafka_bootstrap, backend) -> None:  # type: ignore[no-untyped-def]
+    """Key, value, headers, partition and timestamp arrive as given, with either client (the common case,
+    value and key only, takes a shorter path in the confluent adapter: both paths are checked)."""
+    topic = topic_factory(3)
+    sink = KafkaSink(topic, ProducerSettings(bootstrap_servers=kafka_bootstrap, backend=backend))
+    acks: list[BaseException | None] = []
+    full = OutgoingRecord(b"full", b"k1", headers=(("trace", b"t1"), ("n", b"2")), partition=2,
+                          timestamp_ms=1_600_000_000_123)
+    plain = OutgoingRecord(b"plain", b"k2", partition=1)
+    bare = OutgoingRecord(b"bare", b"k3")
+    for record in (full, plain, bare):
+        sink.on_next(Envelope(record, RecordMetadata("in", 0, 0, 0), Ticket(acks.append)))
+    sink.on_completed()
+    assert acks == [None, None, None]
+    reader = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+                           consumer_timeout_ms=10_000)
+    got = {r.value: r for r in itertools.islice(reader, 3)}
+    reader.close()
+    assert got[b"full"].key == b"k1" and got[b"full"].partition == 2
+    assert got[b"full"].headers == [("trace", b"t1"), ("n", b"2")]
+    assert got[b"full"].timestamp == 1_600_000_000_123
+    assert got[b"plain"].partition == 1 and got[b"plain"].key == b"k2" and not got[b"plain"].headers
+    assert got[b"bare"].key == b"k3"

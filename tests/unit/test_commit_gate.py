@@ -92,7 +92,8 @@ def test_a_nack_holds_the_watermark_and_stale_epochs_are_ignored(scenario, faili
     tp = TPS[failing]
     if not offsets[tp]:
         return
-    gate = CommitGate()
+    stale: list[int] = []
+    gate = CommitGate(on_stale=lambda: stale.append(1))
     gate.assign(tp)
     epochs = [gate.emit(tp, off) for off in offsets[tp]]
     bad = len(offsets[tp]) // 2
@@ -106,7 +107,9 @@ def test_a_nack_holds_the_watermark_and_stale_epochs_are_ignored(scenario, faili
     position = gate.rewind(tp)
     assert position == (expected if expected is not None else offsets[tp][bad])  # seek target <= failed offset
     assert not gate.settle(tp, epochs[bad], offsets[tp][bad], None)
+    assert not gate.settle(tp, epochs[0], offsets[tp][0], None)  # settled already, and of an old epoch
     assert gate.failures() == []
+    assert gate.stale == len(stale) == 2  # each ignored settle is counted and reported once
 
 
 def test_acks_from_many_threads_commit_exactly_the_end() -> None:
