@@ -156,14 +156,26 @@ def ceiling(session: Any) -> None:
         row("ceiling", f"Cassandra alone: {name} in flight", rate)
 
 
-def insert(session: Any, commands: int) -> None:
+def insert(session: Any, commands: int, rounds: int) -> None:
+    """``rounds`` interleaved rounds, the order alternating; medians."""
     from benchmarks.pipes import decode_insert
 
-    found = decode_insert(session, produce(200, commands), commands)
-    row("insert", "rxcqrs decode -> INSERT", found["rxcqrs"], cpu_us=round(found["rxcqrs_cpu_us"], 1),
-        vs_hand=round(found["rxcqrs"] / found["hand"], 2), verified=found["rxcqrs_verified"])
-    row("insert", "hand poll -> decode -> execute_async", found["hand"], cpu_us=round(found["hand_cpu_us"], 1),
-        verified=found["hand_verified"])
+    topic = produce(200, commands)
+    runs = [decode_insert(session, topic, commands, ("rxcqrs", "hand") if i % 2 == 0 else ("hand", "rxcqrs"))
+            for i in range(rounds)]
+
+    def median(key: str) -> float:
+        return statistics.median(run[key] for run in runs)
+
+    def spread(key: str) -> str:
+        values = [run[key] for run in runs]
+        return f"{min(values):,.0f}-{max(values):,.0f}"
+
+    row("insert", "rxcqrs decode -> INSERT", median("rxcqrs"), cpu_us=round(median("rxcqrs_cpu_us"), 1),
+        vs_hand=round(median("rxcqrs") / median("hand"), 2), rounds=rounds, spread=spread("rxcqrs"),
+        verified=all(run["rxcqrs_verified"] for run in runs))
+    row("insert", "hand poll -> decode -> execute_async", median("hand"), cpu_us=round(median("hand_cpu_us"), 1),
+        rounds=rounds, spread=spread("hand"), verified=all(run["hand_verified"] for run in runs))
 
 
 def kafka(commands: int) -> None:
@@ -191,7 +203,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--rounds", type=int, default=3,
-                        help="interleaved rounds of the cart section's batched contenders (median)")
+                        help="interleaved rounds of the cart section's batched contenders and of insert (median)")
     parser.add_argument("--slow-rounds", type=int, default=1,
                         help="interleaved rounds of the cart section's per-command contenders (median)")
     parser.add_argument("--commands", type=int, default=20_000)
@@ -221,7 +233,7 @@ def main() -> int:
             elif section == "ceiling":
                 ceiling(session)
             elif section == "insert":
-                insert(session, args.commands)
+                insert(session, args.commands, args.rounds)
             else:
                 kafka(args.commands)
     finally:

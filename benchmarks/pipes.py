@@ -102,9 +102,11 @@ def _rate(session: Any, statement: Callable[[int], Any], concurrency: int, secon
     return state["done"] / (time.perf_counter() - started)
 
 
-def decode_insert(session: Any, topic: str, total: int) -> dict[str, float]:
+def decode_insert(session: Any, topic: str, total: int, order: tuple[str, ...] = ("rxcqrs", "hand")
+                  ) -> dict[str, float]:
     """KafkaSource -> decode -> bind -> CassandraSink against poll -> decode -> execute_async (32 in flight),
-    both on confluent-kafka."""
+    both on confluent-kafka, in ``order`` (the caller alternates it between rounds: whoever runs second meets
+    a Cassandra that has finished more of the previous section's compactions)."""
     from confluent_kafka import Consumer
 
     from rxcqrs import run
@@ -115,7 +117,7 @@ def decode_insert(session: Any, topic: str, total: int) -> dict[str, float]:
 
     codec = command_codec()
     results = {}
-    for name in ("rxcqrs", "hand"):
+    for name in order:
         ks = f"bench_insert_{uuid.uuid4().hex[:6]}"
         create_keyspace(session, ks)
         create_table(session, ks, "events", {"id": "uuid", "cart": "uuid", "action": "text"}, ["id"])
