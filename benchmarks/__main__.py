@@ -156,58 +156,71 @@ def ceiling(session: Any) -> None:
         row("ceiling", f"Cassandra alone: {name} in flight", rate)
 
 
+def alternating(rounds: int, pair: tuple[str, str], run: Any) -> list[dict[str, Any]]:
+    """``run(order)`` ``rounds`` times, the pair's order alternating: whoever runs second meets servers that
+    have finished more of the previous run's background work (compactions, log flushes)."""
+    return [run(pair if i % 2 == 0 else pair[::-1]) for i in range(rounds)]
+
+
+def median_of(runs: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
+
+
+def spread_of(runs: list[dict[str, Any]], key: str) -> str:
+    values = [run[key] for run in runs]
+    return f"{min(values):,.0f}-{max(values):,.0f}"
+
+
 def insert(session: Any, commands: int, rounds: int) -> None:
-    """``rounds`` interleaved rounds, the order alternating; medians."""
     from benchmarks.pipes import decode_insert
 
     topic = produce(200, commands)
-    runs = [decode_insert(session, topic, commands, ("rxcqrs", "hand") if i % 2 == 0 else ("hand", "rxcqrs"))
-            for i in range(rounds)]
-
-    def median(key: str) -> float:
-        return statistics.median(run[key] for run in runs)
-
-    def spread(key: str) -> str:
-        values = [run[key] for run in runs]
-        return f"{min(values):,.0f}-{max(values):,.0f}"
-
-    row("insert", "rxcqrs decode -> INSERT", median("rxcqrs"), cpu_us=round(median("rxcqrs_cpu_us"), 1),
-        vs_hand=round(median("rxcqrs") / median("hand"), 2), rounds=rounds, spread=spread("rxcqrs"),
-        verified=all(run["rxcqrs_verified"] for run in runs))
-    row("insert", "hand poll -> decode -> execute_async", median("hand"), cpu_us=round(median("hand_cpu_us"), 1),
-        rounds=rounds, spread=spread("hand"), verified=all(run["hand_verified"] for run in runs))
+    runs = alternating(rounds, ("rxcqrs", "hand"), lambda order: decode_insert(session, topic, commands, order))
+    row("insert", "rxcqrs decode -> INSERT", median_of(runs, "rxcqrs"),
+        cpu_us=round(median_of(runs, "rxcqrs_cpu_us"), 1),
+        vs_hand=round(median_of(runs, "rxcqrs") / median_of(runs, "hand"), 2), rounds=rounds,
+        spread=spread_of(runs, "rxcqrs"), verified=all(run["rxcqrs_verified"] for run in runs))
+    row("insert", "hand poll -> decode -> execute_async", median_of(runs, "hand"),
+        cpu_us=round(median_of(runs, "hand_cpu_us"), 1), rounds=rounds, spread=spread_of(runs, "hand"),
+        verified=all(run["hand_verified"] for run in runs))
 
 
-def kafka(commands: int) -> None:
+def kafka(commands: int, rounds: int) -> None:
     from benchmarks.pipes import kafka_to_kafka
 
     topic = produce(200, commands)
     for backend in ("kafka-python", "confluent"):
-        found = kafka_to_kafka(topic, commands, backend)
-        row("kafka", f"KafkaSource -> KafkaSink ({backend})", found["rxcqrs"], cpu_us=round(found["rxcqrs_cpu_us"], 1),
-            above_bare_us=round(found["rxcqrs_cpu_us"] - found["bare_cpu_us"], 1), verified=found["rxcqrs_verified"])
-        row("kafka", f"bare {backend} loop", found["bare"], cpu_us=round(found["bare_cpu_us"], 1),
-            verified=found["bare_verified"])
+        runs = alternating(rounds, ("rxcqrs", "bare"),
+                           lambda order, b=backend: kafka_to_kafka(topic, commands, b, order))
+        above = [run["rxcqrs_cpu_us"] - run["bare_cpu_us"] for run in runs]
+        row("kafka", f"KafkaSource -> KafkaSink ({backend})", median_of(runs, "rxcqrs"),
+            cpu_us=round(median_of(runs, "rxcqrs_cpu_us"), 1), above_bare_us=round(statistics.median(above), 1),
+            above_spread=f"{min(above):.1f}-{max(above):.1f}", rounds=rounds,
+            verified=all(run["rxcqrs_verified"] for run in runs))
+        row("kafka", f"bare {backend} loop", median_of(runs, "bare"), cpu_us=round(median_of(runs, "bare_cpu_us"), 1),
+            rounds=rounds, verified=all(run["bare_verified"] for run in runs))
     try:
         from benchmarks.pipes import quixstreams_pipe
-
-        found = quixstreams_pipe(topic, commands)
     except ImportError:
         print("kafka      quixstreams not installed (pip install -e '.[bench]')", flush=True)
         return
-    row("kafka", "Quix Streams copy", found["quixstreams"], cpu_us=round(found["quixstreams_cpu_us"], 1),
-        verified=found["quixstreams_verified"])
+    runs = [quixstreams_pipe(topic, commands) for _ in range(rounds)]
+    row("kafka", "Quix Streams copy", median_of(runs, "quixstreams"),
+        cpu_us=round(median_of(runs, "quixstreams_cpu_us"), 1), rounds=rounds,
+        verified=all(run["quixstreams_verified"] for run in runs))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--rounds", type=int, default=3,
-                        help="interleaved rounds of the cart section's batched contenders and of insert (median)")
+                        help="interleaved rounds of the cart section's batched contenders, insert and kafka (median)")
     parser.add_argument("--slow-rounds", type=int, default=1,
                         help="interleaved rounds of the cart section's per-command contenders (median)")
     parser.add_argument("--commands", type=int, default=20_000)
     parser.add_argument("--sustained", type=int, default=200_000, help="commands of the sustained run")
+    parser.add_argument("--kafka-records", type=int, default=100_000,
+                        help="records of each kafka run (enough that start-up is a small part of CPU per record)")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="consumer processes of scale")
     parser.add_argument("--replication", type=int, default=1, help="replication of the keyspaces scale creates")
     parser.add_argument("--json", default="build/bench.json")
@@ -235,7 +248,7 @@ def main() -> int:
             elif section == "insert":
                 insert(session, args.commands, args.rounds)
             else:
-                kafka(args.commands)
+                kafka(args.kafka_records, args.rounds)
     finally:
         session.cluster.shutdown()
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -164,9 +164,10 @@ def decode_insert(session: Any, topic: str, total: int, order: tuple[str, ...] =
     return results
 
 
-def kafka_to_kafka(topic: str, total: int, backend: str) -> dict[str, float]:
-    """KafkaSource -> map -> KafkaSink against the bare client loop of the same backend: records/s and CPU
-    microseconds per record (this process, every thread)."""
+def kafka_to_kafka(topic: str, total: int, backend: str, order: tuple[str, ...] = ("rxcqrs", "bare")
+                   ) -> dict[str, float]:
+    """KafkaSource -> map -> KafkaSink against the bare client loop of the same backend, in ``order``:
+    records/s and CPU microseconds per record (this process, every thread)."""
     from rxcqrs import run
     from rxcqrs.kafka import (
         ConsumerSettings,
@@ -181,7 +182,7 @@ def kafka_to_kafka(topic: str, total: int, backend: str) -> dict[str, float]:
     from rxcqrs.operators import map_value
 
     out: dict[str, float] = {}
-    for name in ("rxcqrs", "bare"):
+    for name in order:
         target = f"bench.out.{uuid.uuid4().hex[:6]}"
         create_topics({target: 8})
         started, cpu0 = time.perf_counter(), cpu()
