@@ -158,10 +158,12 @@ class CommitGate:
         """Ack (``error is None``) or nack an emitted offset. Returns False if it was stale and ignored."""
         with self._lock:
             track = self._tracks.get(tp)
-            if track is None or track.epoch != epoch or track.states.get(offset) != _PENDING:
+            stale = track is None or track.epoch != epoch or track.states.get(offset) != _PENDING
+            wake = False
+            if stale:
                 self.stale += 1
-                wake = None
             else:
+                assert track is not None
                 self._in_flight -= 1
                 track.pending -= 1
                 wake = self._in_flight in (0, self._wake_in_flight) or error is not None
@@ -184,7 +186,7 @@ class CommitGate:
                     self._changed.notify_all()
                 if wake:
                     self.changes += 1
-        if wake is None:
+        if stale:
             self._on_stale()
             return False
         if wake:

@@ -81,9 +81,8 @@ class KafkaSink(SinkBase):
         self._send(env, record, topic, 0)
 
     def _check_topic(self, topic: str) -> BaseException | None:
-        """Once per topic: does it exist? (A send to a missing topic would only time out, slowly.)"""
-        if topic in self._known_topics:
-            return None
+        """Once per topic (the caller looks it up in ``_known_topics`` first): does it exist? (A send to a
+        missing topic would only time out, slowly.)"""
         with self._topics_lock:
             if topic in self._known_topics:
                 return None
