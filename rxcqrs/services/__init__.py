@@ -158,11 +158,12 @@ def _up_cluster(servers: list[Server], settings: ServicesSettings, say: Callable
         started = [_launch_or_find(server, settings, say) for server in servers]
         return [_reuse(server, s, say) if isinstance(s, ServerState) else _await(server, *s, say)
                 for server, s in zip(servers, started, strict=True)]
-    result = []
-    for server in servers:
-        result.append(_join(server, settings, say) if server.node > 1 else _up_one(server, settings, say))
-        if server.node > 1:  # the seed must see it NORMAL before the next one asks the seed about the ring
-            wait_until_cluster_ready(servers[0], say, nodes=server.node)
+    seed, *others = servers
+    result = [_up_one(seed, settings, say)]
+    for server in others:
+        result.append(_join(server, settings, say))
+        # the seed must see it NORMAL before the next one asks the seed about the ring
+        wait_until_cluster_ready(seed, say, nodes=server.node)
     return result
 
 
@@ -173,15 +174,13 @@ JOIN_ATTEMPTS = 3
 def _join(server: Server, settings: ServicesSettings, say: Callable[[str], None]) -> ServerStatus:
     """Start a node after the seed. A failed bootstrap (e.g. "Unable to contact any seeds" on a loaded
     machine) is retried by starting the node again, as Cassandra advises; each attempt has its deadline."""
-    for attempt in range(1, JOIN_ATTEMPTS + 1):
+    for attempt in range(1, JOIN_ATTEMPTS):
         try:
             return _up_one(server, settings, say)
         except ServiceStartError as exc:
-            if attempt == JOIN_ATTEMPTS:
-                raise
             say(f"{server.label}: could not join ({str(exc).splitlines()[0]}); starting it again "
                 f"(attempt {attempt + 1} of {JOIN_ATTEMPTS})")
-    raise AssertionError("unreachable")
+    return _up_one(server, settings, say)  # the last attempt: its failure is the caller's
 
 
 def wait_until_cluster_ready(server: Server, say: Callable[[str], None] = lambda _msg: None,
