@@ -4,6 +4,8 @@ Per partition the gate keeps the offsets that were emitted and not yet committed
 offset is *done* when its ticket was acked (a broadcast acks only once every branch acked). The
 *watermark* is one past the longest done prefix: committing it can never skip a record that is not done.
 A nacked offset stays in place and holds the watermark back until the partition is rewound or revoked.
+A *run* (a batch: consecutive records of one partition emitted with one ticket) is tracked as one entry
+under its first offset: it is done, or failed, as a whole, and the watermark passes it only when done.
 
 Assignments have epochs: a settle for an epoch that was revoked or rewound is ignored, so a late ack from
 a database callback can never move the watermark of a newer assignment.
@@ -40,6 +42,7 @@ class _Track:
     epoch: int
     offsets: deque[int] = field(default_factory=deque)
     states: dict[int, int] = field(default_factory=dict)
+    runs: dict[int, tuple[int, int]] = field(default_factory=dict)  # first offset -> (last offset, records)
     last_emitted: int | None = None
     watermark: int | None = None  # next offset to commit: every emitted offset below it is done
     committed: int | None = None
@@ -135,10 +138,12 @@ class CommitGate:
             return None if track is None else track.epoch
 
     # -- records ------------------------------------------------------------------------------------------
-    def emit(self, tp: TopicPartition, offset: int, epoch: int | None = None) -> int | None:
+    def emit(self, tp: TopicPartition, offset: int, epoch: int | None = None, *, last: int | None = None,
+             records: int = 1) -> int | None:
         """Record that ``offset`` is about to be emitted; return the epoch its ticket must carry. With
         ``epoch`` (the one the record was fetched under) return ``None`` instead when the partition was revoked
-        or rewound since: the record is stale and must not be emitted."""
+        or rewound since: the record is stale and must not be emitted. With ``last``, ``offset`` starts a run
+        of ``records`` records ending at offset ``last``, settled as one (by a settle of ``offset``)."""
         with self._lock:
             track = self._tracks.get(tp)
             if epoch is not None and (track is None or track.epoch != epoch):
@@ -147,11 +152,17 @@ class CommitGate:
                 raise OffsetOrderError(f"{tp} is not assigned; cannot emit offset {offset}")
             if track.last_emitted is not None and offset <= track.last_emitted:
                 raise OffsetOrderError(f"{tp}: offset {offset} emitted after {track.last_emitted}")
-            track.last_emitted = offset
+            if last is None:
+                track.last_emitted = offset
+            else:
+                if last < offset or records < 1:
+                    raise OffsetOrderError(f"{tp}: a run from {offset} to {last} of {records} records")
+                track.last_emitted = last
+                track.runs[offset] = (last, records)
             track.offsets.append(offset)
             track.states[offset] = _PENDING
-            track.pending += 1
-            self._in_flight += 1
+            track.pending += records
+            self._in_flight += records
             return track.epoch
 
     def settle(self, tp: TopicPartition, epoch: int, offset: int, error: BaseException | None) -> bool:
@@ -164,20 +175,25 @@ class CommitGate:
                 self.stale += 1
             else:
                 assert track is not None
-                self._in_flight -= 1
-                track.pending -= 1
-                wake = self._in_flight in (0, self._wake_in_flight) or error is not None
+                runs = track.runs
+                n = runs[offset][1] if runs and offset in runs else 1
+                before = self._in_flight
+                self._in_flight -= n
+                track.pending -= n
+                # wake when in flight reaches 0 or falls past the wake level (a run may jump over it)
+                wake = self._in_flight == 0 or before > self._wake_in_flight >= self._in_flight or error is not None
                 if error is None:
-                    self.acked += 1
+                    self.acked += n
                     track.states[offset] = _DONE
-                    self._done_since_commit += 1
-                    wake = wake or self._done_since_commit == self._wake_done
+                    done_before = self._done_since_commit
+                    self._done_since_commit += n
+                    wake = wake or done_before < self._wake_done <= self._done_since_commit
                     while track.offsets and track.states[track.offsets[0]] == _DONE:
                         done = track.offsets.popleft()
                         del track.states[done]
-                        track.watermark = done + 1
+                        track.watermark = (runs.pop(done)[0] if runs and done in runs else done) + 1
                 else:
-                    self.nacked += 1
+                    self.nacked += n
                     track.states[offset] = _FAILED
                     if track.failure is None:
                         track.failure = Failure(tp, offset, error, epoch)

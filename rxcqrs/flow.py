@@ -13,6 +13,7 @@ from reactivex import Observable, abc
 
 from rxcqrs.exceptions import FlowError
 from rxcqrs.metrics import Metrics
+from rxcqrs.operators._batch import fit_batches
 from rxcqrs.operators._broadcast import Ending, split_stages
 
 __all__ = ["run", "Flow"]
@@ -91,9 +92,12 @@ class Flow:
 
 def run(source: Any, *stages: Any) -> Flow:
     """Subscribe ``source`` (a :class:`~rxcqrs.kafka.KafkaSource` or any observable of envelopes) through
-    ``stages`` (operators, optionally a sink last). Envelopes that reach the end without a sink are acked."""
+    ``stages`` (operators, optionally a sink last). Envelopes that reach the end without a sink are acked. A
+    source that emits batches has them split into envelopes before the first stage that does not take them."""
     observable: Observable[Any] = getattr(source, "observable", source)
     operators, sink = split_stages(stages)
+    if getattr(source, "emits_batches", False):
+        operators = fit_batches(operators, sink)
     flow = Flow(source, sink)
     flow._subscription = observable.pipe(*operators).subscribe(Ending(sink, flow._ended))
     return flow

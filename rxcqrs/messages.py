@@ -1,15 +1,16 @@
-"""The values that flow through rxcqrs: record metadata, envelopes (value + metadata + ticket), outgoing records."""
+"""The values that flow through rxcqrs: record metadata, envelopes (value + metadata + ticket), batches of
+envelopes (values of one partition's consecutive records + one ticket), outgoing records."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, Sequence, TypeVar
 
 from rxcqrs.acks import Ticket
 from rxcqrs.exceptions import PoisonRecordError
 
-__all__ = ["TopicPartition", "RecordMetadata", "Envelope", "OutgoingRecord", "Headers"]
+__all__ = ["TopicPartition", "RecordMetadata", "Envelope", "Batch", "OutgoingRecord", "Headers"]
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -44,6 +45,14 @@ class RecordMetadata:
         self.headers = headers
         self._utc: datetime | None = None
         self._uuid: uuid.UUID | None = None
+
+    @classmethod
+    def of(cls, record: Any) -> "RecordMetadata":
+        """The metadata of a consumed record (a :class:`~rxcqrs.kafka.client.Record`)."""
+        headers = record.headers
+        return cls(record.topic, record.partition, record.offset, record.timestamp,
+                   getattr(record, "timestamp_type", 0) or 0, record.key,
+                   tuple((k, v) for k, v in headers) if headers else ())
 
     def _fields(self) -> tuple[Any, ...]:
         return (self.topic, self.partition, self.offset, self.timestamp, self.timestamp_type, self.key, self.headers)
@@ -131,6 +140,57 @@ class Envelope(Generic[T]):
 
     def split(self, n: int) -> "list[Envelope[T]]":
         return [Envelope(self.value, self.meta, t) for t in self.ticket.split(n)]
+
+
+class Batch(Generic[T]):
+    """Consecutive records of one partition that a source emits together (``SourceSettings(batches=True)``):
+    their values, the consumed records they came from, and one ticket that settles them all (done when every
+    record is; failed at the first failure, which rewinds or stops at the batch's first offset).
+
+    Stages that take batches (``takes_batches``: :func:`~rxcqrs.operators.map_value`,
+    :class:`~rxcqrs.kafka.KafkaSink`) handle a batch whole, which saves the per-record envelope, ticket,
+    metadata and operator calls. :func:`~rxcqrs.run` splits batches into envelopes (:meth:`envelopes`) before
+    the first stage that does not take them, so no stage ever sees a batch it does not expect."""
+
+    __slots__ = ("values", "records", "ticket")
+
+    def __init__(self, values: list[T], records: Sequence[Any], ticket: Ticket) -> None:
+        self.values = values
+        self.records = records
+        self.ticket = ticket
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __repr__(self) -> str:
+        return f"Batch({len(self.values)} records from {self.meta})"
+
+    @property
+    def meta(self) -> RecordMetadata:
+        """Where the batch starts (its first record): what errors about the batch name."""
+        return RecordMetadata.of(self.records[0])
+
+    def ack(self) -> None:
+        self.ticket.ack()
+
+    def nack(self, error: BaseException) -> None:
+        self.ticket.nack(error)
+
+    def count(self, name: str, amount: int = 1) -> None:
+        self.ticket.count(name, amount)
+
+    def with_values(self, values: list[U]) -> "Batch[U]":
+        return Batch(values, self.records, self.ticket)
+
+    def split(self, n: int) -> "list[Batch[T]]":
+        """The same batch for ``n`` branches of a broadcast, each with its share of the ticket."""
+        return [Batch(self.values, self.records, t) for t in self.ticket.split(n)]
+
+    def envelopes(self) -> list[Envelope[T]]:
+        """One envelope per record, each settling its own share of the batch's ticket."""
+        tickets = self.ticket.split(len(self.values))
+        return [Envelope(value, RecordMetadata.of(record), ticket)
+                for value, record, ticket in zip(self.values, self.records, tickets, strict=True)]
 
 
 class OutgoingRecord(NamedTuple):

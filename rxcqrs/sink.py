@@ -41,9 +41,9 @@ class SinkBase(abc.ObserverBase[Any]):
         with self._count_lock:
             return self._in_flight
 
-    def _begin(self) -> None:
+    def _begin(self, n: int = 1) -> None:
         with self._count_lock:
-            self._in_flight += 1
+            self._in_flight += n
 
     def _end(self) -> None:
         with self._count_lock:

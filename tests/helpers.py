@@ -6,8 +6,12 @@ import socket
 import threading
 from typing import Any, Callable, Sequence
 
+from reactivex import Observable
+from reactivex import operators as ops
+
 from rxcqrs.kafka import ConsumerSettings, KafkaSource, SourceSettings
 from rxcqrs.messages import Envelope
+from rxcqrs.operators import batch_aware
 from rxcqrs.testing import FakeBroker, fake_consumers, wait_until
 
 __all__ = ["Collect", "fake_source", "free_port_run", "free_ports", "wait_until"]
@@ -82,3 +86,8 @@ class Collect:
     def values(self) -> list[Any]:
         with self._lock:
             return [e.value for e in self.items]
+
+
+def tap_batches(seen: list[Any]) -> Callable[[Observable[Any]], Observable[Any]]:
+    """An operator that takes batches and records every item that passes it (a batch stays whole)."""
+    return batch_aware(ops.do_action(seen.append))

@@ -207,11 +207,14 @@ class SourceSettings:
     """How a :class:`~rxcqrs.kafka.KafkaSource` paces, commits and fails.
 
     ``max_in_flight`` bounds emitted-but-not-settled records (the window). Without ``prefetch`` the next poll
-    happens only when every record of the previous poll has been settled by every branch.
+    happens only when every record of the previous poll has been settled by every branch. With ``batches``
+    the source emits a partition's polled records as :class:`~rxcqrs.messages.Batch` es (one ticket each):
+    stages that take batches handle them whole, and ``run`` splits them into envelopes before any other stage.
     """
 
     max_in_flight: int = 1000
     prefetch: bool = False
+    batches: bool = False
     failure_policy: FailurePolicy = "stop"
     commit_every: int = 1000
     commit_interval: float = 1.0

@@ -5,26 +5,30 @@ exponential backoff until its delay reaches the maximum; a non-retriable error e
 permanent :class:`DeliveryError` (every later item is nacked with it). A topic is checked once, before its
 first record: a missing one is a :class:`TopicNotFoundError` at once (rxcqrs never auto-creates topics).
 Completion waits for every send, so nothing is lost on shutdown. With envelopes, a Kafka-to-Kafka flow is
-at-least-once too. Threads: see :mod:`rxcqrs.kafka`.
+at-least-once too. A :class:`~rxcqrs.messages.Batch` is sent record by record and acked once every one of
+them was delivered. Threads: see :mod:`rxcqrs.kafka`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
+from rxcqrs.acks import Countdown
 from rxcqrs.backoff import Backoff
 from rxcqrs.exceptions import ConfigError, DeliveryError, TopicNotFoundError
 from rxcqrs.kafka.client import ProducerClient, is_retriable
 from rxcqrs.kafka.settings import ProducerSettings
-from rxcqrs.messages import Envelope, OutgoingRecord
+from rxcqrs.messages import Batch, Envelope, OutgoingRecord
 from rxcqrs.sink import SinkBase
 from rxcqrs.timers import call_later
 
 __all__ = ["KafkaSink", "producer_client", "is_retriable"]
 
 log = logging.getLogger(__name__)
+
+Settles = Union[Envelope[Any], Countdown]  # what a send settles: its envelope, or its share of a batch
 
 
 def producer_client(settings: ProducerSettings) -> ProducerClient:
@@ -61,24 +65,46 @@ class KafkaSink(SinkBase):
         self.sent = 0
         self.retries = 0
 
+    takes_batches = True
+
     def on_next(self, item: Any) -> None:
+        if type(item) is Batch:
+            self._send_batch(item)
+            return
         env = item if isinstance(item, Envelope) else None
-        value = env.value if env is not None else item
-        record = value if isinstance(value, OutgoingRecord) else OutgoingRecord(value)
-        topic = record.topic or self.topic
-        error: BaseException | None = self.error  # a non-retriable failure ended this sink
-        if topic is None:
-            error = ConfigError("KafkaSink has no topic: give the sink a topic or the record one")
-        elif error is None and topic not in self._known_topics:
-            error = self._check_topic(topic)
+        record, topic, error = self._route(env.value if env is not None else item)
         if error is not None:
             if env is None:
                 raise error
             env.nack(error)
             return
-        assert topic is not None
         self._begin()
         self._send(env, record, topic, 0)
+
+    def _send_batch(self, batch: Batch[Any]) -> None:
+        """Every record of ``batch`` is checked first (a bad one nacks the batch, nothing is sent), then sent."""
+        sends: list[tuple[OutgoingRecord, str]] = []
+        for value in batch.values:
+            record, topic, error = self._route(value)
+            if error is not None:
+                batch.nack(error)
+                return
+            sends.append((record, topic))
+        share = Countdown(batch.ticket, len(sends))
+        self._begin(len(sends))
+        for record, topic in sends:
+            self._send(share, record, topic, 0)
+
+    def _route(self, value: Any) -> tuple[OutgoingRecord, str, BaseException | None]:
+        """The record to send, its topic, and why it cannot be sent (``None``: it can)."""
+        record = value if isinstance(value, OutgoingRecord) else OutgoingRecord(value)
+        topic = record.topic or self.topic
+        if topic is None:
+            return record, "", ConfigError("KafkaSink has no topic: give the sink a topic or the record one")
+        error = self.error  # a non-retriable failure ended this sink
+        if error is None and topic not in self._known_topics:
+            error = self._check_topic(topic)
+        return record, topic, error
 
     def _check_topic(self, topic: str) -> BaseException | None:
         """Once per topic (the caller looks it up in ``_known_topics`` first): does it exist? (A send to a
@@ -97,17 +123,17 @@ class KafkaSink(SinkBase):
             self._known_topics.add(topic)
             return None
 
-    def _send(self, env: Envelope[Any] | None, record: OutgoingRecord, topic: str, attempt: int) -> None:
+    def _send(self, env: Settles | None, record: OutgoingRecord, topic: str, attempt: int) -> None:
         self.producer.send(topic, record.value, record.key, list(record.headers) if record.headers else None,
                            record.partition, record.timestamp_ms, _Delivery(self, env, record, topic, attempt))
 
-    def _delivered(self, env: Envelope[Any] | None) -> None:
+    def _delivered(self, env: Settles | None) -> None:
         self.sent += 1
         if env is not None:
             env.ack()
         self._end()
 
-    def _failed(self, env: Envelope[Any] | None, record: OutgoingRecord, topic: str, attempt: int,
+    def _failed(self, env: Settles | None, record: OutgoingRecord, topic: str, attempt: int,
                 exc: BaseException) -> None:
         if is_retriable(exc) and self.error is None:
             delay = self.backoff.delay(attempt)
@@ -145,7 +171,7 @@ class _Delivery:
 
     __slots__ = ("sink", "env", "record", "topic", "attempt")
 
-    def __init__(self, sink: KafkaSink, env: Envelope[Any] | None, record: OutgoingRecord, topic: str,
+    def __init__(self, sink: KafkaSink, env: Settles | None, record: OutgoingRecord, topic: str,
                  attempt: int) -> None:
         self.sink, self.env, self.record, self.topic, self.attempt = sink, env, record, topic, attempt
 

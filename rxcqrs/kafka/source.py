@@ -37,7 +37,7 @@ from rxcqrs.kafka.client import ConsumerClient, Record
 from rxcqrs.kafka.committer import Committer
 from rxcqrs.kafka.liveness import Watchdog
 from rxcqrs.kafka.settings import ConsumerSettings, SourceSettings
-from rxcqrs.messages import Envelope, RecordMetadata, TopicPartition
+from rxcqrs.messages import Batch, Envelope, RecordMetadata, TopicPartition
 from rxcqrs.metrics import Metrics
 
 __all__ = ["KafkaSource", "consumer_client"]
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 ClientFactory = Callable[[ConsumerSettings], ConsumerClient]
 _BURST = 64  # records emitted per loop turn before the loop looks at failures, commits and its clock
+_BATCH_BURST = 512  # the same with batches (a batch costs about what one record costs)
 
 
 def consumer_client(settings: ConsumerSettings) -> ConsumerClient:
@@ -127,7 +128,18 @@ class KafkaSource:
         self.observable: Observable[Envelope[bytes | None]] = reactivex.create(self._subscribe)
 
     # -- public control -----------------------------------------------------------------------------------
+    @property
+    def emits_batches(self) -> bool:
+        """Whether :attr:`observable` emits :class:`~rxcqrs.messages.Batch` es (``SourceSettings.batches``)."""
+        return self.settings.batches
+
     def pipe(self, *operators: Callable[[Any], Any]) -> Any:
+        """``observable.pipe(*operators)``; with batches, split into envelopes before the first operator that
+        does not take them (and at the end: the subscriber is not known)."""
+        if self.emits_batches:
+            from rxcqrs.operators._batch import fit_batches
+
+            return self.observable.pipe(*fit_batches(operators, None))
         return self.observable.pipe(*operators)
 
     def request(self, n: int) -> None:
@@ -321,15 +333,27 @@ class KafkaSource:
             self._wait(client)
 
     # -- emission -----------------------------------------------------------------------------------------
-    def _emit_burst(self, observer: abc.ObserverBase[Envelope[bytes | None]]) -> bool:
-        """Emit up to ``_BURST`` buffered records, round-robin over partitions, within the window and the
-        demand (both are read once: settles and requests made meanwhile only add room)."""
+    def _emit_burst(self, observer: abc.ObserverBase[Any]) -> bool:
+        """Emit up to ``_BURST`` buffered records (``_BATCH_BURST`` in batches), round-robin over partitions,
+        within the window and the demand (both are read once: settles and requests made meanwhile only add
+        room)."""
         if not self._ring:
             return False
-        allowed = min(_BURST, self.settings.max_in_flight - self.gate.in_flight())
+        batches = self.settings.batches
+        allowed = min(_BATCH_BURST if batches else _BURST, self.settings.max_in_flight - self.gate.in_flight())
         if self._manual:
             with self._lock:
                 allowed = min(allowed, self._demand)
+        emitted = self._emit_batches(observer, allowed) if batches else self._emit_records(observer, allowed)
+        if emitted:
+            self._records_in += emitted
+            self._idle_since = None
+            if self._manual:
+                with self._lock:
+                    self._demand -= emitted
+        return emitted > 0
+
+    def _emit_records(self, observer: abc.ObserverBase[Envelope[bytes | None]], allowed: int) -> int:
         emitted = 0
         ring, buffers, halted = self._ring, self._buffers, self.committer.halted
         while emitted < allowed and ring:
@@ -348,20 +372,42 @@ class KafkaSource:
                 continue  # revoked or rewound since the poll: it will be fetched again
             emitted += 1
             self._emit(observer, tp, ticket_epoch, record)
-        if emitted:
-            self._records_in += emitted
-            self._idle_since = None
-            if self._manual:
-                with self._lock:
-                    self._demand -= emitted
-        return emitted > 0
+        return emitted
+
+    def _emit_batches(self, observer: abc.ObserverBase[Batch[bytes | None]], allowed: int) -> int:
+        """Like :meth:`_emit_records`, a partition's buffered records at a time, each run as one batch."""
+        emitted = 0
+        ring, buffers, halted = self._ring, self._buffers, self.committer.halted
+        while emitted < allowed and ring:
+            tp = ring.popleft()
+            epoch, records = buffers[tp]
+            take = min(allowed - emitted, len(records))
+            popleft = records.popleft
+            run = [popleft() for _ in range(take)]
+            self._buffered -= take
+            if records:
+                ring.append(tp)
+            else:
+                del buffers[tp]
+            if halted(tp):
+                continue
+            first = run[0].offset
+            ticket_epoch = self.gate.emit(tp, first, epoch, last=run[-1].offset, records=take)
+            if ticket_epoch is None:
+                continue
+            emitted += take
+            ticket = self.committer.ticket(tp, ticket_epoch, first, self.metrics.incr)
+            try:
+                observer.on_next(Batch([record.value for record in run], run, ticket))
+            except Exception as exc:  # as in _emit: nack, never kill the source
+                log.warning("downstream raised on a batch of %d from %s/%d@%d: %r", take, tp.topic, tp.partition,
+                            first, exc)
+                ticket.nack(exc)
+        return emitted
 
     def _emit(self, observer: abc.ObserverBase[Envelope[bytes | None]], tp: TopicPartition, epoch: int,
               record: Record) -> None:
-        headers = record.headers
-        meta = RecordMetadata(record.topic, record.partition, record.offset, record.timestamp,
-                              getattr(record, "timestamp_type", 0) or 0, record.key,
-                              tuple((k, v) for k, v in headers) if headers else ())
+        meta = RecordMetadata.of(record)
         ticket = self.committer.ticket(tp, epoch, record.offset, self.metrics.incr)
         try:
             observer.on_next(Envelope(record.value, meta, ticket))

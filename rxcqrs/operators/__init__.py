@@ -11,13 +11,14 @@ from typing import Any, Callable, Literal, TypeVar
 from reactivex import Observable
 
 from rxcqrs.messages import Envelope
+from rxcqrs.operators._batch import batch_aware, takes_batches
 from rxcqrs.operators._broadcast import AckAll, Branch
 from rxcqrs.operators._decode import DeadLetters, Decoder
 from rxcqrs.operators._spy import Spy
 
 __all__ = ["map_value", "map_envelope", "filter_value", "tap", "decode", "broadcast", "branch", "Branch",
            "DeadLetters", "AckAll", "spy", "Spy", "collect_right", "flatten", "route_either",
-           "map_async"]
+           "map_async", "unbatch", "batch_aware", "takes_batches"]
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -134,3 +135,12 @@ def map_async(fn: Callable[[T], U], max_concurrency: int = 4
     from rxcqrs.operators._map_async import map_async_
 
     return map_async_(fn, max_concurrency)
+
+
+def unbatch() -> Callable[[Observable[Any]], Observable[Any]]:
+    """Each :class:`~rxcqrs.messages.Batch` as its envelopes (each settles its share of the batch's ticket),
+    anything else unchanged. :func:`~rxcqrs.run` puts one before the first stage that does not take batches
+    (see :func:`batch_aware`); use it yourself when you subscribe to ``source.observable`` directly."""
+    from rxcqrs.operators._batch import unbatch_
+
+    return unbatch_()

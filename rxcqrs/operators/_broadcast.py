@@ -10,7 +10,8 @@ from reactivex import operators as ops
 from reactivex.disposable import CompositeDisposable
 
 from rxcqrs.exceptions import ConfigError
-from rxcqrs.messages import Envelope
+from rxcqrs.messages import Batch, Envelope
+from rxcqrs.operators._batch import batch_aware, takes_batches
 
 __all__ = ["Branch", "branch_", "broadcast_", "AckAll", "Ending", "split_stages"]
 
@@ -18,8 +19,10 @@ __all__ = ["Branch", "branch_", "broadcast_", "AckAll", "Ending", "split_stages"
 class AckAll(abc.ObserverBase[Any]):
     """The end of a pipeline without a sink: whatever arrives there is done."""
 
+    takes_batches = True
+
     def on_next(self, value: Any) -> None:
-        if isinstance(value, Envelope):
+        if isinstance(value, (Envelope, Batch)):
             value.ack()
 
     def on_error(self, error: Exception) -> None:
@@ -88,21 +91,30 @@ def branch_(*stages: Any) -> Branch:
 
 class _Guard:
     """Where a branch meets the shared subject: an exception from the branch becomes a nack of that branch's
-    share of the envelope, so it can never reach the other branches as ``on_error``."""
+    share of the envelope, so it can never reach the other branches as ``on_error``. A batch goes on whole
+    to a branch whose every stage takes batches, as its envelopes to any other."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, leg: Branch) -> None:
         self.index = index
+        self.unbatch = not (all(takes_batches(op) for op in leg.operators) and takes_batches(leg.sink))
 
     def __call__(self, source: Observable[Any]) -> Observable[Any]:
         def subscribe(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None = None
                       ) -> abc.DisposableBase:
-            def on_next(envelopes: list[Envelope[Any]]) -> None:
-                env = envelopes[self.index]
+            def guarded(env: Any) -> None:
                 try:
                     observer.on_next(env)
                 except Exception as exc:
                     env.count("branch_errors")
                     env.nack(exc)
+
+            def on_next(shares: list[Any]) -> None:
+                item = shares[self.index]
+                if self.unbatch and type(item) is Batch:
+                    for env in item.envelopes():
+                        guarded(env)
+                else:
+                    guarded(item)
 
             return source.subscribe(on_next, observer.on_error, observer.on_completed, scheduler=scheduler)
 
@@ -151,7 +163,7 @@ def broadcast_(*branches: Any) -> Callable[[Observable[Envelope[Any]]], Observab
             published = source.pipe(ops.map(lambda env: env.split(n)), ops.publish())  # type: ignore[attr-defined]
             join = _Join(n, observer)
             subscriptions: list[abc.DisposableBase | None] = [
-                published.pipe(_Guard(i), *leg.operators).subscribe(join.end(leg.sink), scheduler=scheduler)
+                published.pipe(_Guard(i, leg), *leg.operators).subscribe(join.end(leg.sink), scheduler=scheduler)
                 for i, leg in enumerate(legs)
             ]
             subscriptions.append(published.connect(scheduler=scheduler))
@@ -159,4 +171,4 @@ def broadcast_(*branches: Any) -> Callable[[Observable[Envelope[Any]]], Observab
 
         return reactivex.create(subscribe)
 
-    return _op
+    return batch_aware(_op)  # it splits a batch like an envelope; each branch's guard decides for its branch

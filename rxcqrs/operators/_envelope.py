@@ -1,4 +1,5 @@
-"""The building block of rxcqrs operators: a per-envelope failure nacks that envelope, the stream goes on."""
+"""The building block of rxcqrs operators: a per-envelope (or per-batch) failure nacks that envelope, the stream
+goes on."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import reactivex
 from reactivex import Observable, abc
 
 from rxcqrs.exceptions import RxCqrsError, StageError
-from rxcqrs.messages import Envelope
+from rxcqrs.messages import Batch, Envelope
+from rxcqrs.operators._batch import batch_aware
 
-__all__ = ["envelope_operator", "emit", "stage_error", "Handler"]
+__all__ = ["envelope_operator", "emit", "stage_error", "Handler", "BatchHandler"]
 
 Handler = Callable[[Envelope[Any], abc.ObserverBase[Any]], None]
+#: ``(batch, downstream, one)``: handles a whole batch; ``one(envelope)`` is the per-envelope path (with its
+#: own failure handling), for a batch that must fall back to single records
+BatchHandler = Callable[[Batch[Any], abc.ObserverBase[Any], Callable[[Envelope[Any]], None]], None]
 
 
 class _Downstream(Exception):
@@ -30,7 +35,7 @@ def emit(observer: abc.ObserverBase[Any], value: Any) -> None:
         raise _Downstream(exc) from exc
 
 
-def stage_error(stage: str, env: Envelope[Any], exc: BaseException) -> RxCqrsError:
+def stage_error(stage: str, env: Envelope[Any] | Batch[Any], exc: BaseException) -> RxCqrsError:
     if isinstance(exc, RxCqrsError):
         return exc
     error = StageError(f"{stage} failed on {env.meta}: {exc!r}")
@@ -38,9 +43,11 @@ def stage_error(stage: str, env: Envelope[Any], exc: BaseException) -> RxCqrsErr
     return error
 
 
-def envelope_operator(handle: Handler, name: str) -> Callable[[Observable[Any]], Observable[Any]]:
+def envelope_operator(handle: Handler, name: str, handle_batch: BatchHandler | None = None
+                      ) -> Callable[[Observable[Any]], Observable[Any]]:
     """Wrap ``handle(envelope, downstream)``: its own exceptions nack the envelope (counted as
-    ``<name>_errors``); exceptions from further downstream pass through untouched."""
+    ``<name>_errors``); exceptions from further downstream pass through untouched. With ``handle_batch`` the
+    operator takes batches too (the same rules, for the batch as a whole)."""
 
     def _op(source: Observable[Any]) -> Observable[Any]:
         def subscribe(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None = None
@@ -54,8 +61,24 @@ def envelope_operator(handle: Handler, name: str) -> Callable[[Observable[Any]],
                     env.count(f"{name}_errors")
                     env.nack(stage_error(name, env, exc))
 
-            return source.subscribe(on_next, observer.on_error, observer.on_completed, scheduler=scheduler)
+            if handle_batch is None:
+                return source.subscribe(on_next, observer.on_error, observer.on_completed, scheduler=scheduler)
+            take_batch = handle_batch
+
+            def on_item(item: Any) -> None:
+                if type(item) is not Batch:
+                    on_next(item)
+                    return
+                try:
+                    take_batch(item, observer, on_next)
+                except _Downstream as wrapped:
+                    raise wrapped.error from None
+                except Exception as exc:
+                    item.count(f"{name}_errors")
+                    item.nack(stage_error(name, item, exc))
+
+            return source.subscribe(on_item, observer.on_error, observer.on_completed, scheduler=scheduler)
 
         return reactivex.create(subscribe)
 
-    return _op
+    return _op if handle_batch is None else batch_aware(_op)

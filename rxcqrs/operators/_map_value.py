@@ -4,8 +4,8 @@ from typing import Any, Callable, TypeVar
 
 from reactivex import Observable, abc
 
-from rxcqrs.messages import Envelope
-from rxcqrs.operators._envelope import emit, envelope_operator
+from rxcqrs.messages import Batch, Envelope
+from rxcqrs.operators._envelope import emit, envelope_operator, stage_error
 
 __all__ = ["map_value_", "map_envelope_", "filter_value_", "tap_"]
 
@@ -17,7 +17,26 @@ def map_value_(mapper: Callable[[T], U]) -> Callable[[Observable[Envelope[T]]], 
     def handle(env: Envelope[Any], observer: abc.ObserverBase[Any]) -> None:
         emit(observer, env.with_value(mapper(env.value)))
 
-    return envelope_operator(handle, "map_value")
+    def handle_batch(batch: Batch[Any], observer: abc.ObserverBase[Any], one: Callable[[Envelope[Any]], None]
+                     ) -> None:
+        mapped: list[Any] = []
+        append = mapped.append
+        try:
+            for value in batch.values:
+                append(mapper(value))
+        except Exception as exc:  # only the failing record is nacked: the batch goes on as single records
+            envelopes = batch.envelopes()
+            for env, value in zip(envelopes, mapped, strict=False):  # the values mapped before the failure
+                emit(observer, env.with_value(value))
+            failed = envelopes[len(mapped)]
+            failed.count("map_value_errors")
+            failed.nack(stage_error("map_value", failed, exc))
+            for env in envelopes[len(mapped) + 1:]:
+                one(env)
+            return
+        emit(observer, batch.with_values(mapped))
+
+    return envelope_operator(handle, "map_value", handle_batch)
 
 
 def map_envelope_(mapper: Callable[[Envelope[T]], U]) -> Callable[[Observable[Envelope[T]]], Observable[Envelope[U]]]:

@@ -14,9 +14,10 @@ import pytest
 from rxcqrs import run
 from rxcqrs.backoff import Backoff
 from rxcqrs.exceptions import FlowError, PermanentStageError, RetriesExhaustedError, TopicNotFoundError
-from rxcqrs.operators import DeadLetters, decode
+from rxcqrs.messages import Batch, Envelope, OutgoingRecord
+from rxcqrs.operators import DeadLetters, decode, map_value
 from tests.contract.conftest import Harness
-from tests.helpers import Collect, wait_until
+from tests.helpers import Collect, tap_batches, wait_until
 
 pytestmark = pytest.mark.contract
 
@@ -297,3 +298,55 @@ def test_lag_counts_every_assigned_partition_and_idle_means_nothing_left(kafka: 
     wait_until(lambda: source.idle_seconds() > 0.3, 60, "idle: nothing in flight, nothing left")
     assert kafka.committed(topic) == {p: 30 for p in range(4)} and source.backlog() == 0
     flow.stop_and_wait()
+
+
+# -- batches (SourceSettings(batches=True)) ---------------------------------------------------------------
+def test_batches_copy_every_record_to_a_kafka_sink_and_commit_to_the_end(kafka: Harness) -> None:
+    topic, out = kafka.topic(3), kafka.topic(3, ".out")
+    kafka.fill(topic, 50, 3)
+    seen: list[Any] = []
+    source = kafka.source(topic, batches=True, max_in_flight=40)
+    sink = kafka.sink(out)
+    flow = run(source, tap_batches(seen), map_value(lambda v: OutgoingRecord(v + b"!")), sink)
+    wait_until(lambda: kafka.committed(topic) == {0: 50, 1: 50, 2: 50}, 60, "everything committed")
+    flow.stop_and_wait()
+    assert seen and all(isinstance(b, Batch) for b in seen), "the source emitted batches"
+    assert max(len(b) for b in seen) > 1 and max(len(b) for b in seen) <= 40
+    copied = Counter(value for _p, _o, _k, value, _h in kafka.records(out))
+    assert copied == Counter(f"{p}-{i}!".encode() for p in range(3) for i in range(50))
+    assert source.metrics.get("acked") == 150 and source.committer.records_committed() == 150
+    assert sink.sent == 150 and source.left_behind == 0
+
+
+def test_batches_reach_a_stage_that_does_not_take_them_as_single_records_in_order(kafka: Harness) -> None:
+    topic = kafka.topic(2)
+    kafka.fill(topic, 30, 2)
+    sink = Collect()
+    source = kafka.source(topic, batches=True)
+    flow = run(source, map_value(lambda v: v.upper()), sink)  # Collect does not take batches
+    wait_until(lambda: kafka.committed(topic) == {0: 30, 1: 30}, 60, "everything committed")
+    flow.stop_and_wait()
+    assert all(type(e) is Envelope for e in sink.items)
+    for p in range(2):
+        assert sink.offsets(p) == list(range(30))
+        assert [e.value for e in sink.items if e.meta.partition == p] == [f"{p}-{i}".upper().encode()
+                                                                          for i in range(30)]
+
+
+def test_a_failing_record_of_a_batch_is_nacked_alone_and_the_commit_stays_before_it(kafka: Harness) -> None:
+    topic = kafka.topic(1)
+    kafka.fill(topic, 20, 1)
+    sink = Collect()
+
+    def upper(value: bytes) -> bytes:
+        if value == b"0-7":
+            raise ValueError("not this one")
+        return value.upper()
+
+    source = kafka.source(topic, batches=True)
+    flow = run(source, map_value(upper), sink)
+    with pytest.raises(FlowError) as info:
+        flow.wait(60)
+    assert f"{topic}/0@7" in str(info.value) and "not this one" in str(info.value)
+    assert 7 not in sink.offsets() and source.metrics.get("map_value_errors") == 1
+    assert (kafka.committed(topic)[0] or 0) <= 7  # never past the failed record

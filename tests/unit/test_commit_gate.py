@@ -159,3 +159,72 @@ def test_revoke_returns_the_done_watermark_and_forgets_the_partition() -> None:
     gate.settle(tp, epoch, 2, None)
     assert gate.revoke([tp]) == {tp: 1}
     assert gate.in_flight() == 0 and not gate.settle(tp, epoch, 1, None)
+
+
+@st.composite
+def runs_scenarios(draw: st.DrawFn) -> tuple[list[list[int]], list[int], list[int], int]:
+    """One partition's increasing offsets (with gaps) cut into runs (batches) of 1..5, an order in which the
+    runs settle, the points where the poll thread commits, and a window level to wake at."""
+    gaps = draw(st.lists(st.integers(1, 3), min_size=1, max_size=30))
+    offsets, cur = [], draw(st.integers(0, 20))
+    for gap in gaps:
+        offsets.append(cur)
+        cur += gap
+    runs, i = [], 0
+    while i < len(offsets):
+        size = draw(st.integers(1, 5))
+        runs.append(offsets[i:i + size])
+        i += size
+    order = draw(st.permutations(range(len(runs))))
+    commits = draw(st.lists(st.integers(0, len(runs)), max_size=6))
+    return runs, list(order), commits, draw(st.integers(0, len(offsets)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(runs_scenarios())
+def test_a_run_is_settled_whole_and_commits_never_pass_a_record_of_an_unsettled_run(scenario) -> None:  # type: ignore[no-untyped-def]
+    runs, order, commit_points, wake_level = scenario
+    tp = TPS[0]
+    woken: list[int] = []
+    gate = CommitGate(on_change=lambda: woken.append(gate.in_flight()))
+    gate.wake_when(in_flight=wake_level)
+    gate.assign(tp)
+    epoch = 0
+    for run in runs:
+        epoch = gate.emit(tp, run[0], last=run[-1], records=len(run)) if len(run) > 1 else gate.emit(tp, run[0])
+    total = sum(len(r) for r in runs)
+    assert gate.in_flight() == total  # the window counts records, not runs
+    settled: set[int] = set()
+    in_flight = total
+    for step, index in enumerate(order):
+        if step in commit_points:
+            mark = gate.to_commit().get(tp)
+            unsettled = [runs[i][0] for i in range(len(runs)) if i not in settled]
+            assert mark is None or not unsettled or mark <= min(unsettled)
+            if mark is not None:  # everything below the mark is a record of a settled run
+                assert all(i in settled for i, r in enumerate(runs) if r[-1] < mark)
+        before = in_flight
+        assert gate.settle(tp, epoch, runs[index][0], None)
+        settled.add(index)
+        in_flight -= len(runs[index])
+        assert gate.in_flight() == in_flight
+        # the poll thread is woken when in flight crosses its level (a run may jump over it) or reaches 0
+        crossed = in_flight == 0 or before > wake_level >= in_flight
+        assert woken == ([in_flight] if crossed else [])
+        woken.clear()
+    assert gate.to_commit() == {tp: runs[-1][-1] + 1} and gate.acked == total
+
+
+def test_a_nacked_run_fails_at_its_first_offset_and_a_rewind_goes_back_to_it() -> None:
+    gate = CommitGate()
+    tp = TPS[0]
+    epoch = gate.assign(tp)
+    gate.emit(tp, 0, last=4, records=5)
+    gate.emit(tp, 5, last=9, records=5)
+    gate.settle(tp, epoch, 0, None)
+    gate.settle(tp, epoch, 5, RuntimeError("one of them"))
+    assert gate.to_commit() == {tp: 5} and gate.nacked == 5 and gate.in_flight() == 0
+    assert gate.failures()[0].offset == 5
+    assert gate.rewind(tp) == 5
+    with pytest.raises(OffsetOrderError):
+        gate.emit(tp, 7, last=6, records=1)  # a run that ends before it starts

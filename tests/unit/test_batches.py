@@ -1,0 +1,150 @@
+"""Batches (``SourceSettings(batches=True)``) on the in-memory fakes: the sink sends a batch record by record
+and settles it once, a batch becomes envelopes exactly where a stage does not take it, and a broadcast gives
+each branch what it takes."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import pytest
+from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from reactivex import operators as ops
+
+from rxcqrs import run
+from rxcqrs.acks import Countdown, Ticket
+from rxcqrs.backoff import Backoff
+from rxcqrs.exceptions import ConfigError, DeliveryError
+from rxcqrs.kafka import KafkaSink
+from rxcqrs.messages import Batch, Envelope, OutgoingRecord
+from rxcqrs.operators import branch, broadcast, map_value
+from rxcqrs.operators._batch import fit_batches, takes_batches
+from rxcqrs.testing import FakeBroker, fake_producer
+from tests.helpers import Collect, fake_source, tap_batches, wait_until
+
+FAST = Backoff(0.005, 0.1, 0.0)
+
+
+class Rec(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: Any
+    headers: Any = ()
+
+
+def batch_of(values: list[Any], results: list[Any], start: int = 0) -> Batch[Any]:
+    records = [Rec("src", 0, start + i, 1000 + i, b"k%d" % i, v) for i, v in enumerate(values)]
+    return Batch(list(values), records, Ticket(results.append))
+
+
+def sink_to(broker: FakeBroker, topic: str | None = "out") -> KafkaSink:
+    broker.create_topic("out")
+    return KafkaSink(topic, fake_producer(broker), backoff=FAST)
+
+
+def test_a_batch_is_sent_record_by_record_and_acked_once_every_record_was_delivered() -> None:
+    broker = FakeBroker()
+    sink = sink_to(broker)
+    sink.producer.client.failures = [KafkaTimeoutError("slow")]  # type: ignore[attr-defined]
+    results: list[Any] = []
+    sink.on_next(batch_of([OutgoingRecord(b"v%d" % i) for i in range(20)], results))
+    sink.on_completed()
+    assert results == [None] and sink.retries == 1 and sink.sent == 20 and sink.in_flight == 0
+    assert sorted(r.value for r in broker.records("out")) == sorted(b"v%d" % i for i in range(20))
+
+
+def test_a_batch_with_a_record_that_cannot_be_sent_is_nacked_and_nothing_is_sent() -> None:
+    broker = FakeBroker()
+    sink = sink_to(broker, topic=None)
+    results: list[Any] = []
+    sink.on_next(batch_of([OutgoingRecord(b"a", topic="out"), OutgoingRecord(b"b")], results))
+    sink.on_completed()
+    assert len(results) == 1 and isinstance(results[0], ConfigError) and "no topic" in str(results[0])
+    assert broker.records("out") == [] and sink.in_flight == 0
+
+
+def test_a_non_retriable_failure_of_one_record_nacks_its_batch_once() -> None:
+    broker = FakeBroker()
+    sink = sink_to(broker)
+    sink.producer.client.failures = [MessageSizeTooLargeError("too big")]  # type: ignore[attr-defined]
+    results: list[Any] = []
+    sink.on_next(batch_of([b"x", b"y", b"z"], results))
+    sink.wait_idle(5)
+    sink.on_completed()
+    assert len(results) == 1 and isinstance(results[0], DeliveryError) and "non-retriable" in str(results[0])
+    assert sink.in_flight == 0
+
+
+def test_a_countdown_acks_after_every_part_and_nacks_at_the_first_failure() -> None:
+    results: list[Any] = []
+    share = Countdown(Ticket(results.append), 3)
+    share.ack()
+    share.ack()
+    assert results == []
+    share.ack()
+    assert results == [None]
+    failed: list[Any] = []
+    share = Countdown(Ticket(failed.append), 3)
+    share.ack()
+    share.nack(RuntimeError("b"))
+    share.ack()
+    assert len(failed) == 1 and str(failed[0]) == "b"
+
+
+def test_a_batch_as_envelopes_keeps_each_record_and_settles_the_batch_once() -> None:
+    results: list[Any] = []
+    batch = batch_of([b"a", b"b", b"c"], results, start=7)
+    envelopes = batch.envelopes()
+    assert [(e.value, e.meta.offset, e.meta.key, e.meta.timestamp) for e in envelopes] == [
+        (b"a", 7, b"k0", 1000), (b"b", 8, b"k1", 1001), (b"c", 9, b"k2", 1002)]
+    assert str(batch.meta) == "src/0@7"
+    envelopes[0].ack()
+    envelopes[2].ack()
+    envelopes[2].ack()  # a second settle of one record counts once
+    assert results == []
+    envelopes[1].ack()
+    assert results == [None]
+
+
+def test_an_unbatch_goes_before_the_first_stage_that_does_not_take_batches() -> None:
+    mapped, raw, sink = map_value(bytes.upper), ops.map(lambda e: e), KafkaSink("out", fake_producer(FakeBroker()))
+    assert takes_batches(mapped) and not takes_batches(raw) and takes_batches(sink)
+    assert fit_batches([mapped, mapped], sink) == [mapped, mapped]
+    fitted = fit_batches([mapped, raw, mapped], sink)
+    assert fitted[0] is mapped and fitted[2] is raw and fitted[3] is mapped and not takes_batches(fitted[1])
+    assert len(fit_batches([mapped], Collect())) == 2 and len(fit_batches([mapped], None)) == 2
+
+
+def test_a_broadcast_gives_batches_to_a_branch_that_takes_them_and_envelopes_to_the_other() -> None:
+    broker = FakeBroker()
+    broker.create_topic("in", 2)
+    for i in range(40):
+        broker.append("in", b"%d" % i, partition=i % 2)
+    whole: list[Any] = []
+    single = Collect(hold=True)
+    source = fake_source(broker, "in", batches=True)
+    flow = run(source, broadcast(branch(tap_batches(whole)), single))
+    wait_until(lambda: len(single.items) == 40, 10, "every record in the second branch")
+    assert whole and all(type(b) is Batch for b in whole) and sum(len(b) for b in whole) == 40
+    assert all(type(e) is Envelope for e in single.items)
+    assert source.committer.records_committed() == 0  # the second branch holds every record
+    for env in single.items:
+        env.ack()
+    wait_until(lambda: source.committer.records_committed() == 40, 10, "committed once both branches acked")
+    flow.stop_and_wait()
+
+
+@pytest.mark.parametrize("batches", [False, True])
+def test_a_source_emits_batches_only_when_asked(batches: bool) -> None:
+    broker = FakeBroker()
+    broker.create_topic("in", 1)
+    for i in range(10):
+        broker.append("in", b"%d" % i)
+    seen: list[Any] = []
+    source = fake_source(broker, "in", batches=batches)
+    flow = run(source, tap_batches(seen))
+    wait_until(lambda: source.committer.records_committed() == 10, 10, "committed")
+    flow.stop_and_wait()
+    assert {type(item) for item in seen} == ({Batch} if batches else {Envelope})
