@@ -156,10 +156,10 @@ def ceiling(session: Any) -> None:
         row("ceiling", f"Cassandra alone: {name} in flight", rate)
 
 
-def alternating(rounds: int, pair: tuple[str, str], run: Any) -> list[dict[str, Any]]:
-    """``run(order)`` ``rounds`` times, the pair's order alternating: whoever runs second meets servers that
-    have finished more of the previous run's background work (compactions, log flushes)."""
-    return [run(pair if i % 2 == 0 else pair[::-1]) for i in range(rounds)]
+def rotating(rounds: int, names: tuple[str, ...], run: Any) -> list[dict[str, Any]]:
+    """``run(order)`` ``rounds`` times, the order rotating (a pair alternates): whoever runs later meets
+    servers that have finished more of the previous run's background work (compactions, log flushes)."""
+    return [run(names[i % len(names):] + names[:i % len(names)]) for i in range(rounds)]
 
 
 def median_of(runs: list[dict[str, Any]], key: str) -> float:
@@ -175,7 +175,7 @@ def insert(session: Any, commands: int, rounds: int) -> None:
     from benchmarks.pipes import decode_insert
 
     topic = produce(200, commands)
-    runs = alternating(rounds, ("rxcqrs", "hand"), lambda order: decode_insert(session, topic, commands, order))
+    runs = rotating(rounds, ("rxcqrs", "hand"), lambda order: decode_insert(session, topic, commands, order))
     row("insert", "rxcqrs decode -> INSERT", median_of(runs, "rxcqrs"),
         cpu_us=round(median_of(runs, "rxcqrs_cpu_us"), 1),
         vs_hand=round(median_of(runs, "rxcqrs") / median_of(runs, "hand"), 2), rounds=rounds,
@@ -190,13 +190,14 @@ def kafka(commands: int, rounds: int) -> None:
 
     topic = produce(200, commands)
     for backend in ("kafka-python", "confluent"):
-        runs = alternating(rounds, ("rxcqrs", "bare"),
-                           lambda order, b=backend: kafka_to_kafka(topic, commands, b, order))
-        above = [run["rxcqrs_cpu_us"] - run["bare_cpu_us"] for run in runs]
-        row("kafka", f"KafkaSource -> KafkaSink ({backend})", median_of(runs, "rxcqrs"),
-            cpu_us=round(median_of(runs, "rxcqrs_cpu_us"), 1), above_bare_us=round(statistics.median(above), 1),
-            above_spread=f"{min(above):.1f}-{max(above):.1f}", rounds=rounds,
-            verified=all(run["rxcqrs_verified"] for run in runs))
+        runs = rotating(rounds, ("rxcqrs", "rxcqrs_batches", "bare"),
+                        lambda order, b=backend: kafka_to_kafka(topic, commands, b, order))
+        for name, label in (("rxcqrs", "records"), ("rxcqrs_batches", "batches")):
+            above = [run[f"{name}_cpu_us"] - run["bare_cpu_us"] for run in runs]
+            row("kafka", f"KafkaSource -> KafkaSink, {label} ({backend})", median_of(runs, name),
+                cpu_us=round(median_of(runs, f"{name}_cpu_us"), 1), above_bare_us=round(statistics.median(above), 1),
+                above_spread=f"{min(above):.1f}-{max(above):.1f}", rounds=rounds,
+                verified=all(run[f"{name}_verified"] for run in runs))
         row("kafka", f"bare {backend} loop", median_of(runs, "bare"), cpu_us=round(median_of(runs, "bare_cpu_us"), 1),
             rounds=rounds, verified=all(run["bare_verified"] for run in runs))
     try:

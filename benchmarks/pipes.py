@@ -123,7 +123,7 @@ def decode_insert(session: Any, topic: str, total: int, order: tuple[str, ...] =
         create_table(session, ks, "events", {"id": "uuid", "cart": "uuid", "action": "text"}, ["id"])
         insert = prepare(session, f"INSERT INTO {ks}.events (id, cart, action) VALUES (?, ?, ?)")
         started, cpu0 = time.perf_counter(), cpu()
-        if name == "rxcqrs":
+        if name.startswith("rxcqrs"):
             dead = KafkaSink(producer=ProducerSettings())
             source = KafkaSource(topic, ConsumerSettings(group_id=f"g.{ks}", max_poll_records=2000),
                                  SourceSettings(max_in_flight=2000))
@@ -164,10 +164,10 @@ def decode_insert(session: Any, topic: str, total: int, order: tuple[str, ...] =
     return results
 
 
-def kafka_to_kafka(topic: str, total: int, backend: str, order: tuple[str, ...] = ("rxcqrs", "bare")
+def kafka_to_kafka(topic: str, total: int, backend: str, order: tuple[str, ...] = ("rxcqrs", "rxcqrs_batches", "bare")
                    ) -> dict[str, float]:
-    """KafkaSource -> map -> KafkaSink against the bare client loop of the same backend, in ``order``:
-    records/s and CPU microseconds per record (this process, every thread)."""
+    """KafkaSource -> map -> KafkaSink (record by record, and with ``batches``) against the bare client loop of
+    the same backend, in ``order``: records/s and CPU microseconds per record (this process, every thread)."""
     from rxcqrs import run
     from rxcqrs.kafka import (
         ConsumerSettings,
@@ -186,11 +186,11 @@ def kafka_to_kafka(topic: str, total: int, backend: str, order: tuple[str, ...] 
         target = f"bench.out.{uuid.uuid4().hex[:6]}"
         create_topics({target: 8})
         started, cpu0 = time.perf_counter(), cpu()
-        if name == "rxcqrs":
+        if name.startswith("rxcqrs"):
             sink = KafkaSink(target, ProducerSettings(backend=backend))  # type: ignore[arg-type]
             source = KafkaSource(topic, ConsumerSettings(group_id=f"g.{target}", backend=backend,  # type: ignore[arg-type]
                                                          max_poll_records=2000),
-                                 SourceSettings(max_in_flight=5000, prefetch=True))
+                                 SourceSettings(max_in_flight=5000, prefetch=True, batches=name == "rxcqrs_batches"))
             flow = run(source, map_value(lambda v: OutgoingRecord(v)), sink)
             _wait(lambda src=source: src.committer.records_committed() >= total, 600)
             flow.stop_and_wait()

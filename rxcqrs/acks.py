@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
-__all__ = ["Ticket", "GateTicket", "Countdown", "Settle"]
+__all__ = ["Ticket", "GateTicket", "Settle"]
 
 #: called once with ``None`` (ack) or the error (nack)
 Settle = Callable[[BaseException | None], None]
@@ -85,32 +85,6 @@ class _Join:
             last = self._remaining == 0
         if last:
             self._parent.ack()
-
-
-class Countdown:
-    """A ticket's share for ``n`` parts that the caller settles exactly once each (a sink's own delivery
-    callbacks): acks the ticket when all ``n`` acked, nacks it at the first nack. One object for ``n`` parts,
-    where :meth:`Ticket.split` makes ``n`` settle-once tickets (for parts handed to code rxcqrs does not own)."""
-
-    __slots__ = ("_ticket", "_remaining", "_lock")
-
-    def __init__(self, ticket: Ticket, n: int) -> None:
-        self._ticket = ticket
-        self._remaining = n
-        self._lock = threading.Lock()
-
-    def ack(self) -> None:
-        with self._lock:
-            self._remaining -= 1
-            last = self._remaining == 0
-        if last:
-            self._ticket.ack()
-
-    def nack(self, error: BaseException) -> None:
-        self._ticket.nack(error)
-
-    def count(self, name: str, amount: int = 1) -> None:
-        self._ticket.count(name, amount)
 
 
 class GateTicket(Ticket):

@@ -307,22 +307,27 @@ class ConfluentProducer:
              partition: int | None, timestamp_ms: int | None, on_done: Delivered) -> None:
         KafkaException = self._exception  # noqa: N806 (the class, under its own name)
         report = partial(_report, on_done, KafkaException)  # one object per record (a closure costs four)
-        options: dict[str, Any] | None = None  # the common case passes no optional field (no dict per record)
         if headers or partition is not None or timestamp_ms is not None:
-            options = {}
+            options: dict[str, Any] = {}
             if headers:
                 options["headers"] = headers
             if partition is not None:
                 options["partition"] = partition
             if timestamp_ms is not None:
                 options["timestamp"] = timestamp_ms
+        else:  # the common case: no optional field, no dict, one attempt
+            try:
+                self._producer.produce(topic, value, key, on_delivery=report)
+                return
+            except BufferError:
+                options = {}
+            except KafkaException as exc:
+                on_done(exc)
+                return
         produce = self._producer.produce
         for _ in range(600):  # a full local queue drains as deliveries complete: wait up to ~60 s for room
             try:
-                if options is None:
-                    produce(topic, value, key, on_delivery=report)
-                else:
-                    produce(topic, value, key, on_delivery=report, **options)
+                produce(topic, value, key, on_delivery=report, **options)
                 return
             except BufferError:
                 self._producer.flush(0.1)

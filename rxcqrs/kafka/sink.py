@@ -15,7 +15,7 @@ import logging
 import threading
 from typing import Any, Callable, Union
 
-from rxcqrs.acks import Countdown
+from rxcqrs.acks import Ticket
 from rxcqrs.backoff import Backoff
 from rxcqrs.exceptions import ConfigError, DeliveryError, TopicNotFoundError
 from rxcqrs.kafka.client import ProducerClient, is_retriable
@@ -28,7 +28,7 @@ __all__ = ["KafkaSink", "producer_client", "is_retriable"]
 
 log = logging.getLogger(__name__)
 
-Settles = Union[Envelope[Any], Countdown]  # what a send settles: its envelope, or its share of a batch
+Settles = Union[Envelope[Any], "_BatchShare"]  # what a send settles: its envelope, or its share of a batch
 
 
 def producer_client(settings: ProducerSettings) -> ProducerClient:
@@ -72,39 +72,42 @@ class KafkaSink(SinkBase):
             self._send_batch(item)
             return
         env = item if isinstance(item, Envelope) else None
-        record, topic, error = self._route(env.value if env is not None else item)
+        value = env.value if env is not None else item
+        record = value if isinstance(value, OutgoingRecord) else OutgoingRecord(value)
+        topic = record.topic or self.topic
+        error = self._refusal(topic)
         if error is not None:
             if env is None:
                 raise error
             env.nack(error)
             return
+        assert topic is not None  # refused above
         self._begin()
         self._send(env, record, topic, 0)
 
     def _send_batch(self, batch: Batch[Any]) -> None:
-        """Every record of ``batch`` is checked first (a bad one nacks the batch, nothing is sent), then sent."""
-        sends: list[tuple[OutgoingRecord, str]] = []
-        for value in batch.values:
-            record, topic, error = self._route(value)
+        """Every topic of ``batch`` is checked first (one that cannot be sent to nacks the batch and nothing is
+        sent), then every record is sent; the batch is one request in flight until each record's outcome."""
+        records = [v if isinstance(v, OutgoingRecord) else OutgoingRecord(v) for v in batch.values]
+        default = self.topic
+        for topic in {record.topic or default for record in records}:
+            error = self._refusal(topic)
             if error is not None:
                 batch.nack(error)
                 return
-            sends.append((record, topic))
-        share = Countdown(batch.ticket, len(sends))
-        self._begin(len(sends))
-        for record, topic in sends:
-            self._send(share, record, topic, 0)
+        share = _BatchShare(self, batch.ticket, len(records))
+        self._begin()
+        for record in records:
+            self._send(share, record, record.topic or default, 0)  # type: ignore[arg-type]  # checked above
 
-    def _route(self, value: Any) -> tuple[OutgoingRecord, str, BaseException | None]:
-        """The record to send, its topic, and why it cannot be sent (``None``: it can)."""
-        record = value if isinstance(value, OutgoingRecord) else OutgoingRecord(value)
-        topic = record.topic or self.topic
+    def _refusal(self, topic: str | None) -> BaseException | None:
+        """Why a record cannot be sent to ``topic`` (``None``: it can)."""
         if topic is None:
-            return record, "", ConfigError("KafkaSink has no topic: give the sink a topic or the record one")
+            return ConfigError("KafkaSink has no topic: give the sink a topic or the record one")
         error = self.error  # a non-retriable failure ended this sink
         if error is None and topic not in self._known_topics:
             error = self._check_topic(topic)
-        return record, topic, error
+        return error
 
     def _check_topic(self, topic: str) -> BaseException | None:
         """Once per topic (the caller looks it up in ``_known_topics`` first): does it exist? (A send to a
@@ -128,6 +131,9 @@ class KafkaSink(SinkBase):
                            record.partition, record.timestamp_ms, _Delivery(self, env, record, topic, attempt))
 
     def _delivered(self, env: Settles | None) -> None:
+        if isinstance(env, _BatchShare):
+            env.settle_one(None)
+            return
         self.sent += 1
         if env is not None:
             env.ack()
@@ -152,6 +158,9 @@ class KafkaSink(SinkBase):
             self._fail(error)
         error.__cause__ = exc
         log.error("%s", error)
+        if isinstance(env, _BatchShare):
+            env.settle_one(error)
+            return
         if env is not None:
             env.nack(error)
         self._end()
@@ -180,3 +189,29 @@ class _Delivery:
             self.sink._delivered(self.env)
         else:
             self.sink._failed(self.env, self.record, self.topic, self.attempt, error)
+
+
+class _BatchShare:
+    """The sends of one batch: the batch is acked once every record was delivered and nacked at the first
+    record that failed for good; the sink counts it as one request until every record has its outcome."""
+
+    __slots__ = ("sink", "ticket", "remaining", "delivered", "lock")
+
+    def __init__(self, sink: KafkaSink, ticket: Ticket, n: int) -> None:
+        self.sink, self.ticket, self.remaining, self.delivered = sink, ticket, n, 0
+        self.lock = threading.Lock()
+
+    def settle_one(self, error: BaseException | None) -> None:
+        if error is not None:
+            self.ticket.nack(error)
+        with self.lock:
+            self.remaining -= 1
+            self.delivered += error is None
+            last = self.remaining == 0
+        if last:
+            self.sink.sent += self.delivered
+            self.ticket.ack()  # ignored when a record failed: a ticket settles once
+            self.sink._end()
+
+    def count(self, name: str, amount: int = 1) -> None:
+        self.ticket.count(name, amount)

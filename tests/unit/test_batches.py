@@ -7,11 +7,13 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from reactivex import operators as ops
 
 from rxcqrs import run
-from rxcqrs.acks import Countdown, Ticket
+from rxcqrs.acks import Ticket
 from rxcqrs.backoff import Backoff
 from rxcqrs.exceptions import ConfigError, DeliveryError
 from rxcqrs.kafka import KafkaSink
@@ -77,20 +79,36 @@ def test_a_non_retriable_failure_of_one_record_nacks_its_batch_once() -> None:
     assert sink.in_flight == 0
 
 
-def test_a_countdown_acks_after_every_part_and_nacks_at_the_first_failure() -> None:
+class HeldProducer:
+    """A producer client whose delivery reports the test gives, in any order."""
+
+    description = "held producer"
+
+    def __init__(self) -> None:
+        self.reports: list[Any] = []
+
+    def send(self, topic: str, value: Any, key: Any, headers: Any, partition: Any, timestamp_ms: Any,
+             on_done: Any) -> None:
+        self.reports.append(on_done)
+
+    def topic_exists(self, topic: str, timeout: float) -> bool:
+        return True
+
+
+@given(st.permutations(range(6)), st.sampled_from([None, 0, 3, 5]))
+def test_a_batch_settles_once_after_the_last_outcome_whatever_their_order(order: list[int], failing: int | None
+                                                                         ) -> None:
+    producer = HeldProducer()
+    sink = KafkaSink("out", producer, backoff=FAST)  # type: ignore[arg-type]
     results: list[Any] = []
-    share = Countdown(Ticket(results.append), 3)
-    share.ack()
-    share.ack()
-    assert results == []
-    share.ack()
-    assert results == [None]
-    failed: list[Any] = []
-    share = Countdown(Ticket(failed.append), 3)
-    share.ack()
-    share.nack(RuntimeError("b"))
-    share.ack()
-    assert len(failed) == 1 and str(failed[0]) == "b"
+    sink.on_next(batch_of([b"v"] * 6, results))
+    assert len(producer.reports) == 6 and sink.in_flight == 1
+    for step, i in enumerate(order):
+        producer.reports[i](MessageSizeTooLargeError("too big") if i == failing else None)
+        if step < 5 and (failing is None or failing not in order[:step + 1]):
+            assert results == [] and sink.in_flight == 1  # nothing settles before its time
+    assert len(results) == 1 and sink.in_flight == 0
+    assert (results[0] is None) == (failing is None) and sink.sent == 6 - (failing is not None)
 
 
 def test_a_batch_as_envelopes_keeps_each_record_and_settles_the_batch_once() -> None:
