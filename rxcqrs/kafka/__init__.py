@@ -7,7 +7,8 @@ This is the one place it is written down; every other docstring refers here.
 * **The poll thread** (one per :class:`KafkaSource`, named ``rxcqrs-poll-<name>``) owns the consumer client.
   Only it calls ``poll``, ``pause``/``resume``, ``seek``, ``commit``, ``end_offsets``, ``committed``,
   ``position`` and ``close``. It is also the only thread that calls ``on_next`` downstream, so operators
-  up to the first asynchronous stage run on it, one record at a time. It asks the
+  up to the first asynchronous stage run on it, one record (or, with ``SourceSettings(batches=True)``, one
+  batch of a partition's records) at a time. It asks the
   :class:`~rxcqrs.kafka.committer.Committer` what to commit (``maybe_commit``), how to react to failures
   (``check_failures``, ``finish_rewinds``) and which partitions to hold back (``held``).
 * **Ack threads**: a record's ticket is settled (ack or nack) from whatever thread finished it: the

@@ -1,4 +1,4 @@
-"""The README's two Python examples run exactly as written, twice in a row on the same servers (a second run
+"""The README's Python examples run exactly as written, twice in a row on the same servers (a second run
 finds the first run's topics, tables and committed offsets, and still finishes)."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def run_twice(code: str, capsys: Any) -> list[str]:
     return outputs
 
 
-@pytest.mark.parametrize("title", ["A first flow", "Composing a flow"])
+@pytest.mark.parametrize("title", ["A first flow", "Composing a flow", "Kafka to Kafka, in batches"])
 def test_the_readme_examples_run_as_written_twice(title: str, servers: Any, capsys: Any) -> None:
     for out in run_twice(example(title), capsys):
         metrics = ast.literal_eval(out.strip().splitlines()[0])

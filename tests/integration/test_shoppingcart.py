@@ -51,23 +51,25 @@ def test_the_dendrites_scenario(mode, topic_factory, kafka_bootstrap, group_id, 
     assert store.rebuilder().run().rewritten == 0
 
 
-@pytest.mark.parametrize("mode,idempotent", [("parallel", True), ("serial", False)])
-def test_an_interrupted_run_ends_exact(mode, idempotent, topic_factory, kafka_bootstrap, group_id,  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("mode,idempotent,batches", [("parallel", True, False), ("serial", False, False),
+                                                     ("batched", True, True)])
+def test_an_interrupted_run_ends_exact(mode, idempotent, batches, topic_factory, kafka_bootstrap, group_id,  # type: ignore[no-untyped-def]
                                        cassandra_session, keyspace) -> None:
     """Stop without draining part way (in-flight work is not committed, so it is delivered again), restart:
-    idempotent commands skip the redeliveries; plain commands are repaired by the rebuild."""
+    idempotent commands skip the redeliveries; plain commands are repaired by the rebuild. With batches from
+    the source, split into records before the first stage, the same holds."""
     topic = topic_factory(4)
     store = CartStore(cassandra_session, keyspace, idempotent=idempotent)
     store.create()
     commands = generate(12, 600, seed=11)
     publish_commands(commands, topic, 4, ProducerSettings(bootstrap_servers=kafka_bootstrap))
     flow, src = run_pipeline(kafka_bootstrap, topic, group_id, store, mode, 600, 4, max_in_flight=200,
-                             commit_interval=0.5)
+                             commit_interval=0.5, batches=batches)
     wait_until(lambda: src.metrics.get("acked") >= 150, 60, "a quarter done")
     flow.stop(drain=False)
     flow.wait(60)
     first = src.metrics.get("records_in")
-    flow, src = run_pipeline(kafka_bootstrap, topic, group_id, store, mode, 600, 4)
+    flow, src = run_pipeline(kafka_bootstrap, topic, group_id, store, mode, 600, 4, batches=batches)
     wait_until(lambda: sum(v or 0 for v in committed(kafka_bootstrap, group_id, topic, 4).values()) == 600, 120,
                "everything committed after the restart")
     flow.stop_and_wait()
@@ -90,7 +92,7 @@ def test_the_cli_produce_consume_show_duplicates_compensate(topic_factory, group
                         "--partitions", "4")
     assert produced.returncode == 0 and "produced 200 commands for 5 carts" in produced.stdout, produced.stderr
     consumed = cart_cli("consume", "--topic", topic, "--group", group_id, "--keyspace", keyspace, "--mode", "serial",
-                        "--stop-when-idle", "2", "--progress-every", "0.5", "--create-schema")
+                        "--stop-when-idle", "2", "--progress-every", "0.5", "--create-schema", "--batches")
     assert consumed.returncode == 0, consumed.stdout + consumed.stderr
     assert "idle for 2s" in consumed.stdout and "done: 200 records, 200 acked" in consumed.stdout
     assert "in-flight" in consumed.stdout and "committed" in consumed.stdout  # the progress display
