@@ -190,8 +190,8 @@ def kafka(commands: int, rounds: int) -> None:
 
     topic = produce(200, commands)
     for backend in ("kafka-python", "confluent"):
-        runs = rotating(rounds, ("rxcqrs", "rxcqrs_batches", "bare"),
-                        lambda order, b=backend: kafka_to_kafka(topic, commands, b, order))
+        names = ("rxcqrs", "rxcqrs_batches", "bare") + (("bare_acked",) if backend == "confluent" else ())
+        runs = rotating(rounds, names, lambda order, b=backend: kafka_to_kafka(topic, commands, b, order))
         for name, label in (("rxcqrs", "records"), ("rxcqrs_batches", "batches")):
             above = [run[f"{name}_cpu_us"] - run["bare_cpu_us"] for run in runs]
             row("kafka", f"KafkaSource -> KafkaSink, {label} ({backend})", median_of(runs, name),
@@ -200,6 +200,10 @@ def kafka(commands: int, rounds: int) -> None:
                 verified=all(run[f"{name}_verified"] for run in runs))
         row("kafka", f"bare {backend} loop", median_of(runs, "bare"), cpu_us=round(median_of(runs, "bare_cpu_us"), 1),
             rounds=rounds, verified=all(run["bare_verified"] for run in runs))
+        if backend == "confluent":
+            row("kafka", "bare confluent loop, idempotent + a delivery report per record",
+                median_of(runs, "bare_acked"), cpu_us=round(median_of(runs, "bare_acked_cpu_us"), 1), rounds=rounds,
+                verified=all(run["bare_acked_verified"] for run in runs))
     try:
         from benchmarks.pipes import quixstreams_pipe
     except ImportError:

@@ -195,7 +195,7 @@ def kafka_to_kafka(topic: str, total: int, backend: str, order: tuple[str, ...] 
             _wait(lambda src=source: src.committer.records_committed() >= total, 600)
             flow.stop_and_wait()
         elif backend == "confluent":
-            _bare_confluent(topic, target, total)
+            _bare_confluent(topic, target, total, acked=name == "bare_acked")
         else:
             _bare_kafka_python(topic, target, total)
         took = time.perf_counter() - started
@@ -244,19 +244,30 @@ def quixstreams_pipe(topic: str, total: int) -> dict[str, float]:
             "quixstreams_verified": sum(end_offsets(target).values()) >= total}
 
 
-def _bare_confluent(topic: str, target: str, total: int) -> None:
+def _bare_confluent(topic: str, target: str, total: int, acked: bool = False) -> None:
+    """The bare loop; ``acked``: with rxcqrs's producer settings (idempotent, ``acks=all``) and a delivery
+    report per record, the least an at-least-once flow that acks each record asynchronously pays."""
     from confluent_kafka import Consumer, Producer
 
     consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"g.{target}", "enable.auto.commit": False,
                          "auto.offset.reset": "earliest"})
     consumer.subscribe([topic])
-    producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 5})
+    settings = {"enable.idempotence": True, "acks": "all", "batch.size": 64 * 1024} if acked else {}
+    producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 5, **settings})
+    delivered = [0]
+
+    def report(error: Any, _message: Any) -> None:
+        delivered[0] += error is None
+
     done = 0
     while done < total:
         messages = consumer.consume(2000, 0.2)
         for m in messages:
             if m.error() is None:
-                producer.produce(target, m.value())
+                if acked:
+                    producer.produce(target, m.value(), on_delivery=report)
+                else:
+                    producer.produce(target, m.value())
                 done += 1
         producer.flush()
         if messages:
