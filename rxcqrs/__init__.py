@@ -11,7 +11,7 @@ from rxcqrs.backoff import Backoff
 from rxcqrs.commit import CommitGate
 from rxcqrs.exceptions import RxCqrsError
 from rxcqrs.flow import Flow, run
-from rxcqrs.messages import Envelope, OutgoingRecord, RecordMetadata, TopicPartition
+from rxcqrs.messages import Batch, Envelope, OutgoingRecord, RecordMetadata, TopicPartition
 from rxcqrs.metrics import Metrics
 from rxcqrs.quick import Table, cqrs, publish
 
@@ -24,14 +24,14 @@ _LAZY = {
                          "CassandraSink", "Compensator", "EventLog", "Rebuilder", "cassandra_conditional", "connect",
                          "create_keyspace", "create_table", "prepare"),
     "rxcqrs.operators": ("AckAll", "DeadLetters", "branch", "broadcast", "decode", "filter_value", "map_async",
-                         "map_envelope", "map_value", "route_either", "tap"),
+                         "map_envelope", "map_value", "route_either", "tap", "unbatch"),
     "rxcqrs.avro": ("AvroCodec",),
     "rxcqrs.config": ("load_config",),
     "rxcqrs.supervisor": ("supervise",),
 }
 _HOME = {name: module for module, names in _LAZY.items() for name in names}
 
-__all__ = ["Backoff", "CommitGate", "Envelope", "Flow", "Metrics", "OutgoingRecord", "RecordMetadata",
+__all__ = ["Backoff", "Batch", "CommitGate", "Envelope", "Flow", "Metrics", "OutgoingRecord", "RecordMetadata",
            "RxCqrsError", "Table", "Ticket", "TopicPartition", "cqrs", "publish", "run", *_HOME]
 __version__ = "0.1.0"
 

@@ -48,6 +48,8 @@ class KafkaSink(SinkBase):
     ``producer`` is a :class:`ProducerSettings` (the sink creates and closes its producer) or a producer
     client you own (:func:`producer_client`)."""
 
+    takes_batches = True  # a Batch is sent record by record and settled once (see _send_batch)
+
     def __init__(self, topic: str | None = None, producer: ProducerSettings | ProducerClient | None = None, *,
                  backoff: Backoff | None = None, close_producer: bool | None = None, topic_timeout: float = 5.0,
                  producer_factory: Callable[[ProducerSettings], ProducerClient] = producer_client) -> None:
@@ -64,8 +66,6 @@ class KafkaSink(SinkBase):
         self._topics_lock = threading.Lock()
         self.sent = 0
         self.retries = 0
-
-    takes_batches = True
 
     def on_next(self, item: Any) -> None:
         if type(item) is Batch:

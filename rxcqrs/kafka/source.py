@@ -2,8 +2,8 @@
 
 The poll thread (see the threading model in :mod:`rxcqrs.kafka`) owns the consumer client. It emits
 records one at a time (with ``batches``, a partition's buffered records as one
-:class:`~rxcqrs.messages.Batch`), only while there is demand and room in the window, and polls again only when every
-record of the previous poll was settled by every branch (unless ``prefetch``). A poll window covers every
+:class:`~rxcqrs.messages.Batch`), only while there is demand and room in the window, and polls again only
+when every record of the previous poll was settled by every branch (unless ``prefetch``). A poll window covers every
 assigned partition: partitions that already hold their share are paused while the others are fetched,
 so per-key ordered stages downstream get work for all of their workers. While it waits, the source pauses
 its partitions and keeps polling, so a stalled downstream never costs the group membership. Committing,
