@@ -105,7 +105,24 @@ class RecordMetadata:
         return f"{self.topic}/{self.partition}@{self.offset}"
 
 
-class Envelope(Generic[T]):
+class _Ticketed:
+    """What envelopes and batches share: their ``ticket`` settles them, and carries their metrics."""
+
+    __slots__ = ()
+    ticket: Ticket
+
+    def ack(self) -> None:
+        self.ticket.ack()
+
+    def nack(self, error: BaseException) -> None:
+        self.ticket.nack(error)
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Report a per-record metric (e.g. ``retries``) to the flow this record came from."""
+        self.ticket.count(name, amount)
+
+
+class Envelope(_Ticketed, Generic[T]):
     """A value plus the metadata of the record it came from, plus the ticket that settles that record.
     Immutable by convention (a plain slotted class: one is made per record and per stage)."""
 
@@ -125,16 +142,6 @@ class Envelope(Generic[T]):
     def __repr__(self) -> str:
         return f"Envelope(value={self.value!r}, meta={self.meta!r})"
 
-    def ack(self) -> None:
-        self.ticket.ack()
-
-    def nack(self, error: BaseException) -> None:
-        self.ticket.nack(error)
-
-    def count(self, name: str, amount: int = 1) -> None:
-        """Report a per-record metric (e.g. ``retries``) to the flow this record came from."""
-        self.ticket.count(name, amount)
-
     def with_value(self, value: U) -> "Envelope[U]":
         return Envelope(value, self.meta, self.ticket)
 
@@ -142,7 +149,7 @@ class Envelope(Generic[T]):
         return [Envelope(self.value, self.meta, t) for t in self.ticket.split(n)]
 
 
-class Batch(Generic[T]):
+class Batch(_Ticketed, Generic[T]):
     """Consecutive records of one partition that a source emits together (``SourceSettings(batches=True)``):
     their values, the consumed records they came from, and one ticket that settles them all (done when every
     record is; failed at the first failure, which rewinds or stops at the batch's first offset).
@@ -169,15 +176,6 @@ class Batch(Generic[T]):
     def meta(self) -> RecordMetadata:
         """Where the batch starts (its first record): what errors about the batch name."""
         return RecordMetadata.of(self.records[0])
-
-    def ack(self) -> None:
-        self.ticket.ack()
-
-    def nack(self, error: BaseException) -> None:
-        self.ticket.nack(error)
-
-    def count(self, name: str, amount: int = 1) -> None:
-        self.ticket.count(name, amount)
 
     def with_values(self, values: list[U]) -> "Batch[U]":
         return Batch(values, self.records, self.ticket)

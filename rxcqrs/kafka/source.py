@@ -354,18 +354,25 @@ class KafkaSource:
                     self._demand -= emitted
         return emitted > 0
 
+    def _next_run(self, limit: int) -> tuple[TopicPartition, int, list[Record]]:
+        """The partition whose turn it is, the epoch its records were fetched under, and up to ``limit`` of
+        its buffered records (taken out of the buffer; the partition goes to the back of the ring)."""
+        tp = self._ring.popleft()
+        epoch, records = self._buffers[tp]
+        popleft = records.popleft
+        run = [popleft()] if limit == 1 else [popleft() for _ in range(min(limit, len(records)))]
+        self._buffered -= len(run)
+        if records:
+            self._ring.append(tp)
+        else:
+            del self._buffers[tp]
+        return tp, epoch, run
+
     def _emit_records(self, observer: abc.ObserverBase[Envelope[bytes | None]], allowed: int) -> int:
         emitted = 0
-        ring, buffers, halted = self._ring, self._buffers, self.committer.halted
+        ring, halted = self._ring, self.committer.halted
         while emitted < allowed and ring:
-            tp = ring.popleft()
-            epoch, records = buffers[tp]
-            record = records.popleft()
-            self._buffered -= 1
-            if records:
-                ring.append(tp)
-            else:
-                del buffers[tp]
+            tp, epoch, (record,) = self._next_run(1)
             if halted(tp):
                 continue  # rewinding: it will be fetched again
             ticket_epoch = self.gate.emit(tp, record.offset, epoch)
@@ -378,18 +385,10 @@ class KafkaSource:
     def _emit_batches(self, observer: abc.ObserverBase[Batch[bytes | None]], allowed: int) -> int:
         """Like :meth:`_emit_records`, a partition's buffered records at a time, each run as one batch."""
         emitted = 0
-        ring, buffers, halted = self._ring, self._buffers, self.committer.halted
+        ring, halted = self._ring, self.committer.halted
         while emitted < allowed and ring:
-            tp = ring.popleft()
-            epoch, records = buffers[tp]
-            take = min(allowed - emitted, len(records))
-            popleft = records.popleft
-            run = [popleft() for _ in range(take)]
-            self._buffered -= take
-            if records:
-                ring.append(tp)
-            else:
-                del buffers[tp]
+            tp, epoch, run = self._next_run(allowed - emitted)
+            take = len(run)
             if halted(tp):
                 continue
             first = run[0].offset
