@@ -11,15 +11,29 @@ from __future__ import annotations
 import signal
 import time
 import uuid
+from collections import Counter
 from typing import Iterator
 
 import pytest
 
+from rxcqrs import OutgoingRecord, run
 from rxcqrs.examples.shoppingcart.generator import generate
 from rxcqrs.examples.shoppingcart.pipeline import publish_commands
-from rxcqrs.kafka import ProducerSettings, committed_offsets
-from tests.faults.conftest import CARTS, PARTITIONS, Figures, Servers
+from rxcqrs.kafka import (
+    ConsumerSettings,
+    KafkaSink,
+    KafkaSource,
+    ProducerSettings,
+    SourceSettings,
+    committed_offsets,
+    create_topics,
+    end_offsets,
+)
+from rxcqrs.kafka.admin import read_topic
+from rxcqrs.operators import map_value
+from tests.faults.conftest import CARTS, COMMANDS, PARTITIONS, Figures, Servers, names
 from tests.faults.scenario import Scenario, pause
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 
@@ -180,3 +194,42 @@ def test_a_dropped_table_stops_the_flow_at_once_and_commits_nothing_past_the_fai
     Figures(run.name, "idempotent" if idempotent else "rebuild", commands=len(run.commands),
             seconds=round(time.monotonic() - run.started, 1),
             extra={"stopped_after_s": round(took, 1), "failed_record": failed.group(0)[:200]}).save()
+
+
+@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
+def test_a_kafka_to_kafka_copy_in_batches_keeps_every_record_through_a_broker_kill(thawed: Servers,
+                                                                                  client: str) -> None:
+    """At least once with batches (``SourceSettings(batches=True)``): the broker is killed a quarter of the
+    way through a copy and started again; every record of the source topic reaches the target (duplicates are
+    allowed and counted) and the group's commits reach the end offsets."""
+    topic, group, _ = names("kk-batches")
+    target, bootstrap, total = topic + ".out", thawed.bootstrap, COMMANDS * 5
+    create_topics({topic: PARTITIONS, target: PARTITIONS}, bootstrap_servers=bootstrap)
+    produce = KafkaSink(topic, ProducerSettings(bootstrap_servers=bootstrap))
+    for i in range(total):
+        produce.on_next(OutgoingRecord(b"%d" % i, partition=i % PARTITIONS))
+    produce.on_completed()
+    produce.raise_if_failed()
+    started = time.monotonic()
+
+    def slow_copy(value: bytes) -> OutgoingRecord:
+        time.sleep(0.0005)  # the transform's own work (not a wait for anything), so the kill lands mid-copy
+        return OutgoingRecord(value)
+
+    source = KafkaSource(topic, ConsumerSettings(group_id=group, bootstrap_servers=bootstrap, backend=client),  # type: ignore[arg-type]
+                         SourceSettings(batches=True, max_in_flight=500, failure_policy="rewind"))
+    flow = run(source, map_value(slow_copy),
+               KafkaSink(target, ProducerSettings(bootstrap_servers=bootstrap, backend=client)))  # type: ignore[arg-type]
+    wait_until(lambda: source.committer.records_committed() >= total // 4 or not flow.running, 120, "a quarter copied")
+    assert flow.running, f"the flow ended early: {flow.error!r}"
+    thawed.kill("kafka")
+    thawed.start("kafka")
+    wait_until(lambda: source.committer.records_committed() >= total or not flow.running, 300, "everything committed")
+    flow.stop_and_wait(60)
+    ends = end_offsets(topic, bootstrap_servers=bootstrap)
+    assert committed_offsets(group, topic, bootstrap_servers=bootstrap) == ends
+    copied = Counter(record.value for record in read_topic(target, bootstrap_servers=bootstrap))
+    missing = total - sum(1 for i in range(total) if b"%d" % i in copied)
+    Figures(f"kk-batches-{client}", "batches", commands=total, duplicates=sum(copied.values()) - len(copied),
+            seconds=round(time.monotonic() - started, 1), extra={"missing": missing}).save()
+    assert missing == 0 and set(copied) <= {b"%d" % i for i in range(total)}
