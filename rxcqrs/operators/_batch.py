@@ -21,7 +21,8 @@ def takes_batches(stage: Any) -> bool:
 
 
 def batch_aware(op: Op) -> Op:
-    """Mark an operator as one that takes batches (and passes on envelopes unchanged in kind)."""
+    """Mark an operator as one that takes batches. It must take envelopes too: a batch may reach it as single
+    records (after a stage that fell back to them), and a source without ``batches`` sends only envelopes."""
     op.takes_batches = True  # type: ignore[attr-defined]
     return op
 
