@@ -9,14 +9,22 @@ child nack. Settling twice is ignored, so a late duplicate callback can never do
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
-__all__ = ["Ticket", "GateTicket", "Settle"]
+__all__ = ["Ticket", "GateTicket", "Settle", "Gate"]
 
 #: called once with ``None`` (ack) or the error (nack)
 Settle = Callable[[BaseException | None], None]
 
 _ONCE = threading.Lock()
+
+
+class Gate(Protocol):
+    """What a :class:`GateTicket` needs of its commit gate (:class:`~rxcqrs.commit.CommitGate`)."""
+
+    def settle(self, tp: Any, epoch: int, offset: int, error: BaseException | None) -> bool: ...
+
+    def is_current(self, tp: Any, epoch: int) -> bool: ...
 
 
 def _ignore(_error: BaseException | None) -> None:
@@ -58,6 +66,12 @@ class Ticket:
         if self._claim():
             self._settle(error)
 
+    def live(self) -> bool:
+        """Whether the record still belongs to its source's current assignment of its partition (False once
+        the partition was revoked or rewound: the record will be delivered again, and a stage that keeps
+        per-assignment state must not act on it)."""
+        return True
+
     def split(self, n: int) -> list["Ticket"]:
         """``n`` child tickets that jointly settle this one."""
         if n < 1:
@@ -65,26 +79,39 @@ class Ticket:
         if n == 1:
             return [self]
         join = _Join(self, n)
-        return [Ticket(join.child_settled, self.count) for _ in range(n)]
+        return [_ChildTicket(join) for _ in range(n)]
 
 
 class _Join:
-    __slots__ = ("_parent", "_remaining", "_lock")
+    __slots__ = ("parent", "_remaining", "_lock")
 
     def __init__(self, parent: Ticket, n: int) -> None:
-        self._parent = parent
+        self.parent = parent
         self._remaining = n
         self._lock = threading.Lock()
 
     def child_settled(self, error: BaseException | None) -> None:
         if error is not None:
-            self._parent.nack(error)
+            self.parent.nack(error)
             return
         with self._lock:
             self._remaining -= 1
             last = self._remaining == 0
         if last:
-            self._parent.ack()
+            self.parent.ack()
+
+
+class _ChildTicket(Ticket):
+    """One branch's share of a ticket: live as long as the ticket it was split from."""
+
+    __slots__ = ("_join",)
+
+    def __init__(self, join: _Join) -> None:
+        super().__init__(join.child_settled, join.parent.count)
+        self._join = join
+
+    def live(self) -> bool:
+        return self._join.parent.live()
 
 
 class GateTicket(Ticket):
@@ -94,19 +121,21 @@ class GateTicket(Ticket):
 
     __slots__ = ("_gate", "_tp", "_epoch", "_offset")
 
-    def __init__(self, gate_settle: Callable[[Any, int, int, BaseException | None], Any], tp: Any, epoch: int,
-                 offset: int, count: Callable[[str, int], None]) -> None:
+    def __init__(self, gate: Gate, tp: Any, epoch: int, offset: int, count: Callable[[str, int], None]) -> None:
         self._settled = False
         self.count = count
-        self._gate = gate_settle
+        self._gate = gate
         self._tp, self._epoch, self._offset = tp, epoch, offset
 
     def ack(self) -> None:
         if not self._settled:
             self._settled = True
-            self._gate(self._tp, self._epoch, self._offset, None)
+            self._gate.settle(self._tp, self._epoch, self._offset, None)
 
     def nack(self, error: BaseException) -> None:
         if not self._settled:
             self._settled = True
-            self._gate(self._tp, self._epoch, self._offset, error)
+            self._gate.settle(self._tp, self._epoch, self._offset, error)
+
+    def live(self) -> bool:
+        return self._gate.is_current(self._tp, self._epoch)

@@ -132,6 +132,12 @@ class CommitGate:
         with self._lock:
             return set(self._tracks)
 
+    def is_current(self, tp: TopicPartition, epoch: int) -> bool:
+        """Whether ``epoch`` is still the assignment of ``tp`` (not revoked, not rewound since). Lock-free:
+        a dictionary read, on every batch a command stage starts."""
+        track = self._tracks.get(tp)
+        return track is not None and track.epoch == epoch
+
     def epoch(self, tp: TopicPartition) -> int | None:
         with self._lock:
             track = self._tracks.get(tp)

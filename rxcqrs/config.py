@@ -11,13 +11,15 @@
     contact_points = "10.0.0.1,10.0.0.2:9142"
     local_dc = "dc1"
     consistency = "LOCAL_QUORUM"
+    write_protocol = "fenced"             # the command engine's: "fenced" or "conditional"
     username = "app"
     password = "..."                      # masked in every repr and error
 
 Environment: ``RXCQRS_KAFKA_BOOTSTRAP``, ``RXCQRS_KAFKA_BACKEND``, ``RXCQRS_CASSANDRA_HOSTS``,
 ``RXCQRS_CASSANDRA_PORT``, ``RXCQRS_CASSANDRA_LOCAL_DC``, ``RXCQRS_CASSANDRA_CONSISTENCY``,
-``RXCQRS_CASSANDRA_SERIAL_CONSISTENCY``. Flags: ``--bootstrap-servers``, ``--kafka-backend``,
-``--contact-points``, ``--local-dc``, ``--consistency``, ``--serial-consistency``.
+``RXCQRS_CASSANDRA_SERIAL_CONSISTENCY``, ``RXCQRS_WRITE_PROTOCOL``. Flags: ``--bootstrap-servers``,
+``--kafka-backend``, ``--contact-points``, ``--local-dc``, ``--consistency``, ``--serial-consistency``,
+``--write-protocol``.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class Config:
     cassandra_hosts: tuple[str, ...] | None = None
     cassandra_port: int | None = None
     cassandra_options: Mapping[str, Any] = field(default_factory=dict)
+    #: how the command engine writes state: "fenced" (the default) or "conditional"
+    write_protocol: str = "fenced"
     source: str = "defaults"
 
     __repr__ = redacted_repr
@@ -121,7 +125,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def load_config(path: str | None = None, *, bootstrap_servers: str | None = None, kafka_backend: str | None = None,
                 contact_points: str | None = None, consistency: str | None = None,
                 serial_consistency: str | None = None, local_dc: str | None = None,
-                environ: Mapping[str, str] | None = None) -> Config:
+                write_protocol: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """The file (``path`` or ``$RXCQRS_CONFIG``), then the environment, then these explicit values."""
     env = os.environ if environ is None else environ
     file = path or env.get("RXCQRS_CONFIG")
@@ -160,4 +164,11 @@ def load_config(path: str | None = None, *, bootstrap_servers: str | None = None
         cassandra["local_dc"] = dc
     if backend is not None and backend not in ("kafka-python", "confluent"):
         raise ConfigError(f"the Kafka backend must be kafka-python or confluent, got {backend!r}")
-    return Config(bootstrap, backend, kafka, hosts, port, cassandra, source=file or "defaults")
+    protocol = write_protocol or env.get("RXCQRS_WRITE_PROTOCOL") or cassandra.pop("write_protocol", None) or "fenced"
+    cassandra.pop("write_protocol", None)
+    if protocol not in ("fenced", "conditional"):
+        where = ("--write-protocol" if write_protocol else "RXCQRS_WRITE_PROTOCOL" if env.get("RXCQRS_WRITE_PROTOCOL")
+                 else f"[cassandra] write_protocol in {file}")
+        raise ConfigError(f"{where}: the write protocol must be fenced or conditional, got {protocol!r}")
+    return Config(bootstrap, backend, kafka, hosts, port, cassandra, write_protocol=protocol,
+                  source=file or "defaults")

@@ -15,6 +15,7 @@ from rxcqrs.exceptions import FlowError
 from rxcqrs.metrics import Metrics
 from rxcqrs.operators._batch import fit_batches
 from rxcqrs.operators._broadcast import Ending, split_stages
+from rxcqrs.partitions import attach_watchers
 
 __all__ = ["run", "Flow"]
 
@@ -93,9 +94,12 @@ class Flow:
 def run(source: Any, *stages: Any) -> Flow:
     """Subscribe ``source`` (a :class:`~rxcqrs.kafka.KafkaSource` or any observable of envelopes) through
     ``stages`` (operators, optionally a sink last). Envelopes that reach the end without a sink are acked. A
-    source that emits batches has them split into envelopes before the first stage that does not take them."""
+    source that emits batches has them split into envelopes before the first stage that does not take them.
+    Stages that keep state per partition assignment (``watch_partitions``) are told of the source's
+    assignments before it is subscribed (:mod:`rxcqrs.partitions`)."""
     observable: Observable[Any] = getattr(source, "observable", source)
     operators, sink = split_stages(stages)
+    attach_watchers(source, [*operators, sink])
     if getattr(source, "emits_batches", False):
         operators = fit_batches(operators, sink)
     flow = Flow(source, sink)

@@ -1,46 +1,59 @@
-"""AggregateSink: commands applied per entity in batches, one optimistic-locking write per batch.
+"""AggregateSink: the command engine. An entity's waiting commands are folded together and written once.
 
-The commands of one entity (one cart) that wait together are folded over the entity's cached state and
-written back with **one** conditional write (``IF seq = ?``) that also records the source offsets applied
-(partition -> highest offset): one lightweight transaction for many commands instead of one each. Then the
-batch's events go to the event log, per entity partition, as unlogged batches capped in rows and bytes
-(every delivery is logged, redeliveries included, so the query side still sees duplicates), together with
-the rows recording rejected commands. (After a crash between the two steps, a redelivery logs the events
-again; the rejection rows of that batch are not recorded a second time.) Every record is
-acked on its own once its batch is written; a rejected command is recorded and acked; nothing of a batch
-is acked before its writes succeeded, so the commit gate never passes an unfinished record.
+The commands of one entity that wait together (a *batch*, one partition's records of one key) are decided
+over the entity's state, and the result is written in four steps, each only after the one before succeeded:
 
-No read on the hot path: the last written state of each entity is cached (bounded, least recently used
-first out; :meth:`AggregateSink.forget` drops the entities of revoked partitions). An entity is read only
-on a cache miss or after a conflict, and always asynchronously (``execute_async``): no thread blocks.
+1. **rejections**: the rows recording commands that were refused (idempotent, keyed by event id);
+2. **state**: the entity's new state with the source offsets it has applied (partition -> highest offset):
+   * ``write_protocol="fenced"`` (the default): a plain write ``USING TIMESTAMP epoch * 2**40 + offset``
+     (see :mod:`rxcqrs.cassandra.fence`); idempotent, so every failure is simply retried;
+   * ``"conditional"``: a lightweight transaction ``IF seq = ?``; a conflict reads and folds again, an
+     unknown outcome is resolved by a serial read of whether the entity recorded the batch's offsets;
+3. **events**: every delivery logged (redeliveries included), as unlogged batches per partition;
+4. **index**: what the event log's readers need to find the events (its bucket index).
 
-Outcomes (see :mod:`rxcqrs.cassandra.outcomes`): a conflict re-reads and folds again; a transient error
-retries the step with the shared backoff; an unknown outcome of the conditional write is resolved by a
-serial read of the entity (did it record this batch's offsets?) and never blindly re-sent; a permanent
-error nacks the whole batch at once. Event writes are idempotent and simply retried.
+A crash after any step leaves the records uncommitted; their redelivery finds them applied (``applied``),
+skips the decision and writes steps 3 and 4 again; the rejections of step 1 were written before the state
+that records them, so none is ever lost. Every record is acked once its batch's steps all succeeded, so
+the commit gate never passes a record whose writes are unfinished.
+
+Fencing and the cache: the sink takes an epoch for every partition assignment its source tells it of
+(:mod:`rxcqrs.partitions`), then asks the source to confirm that this member is still in the group's
+current generation, and only then starts that partition's batches. The last written state of each entity
+is cached (bounded, least recently used first out) *for the epoch it was read or written in*: revokes and
+assignments drop it, and a batch never uses a state cached under another epoch. Records of a revoked or
+rewound assignment (their ticket is not live any more) are dropped before they are decided: they are
+delivered again. An entity is read only on a cache miss, at the session's consistency (``LOCAL_QUORUM``).
 
 Threads (see :mod:`rxcqrs.kafka`): ``on_next`` runs on the poll thread and only queues; a dispatcher thread
-starts batches; the steps of a batch continue on the driver's callback threads and never block them.
+starts batches (after ``linger``, so a poll's records gather); a fencer thread takes epochs (blocking
+round trips, never on a driver thread); the steps of a batch continue on the driver's callback threads and
+never block them.
 """
 
 from __future__ import annotations
 
 import logging
+import queue as queues
 import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Hashable, Iterable, Mapping, Protocol, TypeVar
+from typing import Any, Callable, Generic, Hashable, Iterable, Mapping, Protocol, Sequence, TypeVar
 
 from rxcqrs.backoff import Backoff
 from rxcqrs.cassandra.executor import was_applied
+from rxcqrs.cassandra.fence import Fence, WriteProtocol, check_protocol, write_timestamp
+from rxcqrs.cassandra.keyed import KeyedQueue
 from rxcqrs.cassandra.outcomes import Outcome, classify
-from rxcqrs.exceptions import ConfigError, PermanentStageError, RetriesExhaustedError, StageError, UnknownOutcomeError
+from rxcqrs.cassandra.retrying import abandoned, exhausted, permanent, retry_later
+from rxcqrs.cassandra.statement_batches import group_statements
+from rxcqrs.exceptions import ConfigError, PermanentStageError, StageError, UnknownOutcomeError
 from rxcqrs.messages import Envelope, RecordMetadata, TopicPartition
+from rxcqrs.partitions import Assignments
 from rxcqrs.sink import SinkBase
-from rxcqrs.timers import call_later
 
-__all__ = ["AggregateSink", "Aggregate", "Stored", "Applied", "Rejection"]
+__all__ = ["AggregateSink", "Aggregate", "Stored", "Applied", "Rejection", "STEPS"]
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +61,14 @@ K = TypeVar("K", bound=Hashable)
 S = TypeVar("S")
 C = TypeVar("C")
 
+#: the write steps of a batch, in order
+STEPS = ("rejections", "state", "events", "index")
+
 
 @dataclass(frozen=True)
 class Stored(Generic[S]):
-    """An entity as stored: its state (``None``: none, or deleted), its write counter (``None``: no row)
-    and the source offsets it has applied (partition -> highest offset)."""
+    """An entity as stored: its state (``None``: none, or deleted), its write counter (conditional writes;
+    ``None``: no row) and the source offsets it has applied (partition -> highest offset)."""
 
     state: S | None
     seq: int | None
@@ -84,7 +100,7 @@ class Aggregate(Protocol[K, S, C]):
         """Prepare every statement (blocking round trips); called once by the sink, on the caller's thread."""
 
     def key(self, command: C) -> K:
-        """The entity a command belongs to (e.g. the cart id)."""
+        """The entity a command belongs to (e.g. the cart id). An entity's commands must share a partition."""
 
     def read(self, key: K, serial: bool) -> Any:
         """A statement reading the entity's row (``serial``: through Paxos, to settle an unknown outcome)."""
@@ -93,22 +109,29 @@ class Aggregate(Protocol[K, S, C]):
         """The rows of :meth:`read` as a :class:`Stored`."""
 
     def decide(self, state: S | None, command: C, meta: RecordMetadata) -> Applied[S] | Rejection:
-        """Apply one command to a state (pure: no I/O)."""
+        """Apply one command to a state (pure and deterministic: no I/O, no clock, no random ids)."""
+
+    def write(self, key: K, state: S | None, applied: dict[int, int], timestamp: int) -> Any:
+        """The fenced write of the whole row: a plain ``INSERT ... USING TIMESTAMP ?`` (collections whole)."""
 
     def update(self, key: K, before: Stored[S], state: S | None, applied: dict[int, int]) -> Any:
         """The conditional write replacing ``before`` (``IF seq = before.seq``, or ``IF NOT EXISTS``)."""
 
+    def record_rejections(self, key: K, rejected: list[tuple[C, RecordMetadata, str]]) -> list[Any]:
+        """Idempotent statements recording rejected commands."""
+
     def events(self, key: K, records: list[tuple[C, RecordMetadata]]) -> list[Any]:
         """Event-log statements for the records of a batch (one entity partition; batched by the sink)."""
 
-    def record_rejections(self, key: K, rejected: list[tuple[C, RecordMetadata, str]]) -> list[Any]:
-        """Idempotent statements recording rejected commands."""
+    def index(self, key: K, records: list[tuple[C, RecordMetadata]]) -> list[Any]:
+        """Idempotent statements that let the log's readers find those events (e.g. its bucket index)."""
 
 
 @dataclass(eq=False)
 class _Batch:
     key: Any
     envelopes: list[Envelope[Any]]
+    epoch: int | None = None
     attempt: int = 0
     stored: Any = None
     after: Stored[Any] | None = None
@@ -116,8 +139,12 @@ class _Batch:
     #: records the entity had already applied when this batch was first folded (redeliveries); any other
     #: record found applied later was applied by this batch's own write, whose answer was lost or late
     redelivered: set[int] | None = None
-    #: rejection records of the last fold, written with the events once the state write succeeded
     rejections: list[Any] = field(default_factory=list)
+    state_write: Any = None
+
+    @property
+    def tp(self) -> TopicPartition:
+        return self.envelopes[0].meta.tp
 
     def count(self, name: str, n: int = 1) -> None:
         if self.envelopes:
@@ -125,44 +152,235 @@ class _Batch:
 
     def where(self) -> str:
         first, last = self.envelopes[0].meta, self.envelopes[-1].meta
-        return f"{first}" if len(self.envelopes) == 1 else f"{first}..{last.offset} ({len(self.envelopes)} records)"
+        if len(self.envelopes) == 1:
+            return f" on {first}"
+        return f" on {first}..{last.offset} ({len(self.envelopes)} records)"
+
+
+@dataclass(eq=False)
+class _Assignment:
+    """One partition's fencing: the epoch of its current assignment once taken and confirmed."""
+
+    request: int
+    epoch: int | None = None
+    failed: bool = False
+    parked: list[_Batch] = field(default_factory=list)
+
+
+class EpochSource(Protocol):
+    """What the engine needs of a fence: a new epoch, higher than every one handed out before (blocking)."""
+
+    def take(self, deadline: float | None = None) -> int: ...
+
+
+#: ``fences(group, topic)``: the fence of one consumer group on one topic
+FenceFactory = Callable[[str, str], EpochSource]
+
+
+def _then(step_done: Callable[[_Batch, str], None], batch: _Batch, step: str) -> Callable[[], None]:
+    return lambda: step_done(batch, step)
+
+
+def _same_partition(first: Envelope[Any], item: Envelope[Any]) -> bool:
+    return item.meta.partition == first.meta.partition and item.meta.topic == first.meta.topic
 
 
 class AggregateSink(SinkBase, Generic[K, S, C]):
-    def __init__(self, session: Any, aggregate: Aggregate[K, S, C], *, idempotent: bool = True,
-                 max_concurrency: int = 32, max_batch: int = 500, cache_size: int = 100_000,
-                 batch_rows: int = 100, batch_bytes: int = 40_000, linger: float = 0.002,
-                 backoff: Backoff | None = None, name: str = "aggregate") -> None:
+    """The command engine over ``aggregate``. ``keyspace`` holds the fence rows (fenced writes); the consumer
+    group comes from the source (``group`` when the sink is used without one)."""
+
+    def __init__(self, session: Any, aggregate: Aggregate[K, S, C], *, write_protocol: WriteProtocol = "fenced",
+                 keyspace: str | None = None, group: str | None = None, idempotent: bool = True,
+                 max_concurrency: int = 32, max_batch: int = 500, cache_size: int = 100_000, batch_rows: int = 100,
+                 batch_bytes: int = 40_000, linger: float = 0.002, backoff: Backoff | None = None,
+                 fence_timeout: float = 60.0, fences: FenceFactory | None = None, log_events: bool = True,
+                 then: Callable[[Envelope[Any]], None] | None = None, name: str = "aggregate") -> None:
+        """``fences(group, topic)`` gives the fence of a topic (default: its row in ``keyspace``, a
+        :class:`~rxcqrs.cassandra.fence.Fence`); ``log_events=False`` writes rejections and state only (the
+        event log is another branch's job); ``then(env)`` receives each record whose writes succeeded instead
+        of acking it (the serial flow)."""
         super().__init__()
         if max_concurrency < 1 or max_batch < 1 or cache_size < 1 or batch_rows < 1:
             raise ConfigError("max_concurrency, max_batch, cache_size and batch_rows must be >= 1")
+        self.protocol = check_protocol(write_protocol)
+        self.fenced = self.protocol == "fenced"
+        keyspace = keyspace or getattr(aggregate, "keyspace", None)
+        if self.fenced and not keyspace and fences is None:
+            raise ConfigError(f"{name}: fenced writes need the keyspace of the fence rows (keyspace=...)")
         self.session = session
         self.aggregate = aggregate
+        self.keyspace = keyspace
+        self.group = group
         self.idempotent = idempotent
-        self.max_concurrency = max_concurrency
-        self.max_batch = max_batch
         self.cache_size = cache_size
         self.batch_rows = batch_rows
         self.batch_bytes = batch_bytes
         self.linger = linger
         self.backoff = backoff or Backoff()
+        self.fence_timeout = fence_timeout
+        self.steps = STEPS if log_events else STEPS[:2]
+        self.then = then
         self.name = name
         aggregate.prepare()  # blocking: here, never on a driver callback thread
         self._lock = threading.Lock()
-        self._pending: dict[Hashable, deque[Envelope[Any]]] = {}
-        self._ready: deque[Hashable] = deque()  # keys with pending commands and no batch in flight
-        self._busy: set[Hashable] = set()
-        self._cache: OrderedDict[Hashable, tuple[Stored[Any], TopicPartition]] = OrderedDict()
+        self._queue: KeyedQueue[Envelope[Any]] = KeyedQueue(max_concurrency, max_batch, _same_partition)
+        self._cache: OrderedDict[Hashable, tuple[Stored[Any], TopicPartition, int | None]] = OrderedDict()
+        self._assignments: dict[TopicPartition, _Assignment] = {}
+        self._requests = 0
+        self._fences: dict[str, EpochSource] = {}
+        self._fence_factory = fences
+        self._source: Assignments | None = None
         self._abandoned = False
         self._stopped = False
         self._wake = threading.Event()
+        self._restarts: deque[_Batch] = deque()  # batches that waited for an epoch, started by the dispatcher
+        self._fence_requests: queues.SimpleQueue[tuple[list[TopicPartition], int] | None] = queues.SimpleQueue()
+        self._fencer: threading.Thread | None = None
         self.batches = 0
         self.reads = 0
-        #: redelivered commands recognised and skipped (idempotent) or applied again (not idempotent)
-        self.skipped = 0
-        self.reapplied = 0
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name=f"rxcqrs-{name}-dispatch", daemon=True)
         self._dispatcher.start()
+
+    # -- partitions (the client's rebalance thread) -------------------------------------------------------
+    def watch_partitions(self, source: Assignments) -> None:
+        """Called by :func:`~rxcqrs.run`: hear of ``source``'s assignments (and take epochs for them)."""
+        self._source = source
+        if self.group is None:
+            self.group = source.group_id
+        source.on_assign(self.partitions_assigned)
+        source.on_revoke(self.partitions_revoked)
+
+    def partitions_assigned(self, tps: list[TopicPartition]) -> None:
+        """A new assignment: its entities' cached states are not its own, and (fenced) it needs an epoch."""
+        self._forget(tps, renew=self.fenced)
+
+    def partitions_revoked(self, tps: list[TopicPartition]) -> None:
+        """Another member may write these partitions' entities now."""
+        self._forget(tps, renew=False)
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Drop the cached entities (and epochs) of ``partitions``."""
+        self._forget(list(partitions), renew=False)
+
+    def _forget(self, tps: list[TopicPartition], *, renew: bool) -> None:
+        gone = set(tps)
+        parked: list[_Batch] = []
+        with self._lock:
+            for key in [k for k, (_s, tp, _e) in self._cache.items() if tp in gone]:
+                del self._cache[key]
+            for tp in tps:
+                old = self._assignments.pop(tp, None)
+                if old is not None:
+                    parked.extend(old.parked)
+            request = self._new_request(tps) if renew else None
+        if request is not None:
+            self._fence_requests.put((tps, request))
+            self._start_fencer()
+        self._restart(parked)  # their records belong to the old assignment: dropped as stale by _start
+
+    def _restart(self, batches: list[_Batch]) -> None:
+        """Hand batches that waited to the dispatcher (never started on the rebalance or poll thread)."""
+        if batches:
+            with self._lock:
+                self._restarts.extend(batches)
+            self._wake.set()
+
+    def _new_request(self, tps: Sequence[TopicPartition]) -> int:
+        """Under the lock: a fresh assignment record (awaiting its epoch) for each of ``tps``."""
+        self._requests += 1
+        for tp in tps:
+            self._assignments[tp] = _Assignment(self._requests)
+        return self._requests
+
+    # -- fencing (the fencer thread) ----------------------------------------------------------------------
+    def _start_fencer(self) -> None:
+        with self._lock:
+            if self._fencer is None and not self._stopped:
+                self._fencer = threading.Thread(target=self._fence_loop, name=f"rxcqrs-{self.name}-fence",
+                                                daemon=True)
+                self._fencer.start()
+
+    def _fence_loop(self) -> None:
+        while True:
+            item = self._fence_requests.get()
+            if item is None or self._stopped:
+                return
+            tps, request = item
+            if not self._current(tps, request):
+                continue  # revoked or assigned again meanwhile
+            for topic in sorted({tp.topic for tp in tps}):
+                mine = [tp for tp in tps if tp.topic == topic]
+                try:
+                    epoch = self._fence(topic).take(deadline=time.monotonic() + self.fence_timeout)
+                except Exception as exc:
+                    self._fence_failed(mine, request, exc)
+                    continue
+                self._confirm(mine, request, epoch, 0, time.monotonic() + self.fence_timeout)
+
+    def _fence(self, topic: str) -> EpochSource:
+        fence = self._fences.get(topic)
+        if fence is None:
+            if self.group is None:
+                raise ConfigError(f"{self.name}: fenced writes need the consumer group (run the sink from a "
+                                  "KafkaSource with rxcqrs.run, or pass group=...)")
+            if self._fence_factory is not None:
+                fence = self._fence_factory(self.group, topic)
+            else:
+                assert self.keyspace is not None
+                fence = Fence(self.session, self.keyspace, self.group, topic, backoff=self.backoff)
+            self._fences[topic] = fence
+        return fence
+
+    def _confirm(self, tps: list[TopicPartition], request: int, epoch: int, attempt: int, deadline: float) -> None:
+        """Use ``epoch`` once the group coordinator confirms this member still owns ``tps`` (a stale member
+        that took an epoch after waking up must never write with it)."""
+        source = self._source
+        if source is None:
+            self._fenced(tps, request, epoch)
+            return
+
+        def answered(confirmed: bool | None) -> None:
+            if confirmed:
+                self._fenced(tps, request, epoch)
+                return
+            if not self._current(tps, request) or self._abandoned:
+                return
+            if time.monotonic() >= deadline or not retry_later(
+                    self.backoff, attempt, lambda: self._confirm(tps, request, epoch, attempt + 1, deadline)):
+                self._fence_failed(tps, request, StageError(
+                    f"{self.name}: this member's ownership of {sorted(tps)} was not confirmed by the group "
+                    f"within {self.fence_timeout:g}s (it may have been fenced out)"))
+
+        source.confirm_ownership(tps, answered)
+
+    def _current(self, tps: list[TopicPartition], request: int) -> bool:
+        with self._lock:
+            return any((a := self._assignments.get(tp)) is not None and a.request == request for tp in tps)
+
+    def _fenced(self, tps: list[TopicPartition], request: int, epoch: int) -> None:
+        ready: list[_Batch] = []
+        with self._lock:
+            for tp in tps:
+                a = self._assignments.get(tp)
+                if a is not None and a.request == request:
+                    a.epoch = epoch
+                    ready.extend(a.parked)
+                    a.parked = []
+        log.info("%s: epoch %d for %s", self.name, epoch, sorted(tps))
+        self._restart(ready)
+
+    def _fence_failed(self, tps: list[TopicPartition], request: int, error: BaseException) -> None:
+        failed: list[_Batch] = []
+        with self._lock:
+            for tp in tps:
+                a = self._assignments.get(tp)
+                if a is not None and a.request == request:
+                    a.failed = True
+                    failed.extend(a.parked)
+                    a.parked = []
+        log.warning("%s: no epoch for %s: %r", self.name, sorted(tps), error)
+        for batch in failed:
+            self._finish(batch, error if isinstance(error, StageError) else StageError(f"{self.name}: {error!r}"))
 
     # -- intake (the poll thread) -------------------------------------------------------------------------
     def on_next(self, env: Envelope[C]) -> None:
@@ -173,28 +391,14 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             return
         self._begin()
         with self._lock:
-            if self._abandoned:
-                abandoned = True
-            else:
-                abandoned = False
-                queue = self._pending.get(key)
-                if queue is None:
-                    queue = self._pending[key] = deque()
-                    if key not in self._busy:
-                        self._ready.append(key)
-                queue.append(env)
-        if abandoned:
-            env.nack(StageError(f"{self.name}: abandoned at shutdown"))
+            refused = self._abandoned
+            if not refused:
+                self._queue.put(key, env)
+        if refused:
+            env.nack(abandoned(self.name, f" on {env.meta}"))
             self._end()
             return
         self._wake.set()
-
-    def forget(self, partitions: Iterable[TopicPartition]) -> None:
-        """Drop the cached entities of ``partitions`` (revoked: another member may write them now)."""
-        gone = set(partitions)
-        with self._lock:
-            for key in [k for k, (_s, tp) in self._cache.items() if tp in gone]:
-                del self._cache[key]
 
     # -- dispatch -----------------------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
@@ -204,42 +408,71 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 return
             time.sleep(self.linger)  # let a burst of records of one poll gather into batches
             self._wake.clear()
-            self._start_ready()
-
-    def _start_ready(self) -> None:
-        while True:
             with self._lock:
-                if not self._ready or len(self._busy) >= self.max_concurrency:
-                    return
-                key = self._ready.popleft()
-                taken = self._take(key)
-                if taken is None:
-                    continue
-                self._busy.add(key)
-            self._start(*taken)
+                restarts, self._restarts = list(self._restarts), deque()
+                ready = self._queue.take_ready()
+            for batch in restarts:
+                self._start(batch)
+            for key, envelopes in ready:
+                self._start(_Batch(key, envelopes))
 
-    def _take(self, key: Hashable) -> tuple[_Batch, Stored[Any] | None] | None:
-        """Under the lock: the next batch of ``key`` (its waiting commands, up to ``max_batch``) and the
-        cached state, or None if nothing waits."""
-        queue = self._pending.get(key)
-        if not queue:
-            self._pending.pop(key, None)
-            return None
-        envelopes = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
-        if not queue:
-            del self._pending[key]
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-        return _Batch(key, envelopes), (cached[0] if cached is not None else None)
-
-    def _start(self, batch: _Batch, cached: Stored[Any] | None) -> None:
+    def _start(self, batch: _Batch) -> None:
+        """Drop the records of revoked assignments; wait for the partition's epoch; fold from the cache, or read."""
+        live = [env for env in batch.envelopes if env.ticket.live()]
+        if len(live) < len(batch.envelopes):
+            stale = [env for env in batch.envelopes if not env.ticket.live()]
+            batch.envelopes = live
+            for env in stale:  # their settle is ignored by the gate: the record is delivered again
+                env.count("stale_dropped")
+                env.nack(StageError(f"{self.name}: {env.meta} belongs to a revoked or rewound assignment"))
+                self._end()
+        if not batch.envelopes:
+            self._release(batch, [])
+            return
+        epoch: int | None = None
+        request: int | None = None
+        with self._lock:
+            if self._abandoned:
+                parked = False
+            elif self.fenced:
+                tp = batch.tp
+                a = self._assignments.get(tp)
+                if a is None or a.failed:  # not told of this assignment (no source), or its epoch failed
+                    request = self._new_request([tp])
+                    a = self._assignments[tp]
+                parked = a.epoch is None
+                if parked:
+                    a.parked.append(batch)
+                epoch = a.epoch
+            else:
+                parked = False
+            cached = None if parked else self._cached(batch.key, epoch)
+        if self._abandoned:
+            self._finish(batch, abandoned(self.name, batch.where()))
+            return
+        if request is not None:
+            self._fence_requests.put(([batch.tp], request))
+            self._start_fencer()
+        if parked:
+            return
+        batch.epoch = epoch
         self.batches += 1
         if cached is not None:
             batch.stored = cached
             self._fold(batch)
         else:
             self._read(batch)
+
+    def _cached(self, key: Hashable, epoch: int | None) -> Stored[Any] | None:
+        """Under the lock: the cached state of ``key`` if it belongs to ``epoch``."""
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        if entry[2] != epoch:
+            del self._cache[key]
+            return None
+        self._cache.move_to_end(key)
+        return entry[0]
 
     # -- the steps of a batch (driver callback threads) ---------------------------------------------------
     def _execute(self, batch: _Batch, statement: Any, on_rows: Callable[[Any], None], *, sent_is_unknown: bool
@@ -272,26 +505,26 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             if all(stored.handled(env.meta) for env in batch.envelopes):
                 batch.count("unknown_resolved_applied")
                 self._remember(batch, stored)
-                self._write_events(batch)
+                self._next_step(batch, "state")
                 return
             batch.count("unknown_resolved_not_applied")
         self._fold(batch)
 
     def _fold(self, batch: _Batch) -> None:
-        """Decide every command of the batch over the state; then the rejections and the one write."""
+        """Decide every command of the batch over the state; then the steps, from the rejections on."""
         stored: Stored[Any] = batch.stored
         state, applied = stored.state, dict(stored.applied)
         rejected: list[tuple[Any, RecordMetadata, str]] = []
-        changed = False
+        last_offset: int | None = None
         first_fold = batch.redelivered is None
         if batch.redelivered is None:
             batch.redelivered = {i for i, env in enumerate(batch.envelopes) if stored.handled(env.meta)}
         elif any(stored.handled(env.meta) for i, env in enumerate(batch.envelopes) if i not in batch.redelivered):
-            # a record that was new to the entity is applied now: this batch's own earlier write landed (its
-            # answer was lost, or it completed after a read that said otherwise); never apply it twice
+            # a record that was new to the entity is applied now: this batch's own earlier conditional write
+            # landed (its answer was lost, or it completed after a read that said otherwise): never apply twice
             batch.count("unknown_resolved_applied")
             self._remember(batch, stored)
-            self._write_events(batch)
+            self._next_step(batch, "state")
             return
         try:
             for env in batch.envelopes:
@@ -299,11 +532,9 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 if stored.handled(meta):
                     if self.idempotent:
                         if first_fold:
-                            self.skipped += 1
                             env.count("redelivered_skipped")
                         continue
                     if first_fold:
-                        self.reapplied += 1
                         env.count("redelivered_reapplied")
                 decision = self.aggregate.decide(state, env.value, meta)
                 if isinstance(decision, Rejection):
@@ -311,21 +542,64 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 else:
                     state = decision.state
                 applied[meta.partition] = max(meta.offset, applied.get(meta.partition, -1))
-                changed = True
-            if not changed:  # every record was already applied: only log the redeliveries
-                self._write_events(batch)
+                last_offset = meta.offset
+            if last_offset is None:  # every record was already applied: only log the redeliveries
+                self._next_step(batch, "state")
                 return
-            batch.after = Stored(state, (stored.seq or 0) + 1, applied)
-            write = self.aggregate.update(batch.key, stored, state, applied)
+            if self.fenced:
+                assert batch.epoch is not None
+                batch.after = Stored(state, stored.seq, applied)
+                batch.state_write = self.aggregate.write(batch.key, state, applied,
+                                                         write_timestamp(batch.epoch, last_offset))
+            else:
+                batch.after = Stored(state, (stored.seq or 0) + 1, applied)
+                batch.state_write = self.aggregate.update(batch.key, stored, state, applied)
             batch.rejections = self.aggregate.record_rejections(batch.key, rejected) if rejected else []
         except Exception as exc:  # a bug in decide/write: retrying cannot help
-            self._finish(batch, PermanentStageError(f"{self.name}: {exc!r} on {batch.where()}"))
+            self._finish(batch, PermanentStageError(f"{self.name}: {exc!r}{batch.where()}"))
             return
-        self._write(batch, write)
+        self._next_step(batch, "read")
 
-    def _write(self, batch: _Batch, statement: Any) -> None:
-        batch.step = "write"
-        self._execute(batch, statement, lambda rows: self._on_written(batch, rows), sent_is_unknown=True)
+    def _next_step(self, batch: _Batch, done: str) -> None:
+        """Run the step after ``done`` (``"read"``: the batch was just decided)."""
+        order = ("read", *self.steps)
+        for step in order[order.index(done) + 1:]:
+            batch.step, batch.attempt = step, 0
+            if step == "state":
+                if batch.state_write is None:
+                    continue
+                if not self.fenced:
+                    self._write_conditionally(batch)
+                    return
+                statements = [batch.state_write]
+            else:
+                try:
+                    statements = self._statements(batch, step)
+                except Exception as exc:
+                    self._finish(batch, PermanentStageError(f"{self.name}: {exc!r}{batch.where()}"))
+                    return
+            if statements:
+                self._run_all(batch, statements, _then(self._step_done, batch, step))
+                return
+        self._finish(batch, None)
+
+    def _step_done(self, batch: _Batch, step: str) -> None:
+        if step == "state":
+            batch.count("cassandra_applied")
+            assert batch.after is not None
+            self._remember(batch, batch.after)
+        self._next_step(batch, step)
+
+    def _statements(self, batch: _Batch, step: str) -> list[Any]:
+        if step == "rejections":
+            return batch.rejections
+        records = [(env.value, env.meta) for env in batch.envelopes]
+        if step == "events":
+            return group_statements(self.aggregate.events(batch.key, records), self.batch_rows, self.batch_bytes)
+        return self.aggregate.index(batch.key, records)
+
+    def _write_conditionally(self, batch: _Batch) -> None:
+        self._execute(batch, batch.state_write, lambda rows: self._on_written(batch, rows), sent_is_unknown=True)
 
     def _on_written(self, batch: _Batch, rows: Any) -> None:
         if was_applied(rows) is False:  # a conflict: another writer moved the entity; read it and fold again
@@ -334,50 +608,33 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 self._cache.pop(batch.key, None)
             self._retry(batch, StageError("optimistic-lock conflict"), lambda: self._read(batch))
             return
-        batch.count("cassandra_applied")
-        assert batch.after is not None
-        self._remember(batch, batch.after)
-        self._write_events(batch)
-
-    def _write_events(self, batch: _Batch) -> None:
-        batch.step = "events"
-        try:
-            statements = batch.rejections + self.aggregate.events(batch.key,
-                                                                  [(env.value, env.meta) for env in batch.envelopes])
-        except Exception as exc:
-            self._finish(batch, PermanentStageError(f"{self.name}: {exc!r} on {batch.where()}"))
-            return
-        self._run_all(batch, _batches(statements, self.batch_rows, self.batch_bytes), lambda: self._finish(batch, None))
+        self._step_done(batch, "state")
 
     def _run_all(self, batch: _Batch, statements: list[Any], then: Callable[[], None]) -> None:
-        """Execute idempotent statements together; ``then`` once all succeeded."""
-        if not statements:
-            then()
-            return
+        """Execute idempotent statements together; ``then`` once all succeeded, a retry of all if one failed."""
         left = [len(statements)]
+        failed = [False]
         lock = threading.Lock()
 
         def done(_rows: Any) -> None:
             with lock:
                 left[0] -= 1
-                last = left[0] == 0
+                last = left[0] == 0 and not failed[0]
             if last:
                 then()
 
-        failed = [False]
-
-        def retry_all(error: BaseException) -> None:
+        def retry_all(error: BaseException, sent: bool = True) -> None:
             with lock:
                 if failed[0]:
                     return
                 failed[0] = True
-            self._failed(batch, error, sent=False, again=lambda: self._run_all(batch, statements, then))
+            self._failed(batch, error, sent=sent, again=lambda: self._run_all(batch, statements, then))
 
         for statement in statements:
             try:
                 future = self.session.execute_async(statement)
             except Exception as exc:
-                retry_all(exc)
+                retry_all(exc, sent=False)
                 return
             future.add_callbacks(done, retry_all)
 
@@ -387,115 +644,84 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         outcome = classify(error, sent=sent)
         batch.count(f"cassandra_{outcome.value}")
         if outcome is Outcome.PERMANENT:
-            failure = PermanentStageError(f"{self.name}: {error!r} on {batch.where()} cannot succeed by retrying")
-            failure.__cause__ = error
-            self._finish(batch, failure)
+            self._finish(batch, permanent(self.name, batch.where(), error))
+        elif again is not None:  # an idempotent step (fenced state included): the same statements again
+            self._retry(batch, error, again)
         elif outcome is Outcome.UNKNOWN:  # the conditional write may have applied: read (serially) and see
             self._retry(batch, error, lambda: self._read(batch, serial=True))
-        elif again is not None:
-            self._retry(batch, error, again)
-        elif batch.step == "write":  # the write failed before anything was applied: decide again on fresh state
+        elif batch.step == "state":  # the conditional write failed before anything applied: decide again
             self._retry(batch, error, lambda: self._read(batch))
         else:
             self._retry(batch, error, lambda: self._read(batch, serial=batch.step == "resolve"))
 
     def _retry(self, batch: _Batch, error: BaseException, step: Callable[[], None]) -> None:
-        delay = self.backoff.delay(batch.attempt)
-        if delay is None:
-            if batch.step == "resolve":
-                failure: StageError = UnknownOutcomeError(
-                    f"{self.name}: the outcome of the write of {batch.where()} is unknown and could not be read "
-                    f"({error!r}); the flow stops and the records are delivered again after a restart")
-            else:
-                failure = RetriesExhaustedError(f"{self.name}: gave up on {batch.where()} after {batch.attempt} "
-                                                f"retries; last error: {error!r}")
-            failure.__cause__ = error
-            self._finish(batch, failure)
-            return
-        batch.attempt += 1
-        batch.count("retries")
         if self._abandoned:
-            self._finish(batch, StageError(f"{self.name}: abandoned at shutdown"))
+            self._finish(batch, abandoned(self.name, batch.where()))
             return
-        call_later(delay, step)
+        if retry_later(self.backoff, batch.attempt, step):
+            batch.attempt += 1
+            batch.count("retries")
+            return
+        if batch.step == "resolve":
+            failure: StageError = UnknownOutcomeError(
+                f"{self.name}: the outcome of the write{batch.where()} is unknown and could not be read "
+                f"({error!r}); the flow stops and the records are delivered again after a restart")
+            failure.__cause__ = error
+        else:
+            failure = exhausted(self.name, batch.where(), batch.attempt, error, self.backoff)
+        self._finish(batch, failure)
 
     def _remember(self, batch: _Batch, stored: Stored[Any]) -> None:
-        meta = batch.envelopes[-1].meta
         with self._lock:
-            self._cache[batch.key] = (stored, meta.tp)
+            a = self._assignments.get(batch.tp) if self.fenced else None
+            if self.fenced and (a is None or a.epoch != batch.epoch):
+                return  # revoked or assigned again while the batch ran: its state is not the new epoch's
+            self._cache[batch.key] = (stored, batch.tp, batch.epoch)
             self._cache.move_to_end(batch.key)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
 
     def _finish(self, batch: _Batch, error: BaseException | None) -> None:
+        then = self.then
         for env in batch.envelopes:
-            if error is None:
+            if error is not None:
+                env.nack(error)
+            elif then is None:
                 env.ack()
             else:
-                env.nack(error)
-        with self._lock:
-            if error is not None:
+                then(env)
+        if error is not None:
+            with self._lock:
                 self._cache.pop(batch.key, None)
-            # what gathered for this entity meanwhile goes at once, as the next batch (no linger)
-            following = None if self._abandoned else self._take(batch.key)
-            if following is None:
-                self._busy.discard(batch.key)
-        for _ in batch.envelopes:
+        self._release(batch, batch.envelopes)
+
+    def _release(self, batch: _Batch, settled: list[Envelope[Any]]) -> None:
+        """The batch's key is free again: what gathered for it meanwhile goes at once, as its next batch."""
+        with self._lock:
+            following = self._queue.release(batch.key, chain=not self._abandoned)
+            wake = following is None and self._queue.items > 0
+        for _ in settled:
             self._end()
         if following is not None:
-            self._start(*following)
-        elif self._ready:
+            self._start(_Batch(batch.key, following))
+        elif wake:
             self._wake.set()
 
     # -- shutdown -----------------------------------------------------------------------------------------
     def abandon(self) -> None:
         with self._lock:
             self._abandoned = True
-            waiting = [env for queue in self._pending.values() for env in queue]
-            self._pending.clear()
-            self._ready.clear()
+            waiting = self._queue.drain()
+            parked = [b for a in self._assignments.values() for b in a.parked]
+            for a in self._assignments.values():
+                a.parked = []
         for env in waiting:
-            env.nack(StageError(f"{self.name}: abandoned at shutdown"))
+            env.nack(abandoned(self.name, f" on {env.meta}"))
             self._end()
+        for batch in parked:
+            self._finish(batch, abandoned(self.name, batch.where()))
 
     def close(self) -> None:
         self._stopped = True
         self._wake.set()
-
-
-def _batches(statements: list[Any], rows: int, size: int) -> list[Any]:
-    """Group statements per partition (routing key) into unlogged batches below Cassandra's batch limits
-    (rows and approximate bytes); a group of one is sent as that statement."""
-    from cassandra.query import BatchStatement, BatchType, BoundStatement
-
-    groups: list[list[Any]] = []
-    open_groups: dict[Any, tuple[list[Any], int]] = {}
-    for statement in statements:
-        if not isinstance(statement, BoundStatement):  # only bound statements can join a batch
-            groups.append([statement])
-            continue
-        cost = _size(statement)
-        partition = getattr(statement, "routing_key", None)
-        group, weight = open_groups.get(partition, (None, 0))
-        if group is None or len(group) >= rows or weight + cost > size:
-            group, weight = [], 0
-            groups.append(group)
-        group.append(statement)
-        open_groups[partition] = (group, weight + cost)
-    out = []
-    for group in groups:
-        if len(group) == 1:
-            out.append(group[0])
-            continue
-        batch = BatchStatement(BatchType.UNLOGGED)
-        for statement in group:
-            batch.add(statement)
-        batch.is_idempotent = True
-        out.append(batch)
-    return out
-
-
-def _size(statement: Any) -> int:
-    """Roughly the bytes a bound statement sends (its serialized values)."""
-    values = getattr(statement, "values", None) or ()
-    return 64 + sum(len(v) if isinstance(v, (bytes, bytearray)) else 16 for v in values)
+        self._fence_requests.put(None)

@@ -130,8 +130,8 @@ def group_size(group_id: str, *, bootstrap_servers: str | None = None, **options
     def read() -> int:
         admin = admin_client(bootstrap_servers, **options)
         try:
-            groups = admin.describe_consumer_groups([group_id])
-            return len(groups[0].members) if groups else 0
+            found = admin.describe_groups([group_id]).get(group_id) or {}
+            return len(found.get("members") or [])
         finally:
             admin.close()
 

@@ -57,23 +57,30 @@ class Committer:
         #: set by the source when it stops without draining: a revoke then does not wait for in-flight
         self.stopping_now = False
         self._revoke_listeners: list[Callable[[list[TopicPartition]], None]] = []
+        self._assign_listeners: list[Callable[[list[TopicPartition]], None]] = []
 
     def on_revoke(self, listener: Callable[[list[TopicPartition]], None]) -> None:
         """Call ``listener(partitions)`` when partitions are revoked or lost (from the client's thread: it
         must be quick and thread-safe), e.g. to drop cached state that another member may change now."""
         self._revoke_listeners.append(listener)
 
-    def _tell_revoked(self, tps: list[TopicPartition]) -> None:
-        for listener in self._revoke_listeners:
+    def on_assign(self, listener: Callable[[list[TopicPartition]], None]) -> None:
+        """Call ``listener(partitions)`` when partitions are assigned, before any of their records is emitted
+        (from the client's thread, like :meth:`on_revoke`)."""
+        self._assign_listeners.append(listener)
+
+    def _tell(self, listeners: list[Callable[[list[TopicPartition]], None]], tps: list[TopicPartition],
+              what: str) -> None:
+        for listener in listeners:
             try:
                 listener(tps)
             except Exception:
-                log.exception("%s: a revoke listener failed", self.name)
+                log.exception("%s: %s listener failed", self.name, what)
 
     # -- the poll thread ----------------------------------------------------------------------------------
     def ticket(self, tp: TopicPartition, epoch: int, offset: int, count: Callable[[str, int], None]) -> Ticket:
         """The ticket of a record the gate accepted (``gate.emit``); it settles the record from any thread."""
-        return GateTicket(self.gate.settle, tp, epoch, offset, count)
+        return GateTicket(self.gate, tp, epoch, offset, count)
 
     def maybe_commit(self, client: ConsumerClient, *, batch_done: bool = False, force: bool = False,
                      strict: bool = False) -> None:
@@ -173,7 +180,7 @@ class Committer:
         # source is stopping without a drain: then they are left to be redelivered)
         settled = self.stopping_now or self.gate.wait_settled(tps, self.settings.revoke_settle_timeout)
         offsets = self.gate.revoke(tps)
-        self._tell_revoked(tps)
+        self._tell(self._revoke_listeners, tps, "a revoke")
         self.metrics.incr("revoked", len(tps))
         log.info("%s: revoked %s (settled: %s), committing %s", self.name, sorted(tps), settled, _show(offsets))
         return offsets
@@ -188,12 +195,13 @@ class Committer:
     def assigned(self, tps: list[TopicPartition]) -> None:
         for tp in tps:
             self.gate.assign(tp)
+        self._tell(self._assign_listeners, tps, "an assign")
         self.metrics.incr("assigned", len(tps))
         log.info("%s: assigned %s", self.name, sorted(tps))
 
     def lost(self, tps: list[TopicPartition]) -> None:
         self.gate.revoke(tps)
-        self._tell_revoked(tps)
+        self._tell(self._revoke_listeners, tps, "a revoke")
         self.metrics.incr("lost", len(tps))
         log.warning("%s: lost %s (the member was dropped from the group)", self.name, sorted(tps))
 

@@ -37,9 +37,11 @@ from rxcqrs.exceptions import FlowError, GroupMovedOnError, TopicNotFoundError
 from rxcqrs.kafka.client import ConsumerClient, Record
 from rxcqrs.kafka.committer import Committer
 from rxcqrs.kafka.liveness import Watchdog
+from rxcqrs.kafka.ownership import OwnershipChecks
 from rxcqrs.kafka.settings import ConsumerSettings, SourceSettings
 from rxcqrs.messages import Batch, Envelope, RecordMetadata, TopicPartition
 from rxcqrs.metrics import Metrics
+from rxcqrs.partitions import Confirmed
 
 __all__ = ["KafkaSource", "consumer_client"]
 
@@ -93,6 +95,7 @@ class KafkaSource:
         self._stop_deadline = float("inf")
         self.committer = Committer(self.settings, self.metrics, self.name, wake=self._wake_if_sleeping)
         self.gate = self.committer.gate
+        self._ownership = OwnershipChecks(self.name, consumer.auto_offset_reset == "earliest")
         self._client: ConsumerClient | None = None
         self._partitions: dict[str, int] = {}
         self._buffers: dict[TopicPartition, tuple[int, deque[Record]]] = {}
@@ -172,9 +175,23 @@ class KafkaSource:
         """Wait until the poll thread has finished; True if it did."""
         return self.done.wait(timeout)
 
+    @property
+    def group_id(self) -> str:
+        return self.consumer_settings.group_id
+
     def on_revoke(self, listener: Callable[[list[TopicPartition]], None]) -> None:
         """Call ``listener(partitions)`` when partitions are revoked or lost (see :class:`Committer`)."""
         self.committer.on_revoke(listener)
+
+    def on_assign(self, listener: Callable[[list[TopicPartition]], None]) -> None:
+        """Call ``listener(partitions)`` when partitions are assigned, before any of their records is emitted."""
+        self.committer.on_assign(listener)
+
+    def confirm_ownership(self, tps: Sequence[TopicPartition], then: Confirmed) -> None:
+        """Ask whether this member is still in the group's current generation (see
+        :mod:`rxcqrs.kafka.ownership`); the poll thread answers at its next turn."""
+        self._ownership.ask(tps, then)
+        self._wake.set()
 
     def lag(self) -> dict[TopicPartition, int]:
         """Records behind the end offsets, per partition assigned to this source (last measurement)."""
@@ -302,6 +319,8 @@ class KafkaSource:
             self._seen_changes = self.gate.changes
             if self._stuck is not None:
                 raise _Replace(self._stuck)
+            if self._ownership.waiting:
+                self._ownership.serve(client, self._call)
             stop_with = self.committer.check_failures()
             if stop_with is not None:
                 self._begin_stop(stop_with)

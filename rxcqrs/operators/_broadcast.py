@@ -171,4 +171,5 @@ def broadcast_(*branches: Any) -> Callable[[Observable[Envelope[Any]]], Observab
 
         return reactivex.create(subscribe)
 
+    _op.stages = [stage for leg in legs for stage in (*leg.operators, leg.sink)]  # type: ignore[attr-defined]
     return batch_aware(_op)  # it splits a batch like an envelope; each branch's guard decides for its branch

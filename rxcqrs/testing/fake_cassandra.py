@@ -8,7 +8,7 @@ import queue
 import threading
 from typing import Any, Callable
 
-__all__ = ["FakeSession", "FakeResponseFuture", "lwt_row"]
+__all__ = ["FakeSession", "FakeResponseFuture", "lwt_row", "MemoryFences", "MemoryFence"]
 
 LwtRow = collections.namedtuple("LwtRow", ["applied"])
 
@@ -79,3 +79,33 @@ class FakeSession:
 
     def shutdown(self) -> None:
         self._queue.put(None)
+
+
+class MemoryFences:
+    """Fence rows in memory, for the fast tier: ``fences(group, topic)`` is what
+    :class:`~rxcqrs.cassandra.AggregateSink` takes as ``fences=``; every sink given the same object shares
+    the rows, as members of one group share the Cassandra fence table."""
+
+    def __init__(self, first: int = 4096) -> None:
+        self._lock = threading.Lock()
+        self._epochs: dict[tuple[str, str], int] = {}
+        self._first = first
+        self.taken: list[tuple[str, str, int]] = []
+
+    def __call__(self, group: str, topic: str) -> "MemoryFence":
+        return MemoryFence(self, group, topic)
+
+    def take(self, group: str, topic: str) -> int:
+        with self._lock:
+            epoch = self._epochs.get((group, topic), self._first - 1) + 1
+            self._epochs[(group, topic)] = epoch
+            self.taken.append((group, topic, epoch))
+            return epoch
+
+
+class MemoryFence:
+    def __init__(self, rows: MemoryFences, group: str, topic: str) -> None:
+        self._rows, self.group, self.topic = rows, group, topic
+
+    def take(self, deadline: float | None = None) -> int:
+        return self._rows.take(self.group, self.topic)

@@ -1,199 +1,260 @@
-"""AggregateSink on a fake session: batching per entity, order, conflicts, unknown outcomes, permanent errors,
-idempotent redelivery. The fake "table" keeps (state, seq, applied) per key, like the cart table."""
+"""The command engine (AggregateSink) on the fake session over a last-write-wins table: batching per entity,
+order, both write protocols, every outcome, fencing, stale records, and a crash after each write step."""
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
-from cassandra import InvalidRequest, WriteTimeout
+import pytest
 
-from rxcqrs.acks import Ticket
+from rxcqrs.acks import GateTicket
 from rxcqrs.backoff import Backoff
-from rxcqrs.cassandra.aggregate import AggregateSink, Applied, Rejection, Stored
+from rxcqrs.cassandra.aggregate import STEPS, AggregateSink
+from rxcqrs.cassandra.fence import EPOCH_SHIFT, FIRST_EPOCH
+from rxcqrs.commit import CommitGate
 from rxcqrs.exceptions import PermanentStageError
-from rxcqrs.messages import Envelope, RecordMetadata
-from rxcqrs.testing.fake_cassandra import FakeSession, lwt_row
+from rxcqrs.messages import TopicPartition
+from rxcqrs.testing.fake_cassandra import MemoryFences
+from tests.counters import Counters, envelopes, fold, partition_of
 from tests.helpers import wait_until
 
 FAST = Backoff(0.001, 0.05, 0.0)
+PROTOCOLS = ["fenced", "conditional"]
 
 
-class Row:
-    def __init__(self, state: int, seq: int, applied: dict[int, int]) -> None:
-        self.state, self.seq, self.applied = state, seq, applied
+def engine(counters: Counters, protocol: str = "fenced", fences: MemoryFences | None = None, **options: Any
+           ) -> AggregateSink[Any, Any, Any]:
+    options.setdefault("backoff", FAST)
+    return AggregateSink(counters.session(), counters, write_protocol=protocol,  # type: ignore[arg-type]
+                         fences=fences or MemoryFences(), group="g", **options)
 
 
-class Counters:
-    """An aggregate whose state is a sum; a negative command is rejected."""
-
-    def __init__(self) -> None:
-        self.table: dict[str, Row] = {}
-        self.lock = threading.Lock()
-        self.order: dict[str, list[int]] = {}
-        self.logged: list[tuple[str, int, int]] = []
-        self.updates = 0
-        self.fail_next_update: BaseException | None = None
-        self.apply_failed_update = False
-
-    def prepare(self) -> None:
-        pass
-
-    def key(self, command: tuple[str, int]) -> str:
-        return command[0]
-
-    def read(self, key: str, serial: bool) -> Any:
-        return ("read", key)
-
-    def stored(self, rows: Any) -> Stored[int]:
-        if not rows:
-            return Stored(None, None, {})
-        row = rows[0]
-        return Stored(row.state, row.seq, dict(row.applied))
-
-    def decide(self, state: int | None, command: tuple[str, int], meta: RecordMetadata) -> Applied[int] | Rejection:
-        self.order.setdefault(command[0], []).append(meta.offset)
-        if command[1] < 0:
-            return Rejection("negative")
-        return Applied((state or 0) + command[1])
-
-    def update(self, key: str, before: Stored[int], state: int | None, applied: dict[int, int]) -> Any:
-        return ("update", key, before.seq, state, applied)
-
-    def events(self, key: str, records: list[tuple[Any, RecordMetadata]]) -> list[Any]:
-        return [("event", key, meta.partition, meta.offset) for _cmd, meta in records]
-
-    def record_rejections(self, key: str, rejected: list[Any]) -> list[Any]:
-        return [("reject", key, meta.offset) for _c, meta, _r in rejected]
-
-    def handler(self, statement: Any, _params: Any) -> Any:
-        kind, key = statement[0], statement[1]
-        with self.lock:
-            if kind == "read":
-                row = self.table.get(key)
-                return [row] if row else []
-            if kind == "update":
-                _, _, expected, state, applied = statement
-                current = self.table.get(key)
-                if (current.seq if current else None) != expected:
-                    return lwt_row(False)
-                failure, self.fail_next_update = self.fail_next_update, None
-                if failure is not None and not self.apply_failed_update:
-                    raise failure
-                self.updates += 1
-                self.table[key] = Row(state, (expected or 0) + 1, applied)
-                if failure is not None:
-                    raise failure  # applied, but the answer is lost: an unknown outcome
-                return lwt_row(True)
-            if kind == "event":
-                self.logged.append((key, statement[2], statement[3]))
-            return None
-
-
-def feed(sink: AggregateSink[Any, Any, Any], commands: list[tuple[str, int]], partitions: int = 3,
-         results: dict[Any, Any] | None = None, counts: dict[str, int] | None = None, first: int = 0
-         ) -> dict[Any, Any]:
-    """Envelopes for ``commands`` from offset ``first`` on (an entity's commands share a partition)."""
-    results = {} if results is None else results
-    counts = {} if counts is None else counts
-    offsets: dict[int, int] = {p: first for p in range(partitions)}
-    for command in commands:
-        partition = sum(map(ord, command[0])) % partitions  # an entity's commands share a partition
-        offset = offsets.get(partition, 0)
-        offsets[partition] = offset + 1
-        ticket = Ticket(lambda err, k=(partition, offset): results.__setitem__(k, err),
-                        lambda name, n: counts.__setitem__(name, counts.get(name, 0) + n))
-        sink.on_next(Envelope(command, RecordMetadata("t", partition, offset, 0), ticket))
+def feed(sink: AggregateSink[Any, Any, Any], commands: list[tuple[str, int]], **options: Any) -> dict[Any, Any]:
+    results: dict[Any, Any] = options.pop("results", {})
+    for env in envelopes(commands, results=results, **options):
+        sink.on_next(env)
     return results
 
 
-def test_commands_of_an_entity_are_folded_in_order_and_written_together() -> None:
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_commands_of_an_entity_are_folded_in_order_and_written_together(protocol: str) -> None:
     counters = Counters()
-    sink = AggregateSink(FakeSession(counters.handler), counters, backoff=FAST, max_concurrency=4)
+    sink = engine(counters, protocol, max_concurrency=4)
     commands = [(f"e{i % 5}", i) for i in range(200)] + [("e0", -1)]
     results = feed(sink, commands)
     sink.on_completed()
     assert len(results) == 201 and all(v is None for v in results.values())
+    assert {e: counters.state(e) for e in fold(commands)} == fold(commands)
     for e in range(5):
-        assert counters.table[f"e{e}"].state == sum(i for i in range(200) if i % 5 == e)
         assert counters.order[f"e{e}"] == sorted(counters.order[f"e{e}"])  # per-entity order
-    assert counters.updates < 201 / 2, "commands of an entity share conditional writes"
-    assert len(counters.logged) == 201  # every record logged once
+    assert counters.state_writes < 201 / 2, "commands of an entity share their writes"
+    rejected = [env for env in envelopes(commands) if env.value[1] < 0]
+    assert len(counters.logged) == 201 and counters.rejections == {("e0", rejected[0].meta.offset)}
 
 
-def test_a_conflict_reads_again_and_folds_on_the_fresh_state() -> None:
+def test_a_fenced_write_is_stamped_with_the_epoch_and_the_last_offset_folded() -> None:
     counters = Counters()
-    counters.table["e"] = Row(100, 7, {})
-    session = FakeSession(counters.handler)
-    sink = AggregateSink(session, counters, backoff=FAST)
+    stamps: list[int] = []
+    counters.fault = lambda s: stamps.append(s[4]) if s[0] == "write" else None  # type: ignore[func-returns-value]
+    sink = engine(counters, linger=0.05)
+    feed(sink, [("e", 1), ("e", 2), ("e", 3)])
+    sink.on_completed()
+    assert stamps == [(FIRST_EPOCH << EPOCH_SHIFT) | 2]
+
+
+def test_a_conditional_conflict_reads_again_and_folds_on_the_fresh_state() -> None:
+    counters = Counters()
+    sink = engine(counters, "conditional")
     feed(sink, [("e", 1)])
     sink.wait_idle(5)
-    with counters.lock:  # another writer moves the row under the cached state
-        counters.table["e"] = Row(1000, 9, dict(counters.table["e"].applied))
+    p = partition_of("e", 3)
+    counters.table.conditional("e", {"seq": 1}, {"state": 1000, "seq": 2, "applied": {p: 0}})  # another writer
     counts: dict[str, int] = {}
     results = feed(sink, [("e", 2)], counts=counts, first=1)
     sink.on_completed()
-    partition = sum(map(ord, "e")) % 3
-    assert counters.table["e"].state == 1002 and counts["cassandra_not_applied"] == 1
-    assert results == {(partition, 1): None}
+    assert counters.state("e") == 1002 and counts["cassandra_not_applied"] == 1 and results == {(p, 1): None}
 
 
-def test_an_unknown_outcome_is_resolved_by_a_serial_read_and_never_re_sent() -> None:
+def test_a_conditional_unknown_outcome_is_resolved_by_a_serial_read_and_never_re_sent() -> None:
     counters = Counters()
-    counters.fail_next_update = WriteTimeout("timeout", write_type=5)
-    counters.apply_failed_update = True
+    lost = [True]
+    counters.fault = lambda s: "lost" if s[0] == "update" and lost and lost.pop() else None
     counts: dict[str, int] = {}
-    sink = AggregateSink(FakeSession(counters.handler), counters, backoff=FAST)
+    sink = engine(counters, "conditional", linger=0.05)
     results = feed(sink, [("e", 5), ("e", 6)], counts=counts)
     sink.on_completed()
-    assert counters.table["e"].state == 11 and counters.updates == 1
+    assert counters.state("e") == 11 and counters.state_writes == 1
     assert counts["cassandra_unknown"] == 1 and counts["unknown_resolved_applied"] == 1
     assert all(v is None for v in results.values())
 
 
-def test_an_unknown_outcome_that_did_not_apply_is_decided_again() -> None:
+def test_a_fenced_unknown_outcome_is_simply_sent_again() -> None:
     counters = Counters()
-    counters.fail_next_update = WriteTimeout("timeout", write_type=5)
+    lost = [True]
+    counters.fault = lambda s: "lost" if s[0] == "write" and lost and lost.pop() else None
     counts: dict[str, int] = {}
-    sink = AggregateSink(FakeSession(counters.handler), counters, backoff=FAST)
-    feed(sink, [("e", 5)], counts=counts)
+    sink = engine(counters, linger=0.05)
+    results = feed(sink, [("e", 5), ("e", 6)], counts=counts)
     sink.on_completed()
-    assert counters.table["e"].state == 5 and counts["unknown_resolved_not_applied"] == 1
+    assert counters.state("e") == 11 and counters.state_writes == 2  # the same write twice: one state
+    assert counts["cassandra_unknown"] == 1 and counts.get("retries") == 1 and "unknown_resolved_applied" not in counts
+    assert all(v is None for v in results.values())
 
 
-def test_a_permanent_error_nacks_the_whole_batch_at_once() -> None:
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_an_unknown_outcome_that_did_not_apply_ends_exact(protocol: str) -> None:
     counters = Counters()
-    counters.fail_next_update = InvalidRequest("unconfigured table counters")
+    once = [True]
+    counters.fault = lambda s: "unknown-not-applied" if s[0] in ("write", "update") and once and once.pop() else None
+    sink = engine(counters, protocol)
+    feed(sink, [("e", 5)])
+    sink.on_completed()
+    assert counters.state("e") == 5
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_permanent_error_nacks_the_whole_batch_at_once(protocol: str) -> None:
+    counters = Counters(fault=lambda s: "permanent" if s[0] in ("write", "update") else None)
     counts: dict[str, int] = {}
-    sink = AggregateSink(FakeSession(counters.handler), counters, backoff=FAST, linger=0.05)
+    sink = engine(counters, protocol, linger=0.05)
     results = feed(sink, [("e", 1), ("e", 2), ("e", 3)], counts=counts)
     sink.on_completed()
     assert len(results) == 3 and all(isinstance(v, PermanentStageError) for v in results.values())
     assert all("unconfigured table" in str(v) for v in results.values()) and counts.get("retries", 0) == 0
 
 
-def test_redelivered_commands_are_skipped_but_logged_again() -> None:
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_redelivered_commands_are_skipped_but_logged_again(protocol: str) -> None:
     counters = Counters()
-    session = FakeSession(counters.handler)
-    first = AggregateSink(session, counters, backoff=FAST)
+    fences = MemoryFences()
+    first = engine(counters, protocol, fences)
     feed(first, [("e", 1), ("e", 2)])
     first.on_completed()
     counts: dict[str, int] = {}
-    again = AggregateSink(session, counters, backoff=FAST)  # a restart: nothing cached, the row is read
+    again = engine(counters, protocol, fences)  # a restart: nothing cached, the row is read
     results = feed(again, [("e", 1), ("e", 2), ("e", 4)], counts=counts)
     again.on_completed()
-    assert counters.table["e"].state == 7 and counts["redelivered_skipped"] == 2
+    assert counters.state("e") == 7 and counts["redelivered_skipped"] == 2
     assert len(counters.logged) == 5 and all(v is None for v in results.values())
 
 
-def test_forget_drops_cached_entities_of_revoked_partitions() -> None:
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_an_assignment_drops_cached_entities_and_takes_a_new_epoch(protocol: str) -> None:
     counters = Counters()
-    sink = AggregateSink(FakeSession(counters.handler), counters, backoff=FAST)
+    fences = MemoryFences()
+    sink = engine(counters, protocol, fences)
     feed(sink, [("e", 1)])
     wait_until(lambda: sink.in_flight == 0, 5)
-    partition = sum(map(ord, "e")) % 3
+    tp = TopicPartition("t", partition_of("e", 3))
     reads = sink.reads
-    sink.forget([RecordMetadata("t", partition, 0, 0).tp])
+    sink.partitions_assigned([tp])
     feed(sink, [("e", 2)], first=1)
     sink.on_completed()
-    assert sink.reads == reads + 1 and counters.table["e"].state == 3
+    assert sink.reads == reads + 1 and counters.state("e") == 3
+    assert [e for _g, _t, e in fences.taken] == ([FIRST_EPOCH, FIRST_EPOCH + 1] if protocol == "fenced" else [])
+
+
+def test_records_of_a_revoked_assignment_are_dropped_not_written() -> None:
+    counters = Counters()
+    gate = CommitGate()
+    tp = TopicPartition("t", partition_of("e", 3))
+    epoch = gate.assign(tp)
+
+    def ticket(partition: int, offset: int) -> GateTicket:
+        gate.emit(tp, offset, epoch)
+        return GateTicket(gate, tp, epoch, offset, lambda _n, _c: None)
+
+    sink = engine(counters, linger=0.05)
+    stale = envelopes([("e", 1), ("e", 2)], ticket=ticket)
+    gate.assign(tp)  # revoked and assigned again before the engine started them
+    for env in stale:
+        sink.on_next(env)
+    sink.on_completed()
+    assert counters.state("e") is None and counters.state_writes == 0 and gate.stale == 2
+
+
+def test_a_zombies_late_write_loses_to_the_new_owner() -> None:
+    """The old owner (epoch E) writes after the new owner (epoch E + 1) took the partition over and wrote a
+    state folded from fewer offsets: Cassandra keeps the new owner's."""
+    counters = Counters()
+    fences = MemoryFences()
+    held: list[Any] = []
+    counters.fault = None
+    old = engine(counters, fences=fences, linger=0.05)
+    session = old.session
+
+    def hold_writes(statement: Any, params: Any) -> Any:
+        if statement[0] == "write" and not held:
+            held.append(statement)  # the zombie's write, on the wire while its member stalls
+            return None
+        return counters.handler(statement, params)
+
+    session.handler = hold_writes
+    feed(old, [("e", 1), ("e", 2), ("e", 3)])
+    wait_until(lambda: held, 5)
+    new = engine(counters, fences=fences)  # the new owner: a higher epoch
+    feed(new, [("e", 1), ("e", 2)])
+    new.on_completed()
+    counters.handler(held[0], None)  # the zombie's write lands at last: folded up to offset 2, epoch E
+    old.on_completed()
+    assert counters.state("e") == 3  # the new owner's state (offsets 0 and 1), not the zombie's 6
+
+
+def test_batches_of_a_partition_wait_until_the_group_confirms_ownership() -> None:
+    class Source:
+        group_id = "g"
+
+        def __init__(self) -> None:
+            self.asked: list[Any] = []
+            self.assign: Any = None
+
+        def on_assign(self, listener: Any) -> None:
+            self.assign = listener
+
+        def on_revoke(self, listener: Any) -> None:
+            pass
+
+        def confirm_ownership(self, tps: Any, then: Any) -> None:
+            self.asked.append(then)
+
+    counters = Counters()
+    source = Source()
+    sink = engine(counters)
+    sink.watch_partitions(source)  # type: ignore[arg-type]
+    source.assign([TopicPartition("t", partition_of("e", 3))])
+    wait_until(lambda: source.asked, 5, "an ownership check")
+    results = feed(sink, [("e", 1)])
+    source.asked.pop()(False)  # the group moved on meanwhile: ask again later, write nothing
+    wait_until(lambda: source.asked, 5, "a second ownership check")
+    assert counters.state_writes == 0 and not results
+    source.asked.pop()(True)
+    sink.on_completed()
+    assert counters.state("e") == 1 and list(results.values()) == [None]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("crash_after", STEPS[:-1])
+def test_a_crash_after_any_step_and_a_redelivery_lose_nothing(protocol: str, crash_after: str) -> None:
+    """The step after ``crash_after`` fails for good (the process dies there: nothing acked, nothing committed);
+    a new engine gets the same records again. Every entity exact, every event logged at least once, every
+    rejection recorded exactly as in a run without the crash."""
+    commands = [(f"e{i % 4}", -1 if i % 7 == 3 else i) for i in range(60)]
+    after = STEPS[STEPS.index(crash_after) + 1]
+    kinds = {"rejections": ("reject",), "state": ("write", "update"), "events": ("event",), "index": ("index",)}
+    dead = [True]
+    counters = Counters(fault=lambda s: "permanent" if dead[0] and s[0] in kinds[after] else None)
+    fences = MemoryFences()
+    crashed = engine(counters, protocol, fences, linger=0.05)
+    results = feed(crashed, commands)
+    crashed.on_completed()
+    assert any(v is not None for v in results.values()), "the crash point was reached"
+    dead[0] = False
+    restarted = engine(counters, protocol, fences)
+    results = feed(restarted, commands)
+    restarted.on_completed()
+    assert all(v is None for v in results.values())
+    assert {e: counters.state(e) for e in fold(commands)} == fold(commands)
+    assert {(e, p, o) for e, p, o in counters.logged} == {(env.value[0], env.meta.partition, env.meta.offset)
+                                                          for env in envelopes(commands)}
+    assert counters.rejections == {(env.value[0], env.meta.offset) for env in envelopes(commands) if env.value[1] < 0}
+    assert counters.indexed == set(fold(commands))

@@ -90,8 +90,9 @@ def _consume(args: argparse.Namespace, session: Any) -> int:
     if topic_partitions(args.topic, bootstrap_servers=bootstrap) is None:
         raise TopicNotFoundError(f"Kafka topic {args.topic!r} does not exist: produce to it first (rxcqrs cart "
                                  "produce), or check --topic")
-    store = CartStore(session, args.keyspace, idempotent=args.idempotent)
+    store = CartStore(session, args.keyspace, idempotent=args.idempotent, write_protocol=args.config.write_protocol)
     _prepare_schema(args, store)
+    store.claim(args.group)
     create_topics([args.topic + ".dlq"], bootstrap_servers=bootstrap)  # before the first poison record
     window = args.window
     source = KafkaSource(args.topic, args.config.consumer(args.group, max_poll_records=MAX_POLL_RECORDS),
@@ -101,7 +102,7 @@ def _consume(args: argparse.Namespace, session: Any) -> int:
     flow = start_pipeline(source, store, mode=args.mode, dead_letters=DeadLetters(dead_letter_sink))
     print(f"consuming {args.topic} as group {args.group} into keyspace {args.keyspace} ({args.mode}, "
           f"{'idempotent commands' if args.idempotent else 'read-modify-write commands: repair with compensate'}, "
-          f"{source.consumer_settings.backend})", flush=True)
+          f"{store.write_protocol} writes, {source.consumer_settings.backend})", flush=True)
 
     progress = Progress(flow, window)
     server = serve_metrics(args.metrics_port, source) if args.metrics_port else None
@@ -129,8 +130,8 @@ def _consume(args: argparse.Namespace, session: Any) -> int:
 
 def _report(flow: Any, source: Any, store: Any) -> int:
     m = flow.metrics.snapshot()
-    skipped = store.skipped + m.get("redelivered_skipped", 0)
-    reapplied = store.reapplied + m.get("redelivered_reapplied", 0)
+    skipped = m.get("redelivered_skipped", 0)
+    reapplied = m.get("redelivered_reapplied", 0)
     print(f"done: {m.get('records_in', 0)} records, {m.get('acked', 0)} acked, {m.get('retries', 0)} retries, "
           f"{m.get('dead_lettered', 0)} dead-lettered, {m.get('commits', 0)} commits, {m.get('committed', 0)} "
           f"records committed; outcomes: {m.get('cassandra_unknown', 0)} unknown "
@@ -202,12 +203,21 @@ def duplicates(args: argparse.Namespace) -> int:
 
 def compensate(args: argparse.Namespace) -> int:
     from rxcqrs.examples.shoppingcart.store import CartStore
+    from rxcqrs.exceptions import ConfigError
+    from rxcqrs.kafka.admin import group_size
 
     with _session(args) as session:
         store = CartStore(session, args.keyspace)
         store.require_schema()
+        store = CartStore(session, args.keyspace, write_protocol=store.recorded_protocol())
+        if store.write_protocol == "fenced":
+            members = group_size(args.group, bootstrap_servers=args.config.kafka_bootstrap)
+            if members:
+                raise ConfigError(f"consumer group {args.group!r} has {members} members: stop them before a rebuild "
+                                  "(its writes take the group's next epoch, and a live member's writes would then "
+                                  "lose to them silently)")
         unknown = {u.entity_id for u in store.log.unknown_outcomes(session)}
-        report = store.rebuilder().run()
+        report = store.rebuilder(group=args.group, topic=args.topic).run()
         for cart_id in unknown:  # every cart was just compared with its event log: these are right now
             store.log.clear_unknown(session, cart_id)
         for cart_id, before, after in report.details:
@@ -276,6 +286,11 @@ def common_options() -> argparse.ArgumentParser:
                         help="Cassandra consistency of reads and writes (default LOCAL_QUORUM)")
     common.add_argument("--serial-consistency", default=argparse.SUPPRESS, choices=["SERIAL", "LOCAL_SERIAL"],
                         help="Cassandra consistency of conditional writes (default LOCAL_SERIAL)")
+    common.add_argument("--write-protocol", default=argparse.SUPPRESS, choices=["fenced", "conditional"],
+                        help="how the command engine writes a cart: fenced (a plain write stamped with the "
+                             "assignment's epoch and the offset; the default) or conditional (a lightweight "
+                             "transaction per write); a table keeps the protocol that first wrote it (default "
+                             "$RXCQRS_WRITE_PROTOCOL or [cassandra] write_protocol)")
     common.add_argument("--contact-points", default=argparse.SUPPRESS, metavar="HOST[:PORT],...",
                         help="Cassandra (default $RXCQRS_CASSANDRA_HOSTS or 127.0.0.1, port $RXCQRS_CASSANDRA_PORT "
                              "or 9042)")
@@ -345,6 +360,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     k = sub.add_parser("compensate", parents=[common], formatter_class=fmt,
                        help="restore every cart that disagrees with its event log")
     k.add_argument("--keyspace", default=DEFAULT_KEYSPACE, type=keyspace, help="the example's keyspace")
+    k.add_argument("--group", default=DEFAULT_GROUP, help="the consumer group that writes the carts (fenced writes: "
+                                                          "it must have no members while the rebuild runs)")
+    k.add_argument("--topic", default=DEFAULT_TOPIC, type=topic, help="the command topic whose fence the rebuild takes")
     k.set_defaults(run=compensate)
 
 
@@ -364,7 +382,8 @@ def execute(args: argparse.Namespace, prog: str) -> int:
                                   contact_points=getattr(args, "contact_points", None),
                                   consistency=getattr(args, "consistency", None),
                                   serial_consistency=getattr(args, "serial_consistency", None),
-                                  local_dc=getattr(args, "local_dc", None))
+                                  local_dc=getattr(args, "local_dc", None),
+                                  write_protocol=getattr(args, "write_protocol", None))
         return int(args.run(args))
     except RxCqrsError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)

@@ -1,19 +1,20 @@
-"""The CQRS pipelines of the example, and the producer side.
+"""The CQRS pipelines of the example, and the producer side. All three run the one command engine
+(:class:`~rxcqrs.cassandra.AggregateSink`) with the store's write protocol (fenced by default).
 
 batched (the default)::
 
     KafkaSource -> decode (poison -> <topic>.dlq) -> AggregateSink(store): per cart, the waiting commands
-                   folded over the cached cart, one conditional write, then their events (unlogged batches)
+                   folded over the cached cart, the rejections, one state write, then their events
 
-parallel::
+parallel (the mission's broadcast: command branch and event-log branch jointly gate the commit)::
 
-    KafkaSource -> decode (poison -> <topic>.dlq) -> broadcast -+-> CassandraRetrySink(store.command)
-                                                                +-> map_envelope(event) -> CassandraSink
+    KafkaSource -> decode -> broadcast -+-> AggregateSink(store, log_events=False)   (rejections, state)
+                                        +-> map_envelope(event) -> CassandraSink      (the event log)
 serial::
 
-    KafkaSource -> decode -> cassandra_retry_flow(store.command) -> map_envelope(event) -> CassandraSink
+    KafkaSource -> decode -> aggregate_flow(store) -> map_envelope(event) -> CassandraSink
 
-Either way the offset is committed only once the command and its event are both written.
+Either way the offset is committed only once the state and the event are both written.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from typing import Any, Iterable, Literal
 
 import reactivex
 
-from rxcqrs.cassandra import CassandraRetrySink, CassandraSink, cassandra_retry_flow
+from rxcqrs.cassandra import CassandraSink
 from rxcqrs.cassandra.aggregate import AggregateSink
+from rxcqrs.cassandra.aggregate_flow import aggregate_flow
 from rxcqrs.examples.shoppingcart.codec import command_codec
 from rxcqrs.examples.shoppingcart.domain import Command
 from rxcqrs.examples.shoppingcart.generator import partition_for
@@ -32,45 +34,31 @@ from rxcqrs.examples.shoppingcart.store import CartStore
 from rxcqrs.examples.shoppingcart.tuning import CART_WRITES
 from rxcqrs.flow import Flow, run
 from rxcqrs.kafka import KafkaSink, ProducerSettings
-from rxcqrs.messages import Envelope, OutgoingRecord
+from rxcqrs.messages import OutgoingRecord
 from rxcqrs.operators import DeadLetters, branch, broadcast, decode, map_envelope
 
-__all__ = ["Mode", "MODES", "start_pipeline", "publish_commands", "by_cart"]
+__all__ = ["Mode", "MODES", "start_pipeline", "publish_commands"]
 
 
 Mode = Literal["batched", "parallel", "serial"]
 MODES = ("batched", "parallel", "serial")
 
 
-def by_cart(env: Any) -> Any:
-    """Order per cart (finer than per partition, and still every cart's commands in order)."""
-    return env.value.cart_id if isinstance(env, Envelope) else None
-
-
 def start_pipeline(source: Any, store: CartStore, *, mode: Mode = "batched", dead_letters: DeadLetters,
-                   concurrency: int = 32) -> Flow:
+                   concurrency: int = CART_WRITES) -> Flow:
     """Subscribe the example pipeline to ``source`` (a KafkaSource) and return the running :class:`Flow`."""
     session = store.session
     decoded = decode(command_codec(), require_uuid_key=True, dead_letters=dead_letters)
+    engine = {"write_protocol": store.write_protocol, "idempotent": store.idempotent, "max_concurrency": concurrency}
     if mode == "batched":
-        carts = AggregateSink(session, store, idempotent=store.idempotent, max_concurrency=CART_WRITES,
-                              name="carts")
-        if hasattr(source, "on_revoke"):
-            source.on_revoke(carts.forget)  # another member may write those carts now
-        return run(source, decoded, carts)
+        return run(source, decoded, AggregateSink(session, store, name="carts", **engine))  # type: ignore[arg-type]
     to_event = map_envelope(lambda env: store.event_statement(env.value, env.meta))  # type: ignore[arg-type]
     events = CassandraSink(session, max_concurrency=2 * concurrency, name="event-log")
-    # an unknown outcome is resolved by a serial read of the cart, or recorded for the query side
     if mode == "parallel":
-        commands = CassandraRetrySink(session, store.command, with_meta=True, order_by=by_cart,
-                                      max_concurrency=concurrency, resolve=store.was_applied,
-                                      record_unknown=store.record_unknown, name="commands")
-        return run(source, decoded, broadcast(commands, branch(to_event, events)))
+        carts = AggregateSink(session, store, log_events=False, name="carts", **engine)  # type: ignore[arg-type]
+        return run(source, decoded, broadcast(carts, branch(to_event, events)))
     if mode == "serial":
-        command_flow = cassandra_retry_flow(session, store.command, with_meta=True, order_by=by_cart,
-                                            max_concurrency=concurrency, resolve=store.was_applied,
-                                            record_unknown=store.record_unknown, name="commands")
-        return run(source, decoded, command_flow, to_event, events)
+        return run(source, decoded, aggregate_flow(session, store, name="carts", **engine), to_event, events)
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 

@@ -1,38 +1,40 @@
 """The shopping cart in Cassandra: the command-side table, the event log, rejections, and the statements the
-pipeline runs.
+command engine (:class:`~rxcqrs.cassandra.AggregateSink`) runs for it.
 
-Every write to a cart row is a lightweight transaction on ``seq`` (``IF seq = ?``: optimistic locking; ``seq``
-counts writes, so it never repeats, unlike the cart's own ``version``, which starts again at 0 when a deleted
-cart is inserted again). The same conditional write records the command's source partition and offset in
-``applied`` (partition -> highest offset applied). A deleted cart stays as a row with ``deleted = true``, and a
-rejected command still advances ``applied``: so ``applied`` always tells whether a record was already handled.
+A cart row holds the cart (``owner``, ``items``, ``version``; a deleted cart stays as a row with
+``deleted = true``) and ``applied``: the highest source offset it has handled per partition (rejected
+commands too), which is how a redelivered command is recognised and skipped. Two write protocols
+(:mod:`rxcqrs.cassandra.fence`), recorded per table so that they never mix:
 
-Exactness after redeliveries (see :mod:`rxcqrs.cassandra.compensation`):
+* **fenced** (the default): a plain ``INSERT ... USING TIMESTAMP epoch * 2**40 + offset`` of the whole row
+  (``items`` and ``applied`` written whole, so a newer write hides every older element);
+* **conditional**: a lightweight transaction on ``seq`` (``IF seq = ?``; ``seq`` counts writes), the strict
+  mode, one Paxos round per write.
 
-* **idempotent** (the default): a redelivered command is recognised from ``applied`` and skipped; the cart is
-  exact without repair;
-* ``idempotent=False``: plain read-modify-write; a redelivered command applies again, and the duplicates query
-  plus a rebuild from the event log restore the right state (the story of the mission). ``reapplied`` counts
-  the commands that did so, so the consumer can say that a rebuild is needed.
-
-Either way a write whose outcome is unknown (a timeout) is resolved by a serial read of ``applied`` and never
-simply re-run; if it cannot be resolved it is recorded in the event log's unknown-outcomes table, which
-``duplicates`` reports and ``compensate`` repairs.
-
-The store is also the :class:`~rxcqrs.cassandra.aggregate.Aggregate` of the batched pipeline (the default):
-there a cart's waiting commands are folded together and written with one conditional write.
+``idempotent=False`` keeps the read-modify-write story of the mission: a redelivered command applies again,
+and the duplicates query plus a rebuild from the event log restore the right state.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections import OrderedDict
 from typing import Any, Iterator
 
 from rxcqrs.cassandra import EventLog, Rebuilder, create_keyspace, create_table, prepare, qualified
 from rxcqrs.cassandra.aggregate import Applied, Rejection, Stored
 from rxcqrs.cassandra.eventlog import LoggedEvent
+from rxcqrs.cassandra.fence import (
+    FENCES_TABLE,
+    WRITERS_TABLE,
+    Fence,
+    TableClaim,
+    WriteProtocol,
+    check_protocol,
+    claim_table,
+    create_fence_tables,
+    write_timestamp,
+)
 from rxcqrs.examples.shoppingcart.domain import Cart, Command, Rejected, apply, fold
 from rxcqrs.exceptions import SchemaError
 from rxcqrs.messages import RecordMetadata
@@ -46,7 +48,8 @@ CART_TABLE = "shopping_cart"
 LOG_TABLE = "shopping_cart_event_log"
 REJECTIONS_TABLE = "shopping_cart_rejections"
 REBUILDS_TABLE = "shopping_cart_rebuilds"
-TABLES = (CART_TABLE, REJECTIONS_TABLE, LOG_TABLE, LOG_TABLE + "_buckets", LOG_TABLE + "_unknown", REBUILDS_TABLE)
+TABLES = (CART_TABLE, REJECTIONS_TABLE, LOG_TABLE, LOG_TABLE + "_buckets", LOG_TABLE + "_unknown", REBUILDS_TABLE,
+          FENCES_TABLE, WRITERS_TABLE)
 
 
 def cart_event_log(keyspace: str) -> EventLog:
@@ -69,20 +72,17 @@ def command_of(event: LoggedEvent) -> Command:
 
 
 class CartStore:
-    def __init__(self, session: Any, keyspace: str, *, idempotent: bool = True) -> None:
+    def __init__(self, session: Any, keyspace: str, *, idempotent: bool = True,
+                 write_protocol: WriteProtocol = "fenced") -> None:
         self.session = session
         self.keyspace = keyspace
         self.idempotent = idempotent
+        self.write_protocol = check_protocol(write_protocol)
         self.carts = qualified(keyspace, CART_TABLE)
         self.rejections_table = qualified(keyspace, REJECTIONS_TABLE)
         self.log = cart_event_log(keyspace)
         self._prepared = False
         self._lock = threading.Lock()
-        #: redelivered commands that were applied again (``idempotent=False``): a rebuild is needed
-        self.reapplied = 0
-        #: redelivered commands recognised and skipped (``idempotent=True``)
-        self.skipped = 0
-        self._first_tries: OrderedDict[tuple[str, int, int], bool] = OrderedDict()
         self._indexed: set[tuple[uuid.UUID, int]] = set()
 
     # -- schema -------------------------------------------------------------------------------------------
@@ -96,6 +96,17 @@ class CartStore:
                       "source_partition": "int", "source_offset": "bigint"}, ["cart_id"], [("event_id", "ASC")])
         self.log.create(self.session)
         self.rebuilder().create()
+        create_fence_tables(self.session, self.keyspace)
+
+    def claim(self, group: str | None) -> TableClaim:
+        """Record (or check) that this store's protocol, and for fenced writes ``group``, writes the carts."""
+        return claim_table(self.session, self.keyspace, CART_TABLE, self.write_protocol, group)
+
+    def recorded_protocol(self) -> WriteProtocol:
+        """The protocol recorded for the carts table (tables from before the record: conditional)."""
+        row = self.session.execute(f"SELECT protocol FROM {qualified(self.keyspace, WRITERS_TABLE)} WHERE "
+                                   "table_name = %s", (CART_TABLE,)).one()
+        return check_protocol(row.protocol) if row is not None else "conditional"
 
     def missing_tables(self) -> list[str]:
         """The keyspace (``[keyspace]``) or the tables of it that do not exist (asked of the server's own
@@ -133,6 +144,8 @@ class CartStore:
                                       "applied) VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")
             self._update = prepare(s, f"UPDATE {self.carts} SET owner = ?, items = ?, version = ?, deleted = ?, "
                                       "seq = ?, applied = ? WHERE cart_id = ? IF seq = ?")
+            self._fenced = prepare(s, f"INSERT INTO {self.carts} (cart_id, owner, items, version, deleted, applied) "
+                                      "VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?")
             self._reject = prepare(s, f"INSERT INTO {self.rejections_table} (cart_id, event_id, action, reason, "
                                       "source_partition, source_offset) VALUES (?, ?, ?, ?, ?, ?)")
             self._prepared = True
@@ -141,11 +154,7 @@ class CartStore:
     def row(self, cart_id: uuid.UUID, *, serial: bool = False) -> CartRow:
         """The cart's row; ``serial`` reads through Paxos, so a lightweight transaction whose outcome was
         unknown is settled (completed or superseded) before the answer."""
-        return self.stored(list(self.session.execute(self.read_row(cart_id, serial))))
-
-    def read_row(self, cart_id: uuid.UUID, serial: bool = False) -> Any:
-        self._prepare()
-        return (self._read_serial if serial else self._read).bind((cart_id,))
+        return self.stored(list(self.session.execute(self.read(cart_id, serial))))
 
     def stored(self, rows: Any) -> CartRow:
         found = rows[0] if rows else None
@@ -171,67 +180,9 @@ class CartStore:
     def rejected(self, cart_id: uuid.UUID) -> list[Any]:
         return list(self.session.execute(f"SELECT * FROM {self.rejections_table} WHERE cart_id = %s", (cart_id,)))
 
-    # -- the command side ---------------------------------------------------------------------------------
-    def command(self, cmd: Command, meta: RecordMetadata) -> Any:
-        """The CassandraRetrySink function: read, decide, write conditionally. Runs on a worker thread (it
-        reads); called again after an optimistic-lock conflict, so it always decides on fresh state."""
-        row = self.row(cmd.cart_id)
-        handled = row.handled(meta)
-        redelivered = self._handled_at_first_try(meta, handled)
-        if handled and not redelivered:
-            return None  # our earlier attempt at this very record was applied (its answer was lost or late)
-        if handled:
-            if self.idempotent:
-                with self._lock:
-                    self.skipped += 1
-                return None  # a redelivery of a command this cart already handled: nothing to do
-            with self._lock:
-                self.reapplied += 1
-        result = apply(row.state, cmd)
-        if isinstance(result, Rejected):
-            self.session.execute(self._reject, (cmd.cart_id, meta.key_uuid, cmd.action, result.reason,
-                                                meta.partition, meta.offset))
-            return self.write(cmd.cart_id, row, row.state, meta)  # the state stays; `applied` moves on
-        return self.write(cmd.cart_id, row, result, meta)
-
-    def _handled_at_first_try(self, meta: RecordMetadata, handled: bool) -> bool:
-        """Whether the cart had already applied this record when this process first tried it (a redelivery).
-        If it had not, finding it applied now means our own write landed. Remembers first tries (bounded)."""
-        key = (meta.topic, meta.partition, meta.offset)
-        with self._lock:
-            first = self._first_tries.get(key)
-            if first is None:
-                first = self._first_tries[key] = handled
-                if len(self._first_tries) > 200_000:
-                    self._first_tries.popitem(last=False)
-            return first
-
-    def write(self, cart_id: uuid.UUID, row: CartRow, cart: Cart | None, meta: RecordMetadata | None) -> Any:
-        """The conditional write that replaces ``row`` by ``cart`` (``None``: deleted), recording ``meta``."""
-        applied = dict(row.applied)
-        if meta is not None:
-            applied[meta.partition] = max(meta.offset, applied.get(meta.partition, -1))
-        return self.update(cart_id, row, cart, applied)
-
-    def update(self, cart_id: uuid.UUID, row: CartRow, cart: Cart | None, applied: dict[int, int]) -> Any:
-        """The conditional write replacing ``row`` (``IF seq = ?``, or ``IF NOT EXISTS`` for a new row)."""
-        self._prepare()
-        owner, items, version = (cart.owner, dict(cart.items), cart.version) if cart else (None, None, 0)
-        if row.seq is None:
-            return self._insert.bind((cart_id, owner, items, version, cart is None, 1, applied))
-        return self._update.bind((owner, items, version, cart is None, row.seq + 1, applied, cart_id, row.seq))
-
-    def was_applied(self, cmd: Command, meta: RecordMetadata) -> bool:
-        """Resolves an unknown outcome: a serial read shows whether the cart recorded this record."""
-        return self.row(cmd.cart_id, serial=True).handled(meta)
-
-    def record_unknown(self, cmd: Command, meta: RecordMetadata, error: BaseException) -> Any:
-        """The statement recording an outcome that could not be resolved (``duplicates`` reports it)."""
-        return self.log.record_unknown(self.session, cmd.cart_id, meta.key_uuid, meta, error)
-
-    # -- the aggregate of the batched pipeline -------------------------------------------------------------
+    # -- the aggregate of the command engine ----------------------------------------------------------------
     def prepare(self) -> None:
-        """Prepare every statement the batched pipeline uses (its other methods run on driver callbacks)."""
+        """Prepare every statement the engine uses (its other methods run on driver callbacks)."""
         self._prepare()
         self.log.insert_statement(self.session)
         prepare(self.session, self.log.bucket_index_query())
@@ -240,23 +191,28 @@ class CartStore:
         return cmd.cart_id
 
     def read(self, cart_id: uuid.UUID, serial: bool = False) -> Any:
-        return self.read_row(cart_id, serial)
+        self._prepare()
+        return (self._read_serial if serial else self._read).bind((cart_id,))
 
     def decide(self, cart: Cart | None, cmd: Command, meta: RecordMetadata) -> Applied[Cart] | Rejection:
         result = apply(cart, cmd)
         return Rejection(result.reason) if isinstance(result, Rejected) else Applied(result)
 
-    def events(self, cart_id: uuid.UUID, records: list[tuple[Command, RecordMetadata]]) -> list[Any]:
-        """Every delivery is logged (redeliveries too); plus the bucket index of the batch's buckets."""
-        inserts = [self.log.insert(self.session, cmd.cart_id, meta.key_uuid, meta.timestamp_utc, event_payload(cmd),
-                                   meta) for cmd, meta in records]
-        buckets = {self.log.bucket_of(meta.timestamp_utc): meta.timestamp_utc for _cmd, meta in records}
-        with self._lock:  # the bucket index once per cart and bucket and process (these statements are retried
-            new = {b: t for b, t in buckets.items() if (cart_id, b) not in self._indexed}  # until they succeed)
-            self._indexed.update((cart_id, b) for b in new)
-            if len(self._indexed) > 500_000:
-                self._indexed.clear()
-        return inserts + [self.log.bucket_index(self.session, cart_id, when) for when in new.values()]
+    def write(self, cart_id: uuid.UUID, cart: Cart | None, applied: dict[int, int], timestamp: int) -> Any:
+        """The fenced write of the whole row (``None``: deleted), stamped ``timestamp``."""
+        self._prepare()
+        owner, items, version = (cart.owner, dict(cart.items), cart.version) if cart else (None, None, 0)
+        bound = self._fenced.bind((cart_id, owner, items, version, cart is None, applied, timestamp))
+        bound.is_idempotent = True
+        return bound
+
+    def update(self, cart_id: uuid.UUID, row: CartRow, cart: Cart | None, applied: dict[int, int]) -> Any:
+        """The conditional write replacing ``row`` (``IF seq = ?``, or ``IF NOT EXISTS`` for a new row)."""
+        self._prepare()
+        owner, items, version = (cart.owner, dict(cart.items), cart.version) if cart else (None, None, 0)
+        if row.seq is None:
+            return self._insert.bind((cart_id, owner, items, version, cart is None, 1, applied))
+        return self._update.bind((owner, items, version, cart is None, row.seq + 1, applied, cart_id, row.seq))
 
     def record_rejections(self, cart_id: uuid.UUID, rejected: list[tuple[Command, RecordMetadata, str]]) -> list[Any]:
         self._prepare()
@@ -267,21 +223,51 @@ class CartStore:
             out.append(bound)
         return out
 
+    def events(self, cart_id: uuid.UUID, records: list[tuple[Command, RecordMetadata]]) -> list[Any]:
+        """Every delivery is logged (redeliveries too)."""
+        return [self.log.insert(self.session, cmd.cart_id, meta.key_uuid, meta.timestamp_utc, event_payload(cmd),
+                                meta) for cmd, meta in records]
+
+    def index(self, cart_id: uuid.UUID, records: list[tuple[Command, RecordMetadata]]) -> list[Any]:
+        """The bucket index of the batch's buckets, once per cart, bucket and process (a failed write is retried
+        until it succeeds, and a new process writes it again)."""
+        buckets = {self.log.bucket_of(meta.timestamp_utc): meta.timestamp_utc for _cmd, meta in records}
+        with self._lock:
+            new = {b: t for b, t in buckets.items() if (cart_id, b) not in self._indexed}
+            self._indexed.update((cart_id, b) for b in new)
+            if len(self._indexed) > 500_000:
+                self._indexed.clear()
+        return [self.log.bucket_index(self.session, cart_id, when) for when in new.values()]
+
     def event_statement(self, cmd: Command, meta: RecordMetadata) -> Any:
-        """The event-log write of one command: id = the Kafka key, time = the Kafka record timestamp."""
+        """The event-log write of one command (the event-log branch of the parallel and serial pipelines)."""
         return self.log.bind(self.session, cmd.cart_id, meta.key_uuid, meta.timestamp_utc, event_payload(cmd), meta)
 
     # -- rebuild (the example's compensation) ---------------------------------------------------------------
-    def rebuilder(self) -> Rebuilder[Cart]:
+    def rebuilder(self, *, group: str | None = None, topic: str | None = None) -> Rebuilder[Cart]:
+        """Carts rewritten from their event log. Fenced: the rebuild takes an epoch of the group's fence on
+        ``topic`` (higher than every epoch its members wrote with), so run it while the group has no members
+        (the CLI checks): a member's next assignment takes a higher epoch again."""
         def current(cart_id: uuid.UUID) -> tuple[Cart | None, int | None] | None:
             row = self.row(cart_id)
             return None if row.seq is None else (row.state, row.seq)
 
+        fence_epoch: list[int] = []
+        writes = [0]
+
         def write(cart_id: uuid.UUID, state: Cart | None, seq: int | None) -> Any:
             row = self.row(cart_id)
-            if row.seq != seq:
-                return None  # moved since the read: the rebuilder reads again
-            return self.write(cart_id, row, state, None)
+            if self.write_protocol == "conditional":
+                if row.seq != seq:
+                    return None  # moved since the read: the rebuilder reads again
+                return self.update(cart_id, row, state, dict(row.applied))
+            if not fence_epoch:
+                if group is None or topic is None:
+                    raise SchemaError("a rebuild of fenced carts needs the consumer group and topic whose fence "
+                                      "orders their writers (--group, --topic)")
+                fence_epoch.append(Fence(self.session, self.keyspace, group, topic).take())
+            writes[0] += 1
+            return self.write(cart_id, state, dict(row.applied), write_timestamp(fence_epoch[0], writes[0]))
 
         return Rebuilder(self.session, self.log, fold=lambda events: fold(command_of(e) for e in events),
                          read=current, write=write, ledger=REBUILDS_TABLE)

@@ -1,0 +1,61 @@
+"""Stages that keep state per partition assignment, and what a source tells them.
+
+A command stage caches entities and fences its writes with an epoch per assignment: it must hear of every
+assignment and revoke of the source's partitions. Such a stage says so with a ``watch_partitions`` method
+(the way stages say they take batches); :func:`~rxcqrs.run` finds it (in broadcast branches too) and calls
+``stage.watch_partitions(source)`` before the source is subscribed, when the source tells assignments
+(:class:`Assignments`, which :class:`~rxcqrs.kafka.KafkaSource` implements).
+
+Listeners run on the client's rebalance thread (see :mod:`rxcqrs.kafka`): they must be quick and
+thread-safe, and never call the consumer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
+
+from rxcqrs.messages import TopicPartition
+
+__all__ = ["Assignments", "PartitionListener", "Confirmed", "watchers", "attach_watchers"]
+
+PartitionListener = Callable[[list[TopicPartition]], None]
+#: the answer of :meth:`Assignments.confirm_ownership`: True (still a member of the current generation),
+#: False (the group moved on: the partitions are being taken away), None (could not tell now: ask again)
+Confirmed = Callable[[bool | None], None]
+
+
+@runtime_checkable
+class Assignments(Protocol):
+    """What a source tells about the partitions it consumes, as a member of ``group_id``."""
+
+    @property
+    def group_id(self) -> str: ...
+
+    def on_assign(self, listener: PartitionListener) -> None:
+        """Call ``listener(partitions)`` when partitions are assigned (before any of their records is emitted)."""
+
+    def on_revoke(self, listener: PartitionListener) -> None:
+        """Call ``listener(partitions)`` when partitions are revoked or lost."""
+
+    def confirm_ownership(self, tps: Sequence[TopicPartition], then: Confirmed) -> None:
+        """Ask the group coordinator, after this call, whether this member still belongs to the group's current
+        generation (a commit of the partitions' committed offsets, which a fenced-out member cannot make);
+        ``then`` gets the answer on the poll thread."""
+
+
+def watchers(stages: Sequence[Any]) -> Iterator[Any]:
+    """Every stage (operators, sinks, and the stages of broadcast branches) with ``watch_partitions``."""
+    for stage in stages:
+        if callable(getattr(stage, "watch_partitions", None)):
+            yield stage
+        inner = getattr(stage, "stages", None)
+        if isinstance(inner, (list, tuple)):
+            yield from watchers(inner)
+
+
+def attach_watchers(source: Any, stages: Sequence[Any]) -> None:
+    """Tell every watching stage of ``stages`` about ``source``'s assignments (if it tells them)."""
+    if not isinstance(source, Assignments):
+        return
+    for stage in watchers(stages):
+        stage.watch_partitions(source)
