@@ -1,11 +1,12 @@
 """``make bench``: rxcqrs against baselines doing the same work, side by side in one run, on the same data,
 each final state verified (figures, not assertions). Prints one table and writes ``build/bench.json``.
 
-Sections (``--only`` picks some): cart (rxcqrs batched / parallel / serial / parallel without idempotence,
-a hand-written cart-batched loop, a hand-written per-command loop, a naive loop), carts (rate as commands
-per cart fall), sustained (200,000 commands, memory slope), scale (1..N consumer processes in one group;
-``make bench-cluster`` runs it with 1, 2, 3 on a 3-node cluster, replication 3),
-ceiling (Cassandra alone), insert (decode -> INSERT), kafka (Kafka -> Kafka per backend).
+Sections (``--only`` picks some): cart (rxcqrs batched, fenced and conditional, against hand-written
+cart-batched loops with a conditional and with a fenced write, on 200 and on 20,000 carts; then parallel,
+serial, not idempotent, a hand-written per-command loop and a naive loop), carts (rate as commands per
+cart fall), sustained (200,000 commands over 2,000 carts: the batched contenders, and memory), scale
+(1..N consumer processes in one group; ``make bench-cluster`` runs it with 1, 2, 3 on a 3-node cluster,
+replication 3), ceiling (Cassandra alone), insert (decode -> INSERT), kafka (Kafka -> Kafka per backend).
 """
 
 from __future__ import annotations
@@ -46,40 +47,75 @@ def produce(carts: int, commands: int, partitions: int = 8) -> str:
     return topic
 
 
-def cart(session: Any, rounds: int, slow_rounds: int, commands: int) -> None:
-    """The batched contenders (a few seconds each) run ``rounds`` interleaved rounds, the per-command ones
-    (minutes) ``slow_rounds``; each figure is the median of its rounds."""
+BATCHED = ("rxcqrs batched, fenced (default)", "rxcqrs batched, conditional", "hand cart-batched, conditional",
+           "hand cart-batched, fenced")
+
+
+def batched_contenders(session: Any, topic: str, commands: int) -> dict[str, Any]:
     from benchmarks import cart as c
 
-    topic = produce(200, commands)
-    fast = {
-        "rxcqrs batched (default)": lambda ks: c.rxcqrs_mode(session, topic, ks, commands, "batched"),
-        "hand cart-batched loop": lambda ks: c.hand_cart_batched(session, topic, ks, commands),
+    return {
+        BATCHED[0]: lambda ks: c.rxcqrs_mode(session, topic, ks, commands, "batched"),
+        BATCHED[1]: lambda ks: c.rxcqrs_mode(session, topic, ks, commands, "batched", protocol="conditional"),
+        BATCHED[2]: lambda ks: c.hand_cart_batched(session, topic, ks, commands),
+        BATCHED[3]: lambda ks: c.hand_cart_batched(session, topic, ks, commands, protocol="fenced"),
     }
+
+
+def compare(session: Any, section: str, label: str, contenders: dict[str, Any], rounds: int) -> None:
+    """Every contender once per round, the order rotating; medians of rate and CPU per command; ratios to the
+    conditional and the fenced hand loops."""
+    from benchmarks import cart as c
+
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    cpus: dict[str, list[float]] = {name: [] for name in contenders}
+    checks: dict[str, bool] = {name: True for name in contenders}
+    names = tuple(contenders)
+    for i in range(rounds):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            ks = c.keyspace(section)
+            rate, info = contenders[name](ks)
+            rates[name].append(rate)
+            cpus[name].append(info["cpu_us"])
+            checks[name] = checks[name] and bool(info.get("verified"))
+            drop(session, ks)
+    conditional = statistics.median(rates[BATCHED[2]]) if BATCHED[2] in rates else None
+    fenced = statistics.median(rates[BATCHED[3]]) if BATCHED[3] in rates else None
+    fenced_cpu = statistics.median(cpus[BATCHED[3]]) if BATCHED[3] in cpus else None
+    for name, values in rates.items():
+        rate, cpu = statistics.median(values), statistics.median(cpus[name])
+        ratios = {}
+        if conditional:
+            ratios["vs_conditional_loop"] = round(rate / conditional, 2)
+        if fenced:
+            ratios["vs_fenced_loop"] = round(rate / fenced, 2)
+        if fenced_cpu:
+            ratios["cpu_vs_fenced_loop"] = round(cpu / fenced_cpu, 2)
+        row(section, f"{name} [{label}]", rate, cpu_us=cpu, **ratios, rounds=len(values),
+            spread=f"{min(values):,.0f}-{max(values):,.0f}", verified=checks[name])
+
+
+def cart(session: Any, rounds: int, slow_rounds: int, commands: int) -> None:
+    """The batched contenders on 200 and on 20,000 carts (``rounds`` interleaved rounds each), then the
+    per-command ones (minutes each) on 200 carts, ``slow_rounds``."""
+    from benchmarks import cart as c
+
+    for carts_count in (200, 20_000):
+        topic = produce(carts_count, commands)
+        compare(session, "cart", f"{commands:,} commands, {carts_count:,} carts",
+                batched_contenders(session, topic, commands), rounds)
+    if slow_rounds < 1:
+        return
+    topic = produce(200, commands)
     slow = {
         "rxcqrs parallel": lambda ks: c.rxcqrs_mode(session, topic, ks, commands, "parallel"),
+        "rxcqrs serial": lambda ks: c.rxcqrs_mode(session, topic, ks, commands, "serial"),
         "rxcqrs parallel, not idempotent": lambda ks: c.rxcqrs_mode(session, topic, ks, commands, "parallel",
                                                                     idempotent=False),
-        "rxcqrs serial": lambda ks: c.rxcqrs_mode(session, topic, ks, commands, "serial"),
         "hand per-command loop": lambda ks: c.hand_per_command(session, topic, ks, commands),
         "naive loop (20 s on a prefix)": lambda ks: c.naive(session, topic, ks, 20.0),
     }
-    rates: dict[str, list[float]] = {name: [] for name in (*fast, *slow)}
-    checks: dict[str, bool] = {name: True for name in rates}
-    for contenders, count in ((fast, rounds), (slow, slow_rounds)):
-        for _ in range(count):  # interleaved: every contender once per round
-            for name, fn in contenders.items():
-                ks = c.keyspace("cart")
-                rate, info = fn(ks)
-                rates[name].append(rate)
-                checks[name] = checks[name] and bool(info.get("verified"))
-                drop(session, ks)
-    best = statistics.median(rates["hand cart-batched loop"])
-    per_command = statistics.median(rates["hand per-command loop"])
-    for name, values in rates.items():
-        rate = statistics.median(values)
-        row("cart", name, rate, vs_batched_loop=round(rate / best, 2), vs_per_command_loop=round(rate / per_command, 2),
-            rounds=len(values), spread=f"{min(values):,.0f}-{max(values):,.0f}", verified=checks[name])
+    compare(session, "cart", f"{commands:,} commands, 200 carts", slow, slow_rounds)
 
 
 def carts(session: Any, commands: int) -> None:
@@ -93,7 +129,8 @@ def carts(session: Any, commands: int) -> None:
         row("carts", f"batched, {count} carts ({commands // count} cmds/cart)", rate, verified=info["verified"])
 
 
-def sustained(session: Any, commands: int) -> None:
+def sustained(session: Any, commands: int, rounds: int) -> None:
+    """``commands`` over 2,000 carts: the batched contenders side by side; then rxcqrs's memory over a run."""
     from benchmarks import cart as c
     from benchmarks.pipes import RssSampler
     from rxcqrs.examples.shoppingcart.pipeline import start_pipeline
@@ -101,7 +138,9 @@ def sustained(session: Any, commands: int) -> None:
     from rxcqrs.kafka import KafkaSink, ProducerSettings
     from rxcqrs.operators import DeadLetters
 
-    topic = produce(200, commands)
+    topic = produce(2_000, commands)
+    compare(session, "sustained", f"{commands:,} commands, 2,000 carts", batched_contenders(session, topic, commands),
+            rounds)
     ks = c.keyspace("sustained")
     store = CartStore(session, ks)
     store.create()
@@ -115,7 +154,7 @@ def sustained(session: Any, commands: int) -> None:
     slope = sampler.stop()
     flow.stop_and_wait()
     dead.on_completed()
-    row("sustained", f"batched, {commands:,} commands", commands / took, rss_mib_per_100k=round(slope, 2),
+    row("sustained", f"batched memory, {commands:,} commands", commands / took, rss_mib_per_100k=round(slope, 2),
         rss_mib=round(sampler.samples[-1][1], 1) if sampler.samples else None, verified=c.verify(session, ks, topic))
     drop(session, ks)
 
@@ -224,6 +263,7 @@ def main() -> int:
                         help="interleaved rounds of the cart section's per-command contenders (median)")
     parser.add_argument("--commands", type=int, default=20_000)
     parser.add_argument("--sustained", type=int, default=200_000, help="commands of the sustained run")
+    parser.add_argument("--sustained-rounds", type=int, default=1, help="rounds of the sustained contenders")
     parser.add_argument("--kafka-records", type=int, default=100_000,
                         help="records of each kafka run (enough that start-up is a small part of CPU per record)")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="consumer processes of scale")
@@ -245,7 +285,7 @@ def main() -> int:
             elif section == "carts":
                 carts(session, args.commands)
             elif section == "sustained":
-                sustained(session, args.sustained)
+                sustained(session, args.sustained, args.sustained_rounds)
             elif section == "scale":
                 scale(session, args.commands, tuple(args.processes), args.replication)
             elif section == "ceiling":

@@ -1,15 +1,19 @@
-"""The shopping cart end to end: rxcqrs in each mode against hand-written loops, on the same topic, each
-into a keyspace of its own, every final state verified against the fold of the topic.
+"""The shopping cart end to end: rxcqrs against hand-written loops, on the same topic, each into a keyspace of
+its own, every final state verified against the fold of the topic, and the CPU of the whole process (every
+thread, the clients' native ones included) per command.
 
-Hand-written contenders (kafka-python + the cassandra-driver, the same tables and statements as CartStore):
+Hand-written contenders (confluent-kafka, the fastest client, + the cassandra-driver; the same tables and
+statements as CartStore):
 
-* ``hand cart-batched``: polls of 2,000; per cart one conditional write advancing the state by every
-  command of the poll (cached state, read only on a miss or a conflict); the poll's events as unlogged
-  batches; commit after each poll. The design rxcqrs' batched mode follows.
+* ``hand cart-batched, conditional``: polls of 2,000; per cart one conditional write (``IF seq = ?``)
+  advancing the state by every command of the poll (cached state, read only on a miss or a conflict); the
+  poll's events as unlogged batches; commit after each poll. The design rxcqrs' batched mode follows.
+* ``hand cart-batched, fenced``: the same loop with one epoch taken at the start and a plain
+  ``INSERT ... USING TIMESTAMP epoch * 2**40 + offset`` per cart per poll instead of the conditional write.
 * ``hand per-command``: per cart in order, 32 carts at a time: read, conditional write, event insert;
-  commit after each poll. What rxcqrs' parallel mode does.
+  commit after each poll.
 * ``naive``: one record at a time: read, conditional write, event insert, commit. Run for a fixed time on a
-  prefix of the topic (it would take minutes on all of it); verified on what it committed.
+  prefix of the topic; verified on what it committed.
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from rxcqrs.cassandra.aggregate import Stored
+from rxcqrs.cassandra.fence import Fence, write_timestamp
 from rxcqrs.examples.shoppingcart.codec import command_codec
-from rxcqrs.examples.shoppingcart.domain import Command, Rejected, apply, fold
+from rxcqrs.examples.shoppingcart.domain import Cart, Command, Rejected, apply, fold
 from rxcqrs.examples.shoppingcart.store import CartStore, event_payload
 from rxcqrs.kafka.settings import default_bootstrap
 from rxcqrs.messages import RecordMetadata
 
 BOOTSTRAP = default_bootstrap()  # $RXCQRS_KAFKA_BOOTSTRAP: the same servers as every other contender
+Result = tuple[float, dict[str, Any]]
 
 
 def keyspace(name: str) -> str:
@@ -48,148 +54,172 @@ def verify(session: Any, ks: str, topic: str, limits: dict[int, int] | None = No
     return dict(CartStore(session, ks).all_carts()) == expected
 
 
-def _consumer(topic: str, group: str, max_records: int = 2000) -> Any:
-    from kafka import KafkaConsumer
+class Timed:
+    """Wall time and the process's CPU (every thread) of one run."""
 
-    return KafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, group_id=group, enable_auto_commit=False,
-                         auto_offset_reset="earliest", max_poll_records=max_records,
-                         max_partition_fetch_bytes=1024 * 1024)
+    def __enter__(self) -> "Timed":
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+    def result(self, commands: int, **info: Any) -> Result:
+        return commands / self.wall, {"cpu_us": round(self.cpu / commands * 1e6, 1), **info}
 
 
-def _meta(record: Any) -> RecordMetadata:
-    return RecordMetadata(record.topic, record.partition, record.offset, record.timestamp, 0, record.key)
+def _consumer(topic: str, group: str) -> Any:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group, "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", "max.partition.fetch.bytes": 1024 * 1024})
+    consumer.subscribe([topic])
+    return consumer
 
 
-def hand_cart_batched(session: Any, topic: str, ks: str, total: int) -> tuple[float, dict[str, Any]]:
+def _polled(consumer: Any, codec: Any, size: int = 2000) -> tuple[int, dict[uuid.UUID, list[tuple[Command,
+                                                                                               RecordMetadata]]]]:
+    per_cart: dict[uuid.UUID, list[tuple[Command, RecordMetadata]]] = defaultdict(list)
+    messages = consumer.consume(num_messages=size, timeout=0.2)
+    for m in messages:
+        cmd = codec.decode(m.value())
+        per_cart[cmd.cart_id].append((cmd, RecordMetadata(m.topic(), m.partition(), m.offset(), m.timestamp()[1], 0,
+                                                          m.key())))
+    return len(messages), per_cart
+
+
+def _fold(row: Stored[Cart], items: list[tuple[Command, RecordMetadata]]) -> tuple[Cart | None, dict[int, int]]:
+    state, applied = row.state, dict(row.applied)
+    for cmd, meta in items:
+        result = apply(state, cmd)
+        if not isinstance(result, Rejected):
+            state = result
+        applied[meta.partition] = meta.offset
+    return state, applied
+
+
+def _log_events(session: Any, store: CartStore, per_cart: dict[uuid.UUID, list[tuple[Command, RecordMetadata]]]
+                ) -> None:
     from cassandra.query import BatchStatement, BatchType
 
-    store = CartStore(session, ks)
+    futures = []
+    for cid, items in per_cart.items():
+        batch = BatchStatement(BatchType.UNLOGGED)
+        for cmd, meta in items:
+            batch.add(store.log.insert(session, cid, meta.key_uuid, meta.timestamp_utc, event_payload(cmd), meta))
+        futures.append(session.execute_async(batch))
+        futures.append(session.execute_async(store.log.bucket_index(session, cid, items[0][1].timestamp_utc)))
+    for future in futures:
+        future.result()
+
+
+def hand_cart_batched(session: Any, topic: str, ks: str, total: int, protocol: str = "conditional") -> Result:
+    store = CartStore(session, ks, write_protocol=protocol)  # type: ignore[arg-type]
     store.create()
     store.prepare()
     codec = command_codec()
-    consumer = _consumer(topic, f"g.{ks}")
-    cache: dict[uuid.UUID, Stored[Any]] = {}
+    group = f"g.{ks}"
+    cache: dict[uuid.UUID, Stored[Cart]] = {}
     done = 0
-    started = time.perf_counter()
-    while done < total:
-        polled = consumer.poll(timeout_ms=200, max_records=2000)
-        per_cart: dict[uuid.UUID, list[tuple[Command, RecordMetadata]]] = defaultdict(list)
-        for records in polled.values():
-            for r in records:
-                cmd = codec.decode(r.value)
-                per_cart[cmd.cart_id].append((cmd, _meta(r)))
-                done += 1
-        pending = dict(per_cart)
-        while pending:
-            misses = [cid for cid in pending if cid not in cache]
-            for cid, future in [(cid, session.execute_async(store.read_row(cid))) for cid in misses]:
-                cache[cid] = store.stored(list(future.result()))
-            writes = []
-            for cid, items in pending.items():
-                row = cache[cid]
-                state, applied = row.state, dict(row.applied)
-                for cmd, meta in items:
-                    result = apply(state, cmd)
-                    if not isinstance(result, Rejected):
-                        state = result
-                    applied[meta.partition] = meta.offset
-                writes.append((cid, Stored(state, (row.seq or 0) + 1, applied),
-                               session.execute_async(store.update(cid, row, state, applied))))
-            conflicts = {}
-            for cid, after, future in writes:
-                if future.result().one()[0]:
-                    cache[cid] = after
-                else:
-                    cache.pop(cid)
-                    conflicts[cid] = pending[cid]
-            pending = conflicts
-        futures = []
-        for cid, items in per_cart.items():
-            batch = BatchStatement(BatchType.UNLOGGED)
-            for cmd, meta in items:
-                batch.add(store.log.insert(session, cid, meta.key_uuid, meta.timestamp_utc, event_payload(cmd), meta))
-            futures.append(session.execute_async(batch))
-            futures.append(session.execute_async(store.log.bucket_index(session, cid, items[0][1].timestamp_utc)))
-        for future in futures:
-            future.result()
-        if polled:
-            consumer.commit()
-    took = time.perf_counter() - started
-    consumer.close()
-    return total / took, {"verified": verify(session, ks, topic)}
+    with Timed() as timed:
+        consumer = _consumer(topic, group)
+        epoch = Fence(session, ks, group, topic).take() if protocol == "fenced" else 0
+        while done < total:
+            count, per_cart = _polled(consumer, codec)
+            done += count
+            pending = dict(per_cart)
+            while pending:
+                misses = [cid for cid in pending if cid not in cache]
+                for cid, future in [(cid, session.execute_async(store.read(cid))) for cid in misses]:
+                    cache[cid] = store.stored(list(future.result()))
+                writes = []
+                for cid, items in pending.items():
+                    row = cache[cid]
+                    state, applied = _fold(row, items)
+                    if protocol == "fenced":
+                        statement = store.write(cid, state, applied, write_timestamp(epoch, items[-1][1].offset))
+                    else:
+                        statement = store.update(cid, row, state, applied)
+                    writes.append((cid, Stored(state, (row.seq or 0) + 1, applied), session.execute_async(statement)))
+                conflicts = {}
+                for cid, after, future in writes:
+                    answer = future.result().one()
+                    if answer is None or answer[0]:
+                        cache[cid] = after
+                    else:
+                        cache.pop(cid)
+                        conflicts[cid] = pending[cid]
+                pending = conflicts
+            _log_events(session, store, per_cart)
+            if count:
+                consumer.commit(asynchronous=False)
+        consumer.close()
+    return timed.result(total, verified=verify(session, ks, topic))
 
 
-def hand_per_command(session: Any, topic: str, ks: str, total: int) -> tuple[float, dict[str, Any]]:
-    store = CartStore(session, ks)
+def _command(session: Any, store: CartStore, cmd: Command, meta: RecordMetadata) -> None:
+    """Read, decide, write conditionally (again after a conflict); skip what the cart already applied."""
+    while True:
+        row = store.row(cmd.cart_id)
+        if row.handled(meta):
+            return
+        state, applied = _fold(row, [(cmd, meta)])
+        if session.execute(store.update(cmd.cart_id, row, state, applied)).one()[0]:
+            return
+
+
+def hand_per_command(session: Any, topic: str, ks: str, total: int) -> Result:
+    store = CartStore(session, ks, write_protocol="conditional")
     store.create()
     store.prepare()
     codec = command_codec()
-    consumer = _consumer(topic, f"g.{ks}")
     pool = ThreadPoolExecutor(32)
 
     def run_cart(items: list[tuple[Command, RecordMetadata]]) -> None:
         for cmd, meta in items:
-            while True:
-                statement = store.command(cmd, meta)
-                if statement is None or session.execute(statement).one()[0]:
-                    break
+            _command(session, store, cmd, meta)
             session.execute(store.event_statement(cmd, meta))
 
     done = 0
-    started = time.perf_counter()
-    while done < total:
-        polled = consumer.poll(timeout_ms=200, max_records=2000)
-        per_cart: dict[uuid.UUID, list[tuple[Command, RecordMetadata]]] = defaultdict(list)
-        for records in polled.values():
-            for r in records:
-                cmd = codec.decode(r.value)
-                per_cart[cmd.cart_id].append((cmd, _meta(r)))
-                done += 1
-        for future in [pool.submit(run_cart, items) for items in per_cart.values()]:
-            future.result()
-        if polled:
-            consumer.commit()
-    took = time.perf_counter() - started
-    consumer.close()
+    with Timed() as timed:
+        consumer = _consumer(topic, f"g.{ks}")
+        while done < total:
+            count, per_cart = _polled(consumer, codec)
+            done += count
+            for future in [pool.submit(run_cart, items) for items in per_cart.values()]:
+                future.result()
+            if count:
+                consumer.commit(asynchronous=False)
+        consumer.close()
     pool.shutdown()
-    return total / took, {"verified": verify(session, ks, topic)}
+    return timed.result(total, verified=verify(session, ks, topic))
 
 
-def naive(session: Any, topic: str, ks: str, seconds: float) -> tuple[float, dict[str, Any]]:
-    from kafka import TopicPartition
-
-    store = CartStore(session, ks)
+def naive(session: Any, topic: str, ks: str, seconds: float) -> Result:
+    store = CartStore(session, ks, write_protocol="conditional")
     store.create()
     codec = command_codec()
-    consumer = _consumer(topic, f"g.{ks}", max_records=1)
     done = 0
-    started = time.perf_counter()
     limits: dict[int, int] = {}
-    while time.perf_counter() - started < seconds:
-        for records in consumer.poll(timeout_ms=200, max_records=1).values():
-            for r in records:
-                cmd, meta = codec.decode(r.value), _meta(r)
-                while True:
-                    statement = store.command(cmd, meta)
-                    if statement is None or session.execute(statement).one()[0]:
-                        break
+    with Timed() as timed:
+        consumer = _consumer(topic, f"g.{ks}")
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            for m in consumer.consume(num_messages=1, timeout=0.2):
+                cmd = codec.decode(m.value())
+                meta = RecordMetadata(m.topic(), m.partition(), m.offset(), m.timestamp()[1], 0, m.key())
+                _command(session, store, cmd, meta)
                 session.execute(store.event_statement(cmd, meta))
-                consumer.commit({TopicPartition(r.topic, r.partition): _offset(r.offset + 1)})
-                limits[r.partition] = r.offset + 1
+                consumer.commit(message=m, asynchronous=False)
+                limits[m.partition()] = m.offset() + 1
                 done += 1
-    took = time.perf_counter() - started
-    consumer.close()
-    return done / took, {"verified": verify(session, ks, topic, limits), "records": done}
+        consumer.close()
+    rate, info = timed.result(max(done, 1), verified=verify(session, ks, topic, limits), records=done)
+    return rate, info
 
 
-def _offset(offset: int) -> Any:
-    from kafka.structs import OffsetAndMetadata
-
-    return OffsetAndMetadata(offset, "", -1)
-
-
-def rxcqrs_mode(session: Any, topic: str, ks: str, total: int, mode: str, idempotent: bool = True
-                ) -> tuple[float, dict[str, Any]]:
+def rxcqrs_mode(session: Any, topic: str, ks: str, total: int, mode: str, idempotent: bool = True,
+                protocol: str = "fenced") -> Result:
     """In process, as ``cart consume`` runs it (its defaults: :mod:`rxcqrs.examples.shoppingcart.tuning`),
     timed from the source's start (client start-up and the group join included) until every record is
     committed."""
@@ -197,17 +227,16 @@ def rxcqrs_mode(session: Any, topic: str, ks: str, total: int, mode: str, idempo
     from rxcqrs.kafka import KafkaSink, ProducerSettings
     from rxcqrs.operators import DeadLetters
 
-    store = CartStore(session, ks, idempotent=idempotent)
+    store = CartStore(session, ks, idempotent=idempotent, write_protocol=protocol)  # type: ignore[arg-type]
     store.create()
     dead = KafkaSink(producer=ProducerSettings())
-    started = time.perf_counter()
-    source = example_source(topic, f"g.{ks}")
-    flow = start_pipeline(source, store, mode=mode, dead_letters=DeadLetters(dead))  # type: ignore[arg-type]
-    _wait(lambda: source.committer.records_committed() >= total or not flow.running, 1800)
-    took = time.perf_counter() - started
+    with Timed() as timed:
+        source = example_source(topic, f"g.{ks}")
+        flow = start_pipeline(source, store, mode=mode, dead_letters=DeadLetters(dead))  # type: ignore[arg-type]
+        _wait(lambda: source.committer.records_committed() >= total or not flow.running, 1800)
     flow.stop_and_wait()
     dead.on_completed()
-    return total / took, {"verified": verify(session, ks, topic), "cpu_s": None}
+    return timed.result(total, verified=verify(session, ks, topic))
 
 
 def example_source(topic: str, group: str) -> Any:

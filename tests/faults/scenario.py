@@ -23,7 +23,7 @@ from rxcqrs.messages import OutgoingRecord
 from tests.faults.conftest import CARTS, COMMANDS, PARTITIONS, Consumer, Figures, Servers, names
 from tests.helpers import wait_until
 
-__all__ = ["Scenario", "fold_topic", "pause"]
+__all__ = ["Scenario", "fold_topic", "pause", "zombie"]
 
 
 def pause(seconds: float) -> None:
@@ -36,18 +36,27 @@ class Scenario:
     """One topic, group and keyspace on the fault servers; the commands produced; the checks at the end."""
 
     def __init__(self, servers: Servers, name: str, idempotent: bool, poison_every: int = 0,
-                 published: float = 1.0, client: str | None = None) -> None:
+                 published: float = 1.0, client: str | None = None, protocol: str = "fenced",
+                 mode: str = "batched") -> None:
         """``published``: the share of the commands produced now; :meth:`publish_rest` produces the rest.
-        ``client``: the consumers' Kafka client (``--kafka-backend``; None: the default)."""
+        ``client``: the consumers' Kafka client (``--kafka-backend``; None: the default); ``protocol``: their
+        write protocol; ``mode``: their pipeline (``--mode``)."""
         self.servers = servers
         self.name = name if client is None else f"{name}-{client}"
+        if protocol != "fenced":
+            self.name += f"-{protocol}"
+        if mode != "batched":
+            self.name += f"-{mode}"
         self.idempotent = idempotent
         self.client = client
+        self.protocol = protocol
+        self.mode = mode
         self.topic, self.group, self.keyspace = names(name)
         self.started = time.monotonic()
         self.commands = generate(CARTS, COMMANDS, seed=zlib.crc32(name.encode()) % 1000)
         create_topics({self.topic: PARTITIONS, self.topic + ".dlq": 1}, bootstrap_servers=servers.bootstrap)
         self.poison = _poison(self.topic, len(self.commands) // poison_every) if poison_every else []
+        self.published = published
         self._unpublished = int(len(self.commands) * published)
         publish_commands(self.commands[:self._unpublished], self.topic, PARTITIONS,
                          ProducerSettings(bootstrap_servers=servers.bootstrap), extra=self.poison)
@@ -64,7 +73,8 @@ class Scenario:
         # a window well below the topic's size, so commits (and redeliveries after a fault) come in steps
         client = ["--kafka-backend", self.client] if self.client else []
         return Consumer.start(self.servers, self.topic, self.group, self.keyspace, "--create-schema", mode,
-                              "--drain-timeout", "10", "--window", "400", *replication, *client, *args)
+                              "--drain-timeout", "10", "--window", "400", "--write-protocol", self.protocol,
+                              "--mode", self.mode, *replication, *client, *args)
 
     def committed(self) -> int:
         return sum(o or 0 for o in committed_offsets(self.group, self.topic,
@@ -84,15 +94,16 @@ class Scenario:
         ends = end_offsets(self.topic, bootstrap_servers=self.servers.bootstrap)
         assert committed_offsets(self.group, self.topic, bootstrap_servers=self.servers.bootstrap) == ends
         figures = Figures(self.name, "idempotent" if self.idempotent else "rebuild", commands=len(self.commands),
-                          extra=extra)
+                          extra={"protocol": self.protocol, "pipeline": self.mode, **extra})
         session = self.servers.session()
         try:
-            store = CartStore(session, self.keyspace, idempotent=self.idempotent)
+            store = CartStore(session, self.keyspace, idempotent=self.idempotent,
+                              write_protocol=self.protocol)  # type: ignore[arg-type]
             figures.duplicates = sum(1 for _ in store.log.duplicates(session))
             figures.unknown_outcomes = sum(1 for _ in store.log.unknown_outcomes(session))
             before = dict(store.all_carts())
             if not self.idempotent or figures.unknown_outcomes:
-                figures.compensations = store.rebuilder().run().rewritten
+                figures.compensations = store.rebuilder(group=self.group, topic=self.topic).run().rewritten
             actual = dict(store.all_carts())
         finally:
             session.cluster.shutdown()
@@ -142,3 +153,44 @@ def fold_topic(bootstrap: str, topic: str) -> dict[uuid.UUID, Cart | None]:
             continue
         per_cart[cmd.cart_id].append(cmd)
     return {cid: fold(cmds) for cid, cmds in per_cart.items()}
+
+
+def zombie(servers: Servers, run: Scenario) -> None:
+    """Two consumers in one group; one is frozen (SIGSTOP) past its session timeout with records in flight and
+    carts cached, while the other takes its partitions over and progresses; then it thaws (SIGCONT) with its
+    stale cache and in-flight work, and both finish. Every cart must be exact without repair, and the
+    commits at the end offsets (:meth:`Scenario.verify`)."""
+    import os
+    import signal
+
+    from rxcqrs.kafka import ConsumerSettings
+
+    session_timeout = ConsumerSettings(group_id="x").session_timeout_ms / 1000
+    assert run.published < 1.0, "the rest is published while the member is frozen"
+    first = run.consumer("--stop-when-idle", "5")
+    second = run.consumer("--stop-when-idle", "5")
+    run.wait_committed(0.3, first)
+    os.killpg(first.proc.pid, signal.SIGSTOP)
+    frozen = time.monotonic()
+    try:
+        at_freeze = committed_offsets(run.group, run.topic, bootstrap_servers=servers.bootstrap)
+        frozen_at = sum(o or 0 for o in at_freeze.values())
+        run.publish_rest()  # work on every partition for the member that takes over
+        ends = end_offsets(run.topic, bootstrap_servers=servers.bootstrap)
+
+        def every_partition_moved_on() -> bool:
+            now = committed_offsets(run.group, run.topic, bootstrap_servers=servers.bootstrap)
+            return all((now[p] or 0) > (at_freeze[p] or 0) or (now[p] or 0) >= ends[p] for p in ends)
+
+        # the frozen member's partitions too: the other one took them over (after the session timeout)
+        wait_until(lambda: every_partition_moved_on() or second.proc.poll() is not None, 300,
+                   "the other member taking every partition over and progressing")
+        assert second.proc.poll() is None, second.output[-3000:]
+        assert time.monotonic() - frozen > session_timeout
+    finally:
+        os.killpg(first.proc.pid, signal.SIGCONT)
+    thawed_after = round(time.monotonic() - frozen, 1)
+    run.finish(second)
+    run.finish(first)
+    figures = run.verify(frozen_s=thawed_after, committed_when_frozen=frozen_at)
+    assert figures.unknown_outcomes == 0

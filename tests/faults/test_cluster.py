@@ -15,7 +15,7 @@ import pytest
 
 from rxcqrs.kafka.admin import partition_leaders
 from tests.faults.conftest import Servers
-from tests.faults.scenario import Scenario
+from tests.faults.scenario import Scenario, zombie
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
 
@@ -71,3 +71,8 @@ def test_the_kafka_partition_leader_killed_mid_run_and_back(cluster: Servers) ->
     run.finish(consumer)
     run.verify(killed=f"kafka-{leader}", leader_moved_to=f"kafka-{moved_to}", published_half_while_down_s=published_s,
                seconds_to_60_percent_while_down=progressed_down, consumer=summary(consumer.output))
+
+
+def test_a_zombie_member_on_the_cluster_changes_nothing(cluster: Servers) -> None:
+    """The zombie scenario (see :func:`tests.faults.scenario.zombie`) with replication 3."""
+    zombie(cluster, Scenario(cluster, "czombie", True, published=0.6))

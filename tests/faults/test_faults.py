@@ -32,7 +32,7 @@ from rxcqrs.kafka import (
 from rxcqrs.kafka.admin import read_topic
 from rxcqrs.operators import map_value
 from tests.faults.conftest import CARTS, COMMANDS, PARTITIONS, Figures, Servers, names
-from tests.faults.scenario import Scenario, pause
+from tests.faults.scenario import Scenario, pause, zombie
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
@@ -162,6 +162,13 @@ def test_a_group_of_two_a_third_joins_and_one_leaves(thawed: Servers, idempotent
     run.finish(second)
     run.finish(third)
     run.verify(members=3)
+
+
+@pytest.mark.parametrize("protocol", ["fenced", "conditional"])
+@pytest.mark.parametrize("mode", ["batched", "parallel", "serial"])
+def test_a_zombie_member_thawed_after_its_partitions_moved_on_changes_nothing(thawed: Servers, mode: str,
+                                                                               protocol: str) -> None:
+    zombie(thawed, Scenario(thawed, "zombie", True, published=0.6, protocol=protocol, mode=mode))
 
 
 @pytest.mark.parametrize("idempotent", MODES)

@@ -304,16 +304,16 @@ def test_conditional_and_bound_query_pass_results_on(cassandra_session, keyspace
     assert [[r.email for r in e.value] for e in out] == [["bob@x"], [], ["ada@x"]]  # partition order kept
 
 
-def test_aggregate_events_go_in_unlogged_batches_per_partition_capped_in_rows(cassandra_session, keyspace) -> None:  # type: ignore[no-untyped-def]
+def test_statements_go_in_unlogged_batches_per_partition_capped_in_rows(cassandra_session, keyspace) -> None:  # type: ignore[no-untyped-def]
     from cassandra.query import BatchStatement
 
-    from rxcqrs.cassandra.aggregate import _batches
+    from rxcqrs.cassandra.statement_batches import group_statements
 
     s = cassandra_session
     create_table(s, keyspace, "events", {"k": "int", "n": "int"}, ["k"], [("n", "ASC")])
     insert = prepare(s, f"INSERT INTO {keyspace}.events (k, n) VALUES (?, ?)")
     statements = [insert.bind((k, n)) for k, n in [(1, n) for n in range(7)] + [(2, 0), (1, 7)]]
-    grouped = _batches(statements, 3, 100_000)
+    grouped = group_statements(statements, 3, 100_000)
     assert [len(b._statements_and_parameters) if isinstance(b, BatchStatement) else 1 for b in grouped] == [3, 3, 2, 1]
     for statement in grouped:
         s.execute(statement)
