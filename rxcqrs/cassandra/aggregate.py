@@ -236,6 +236,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         self._restarts: deque[_Batch] = deque()  # batches that waited for an epoch, started by the dispatcher
         self._fence_requests: queues.SimpleQueue[tuple[list[TopicPartition], int] | None] = queues.SimpleQueue()
         self._fencer: threading.Thread | None = None
+        self._busy_threads = 0  # fence requests queued or being served, batches being dispatched, retries due
         self.batches = 0
         self.reads = 0
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name=f"rxcqrs-{name}-dispatch", daemon=True)
@@ -274,8 +275,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                     parked.extend(old.parked)
             request = self._new_request(tps) if renew else None
         if request is not None:
-            self._fence_requests.put((tps, request))
-            self._start_fencer()
+            self._ask_fence(tps, request)
         self._restart(parked)  # their records belong to the old assignment: dropped as stale by _start
 
     def _restart(self, batches: list[_Batch]) -> None:
@@ -293,6 +293,12 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         return self._requests
 
     # -- fencing (the fencer thread) ----------------------------------------------------------------------
+    def _ask_fence(self, tps: list[TopicPartition], request: int) -> None:
+        with self._lock:
+            self._busy_threads += 1
+        self._fence_requests.put((tps, request))
+        self._start_fencer()
+
     def _start_fencer(self) -> None:
         with self._lock:
             if self._fencer is None and not self._stopped:
@@ -305,17 +311,23 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             item = self._fence_requests.get()
             if item is None or self._stopped:
                 return
-            tps, request = item
-            if not self._current(tps, request):
-                continue  # revoked or assigned again meanwhile
-            for topic in sorted({tp.topic for tp in tps}):
-                mine = [tp for tp in tps if tp.topic == topic]
-                try:
-                    epoch = self._fence(topic).take(deadline=time.monotonic() + self.fence_timeout)
-                except Exception as exc:
-                    self._fence_failed(mine, request, exc)
-                    continue
-                self._confirm(mine, request, epoch, 0, time.monotonic() + self.fence_timeout)
+            try:
+                self._take_epoch(*item)
+            finally:
+                with self._lock:
+                    self._busy_threads -= 1
+
+    def _take_epoch(self, tps: list[TopicPartition], request: int) -> None:
+        if not self._current(tps, request):
+            return  # revoked or assigned again meanwhile
+        for topic in sorted({tp.topic for tp in tps}):
+            mine = [tp for tp in tps if tp.topic == topic]
+            try:
+                epoch = self._fence(topic).take(deadline=time.monotonic() + self.fence_timeout)
+            except Exception as exc:
+                self._fence_failed(mine, request, exc)
+                continue
+            self._confirm(mine, request, epoch, 0, time.monotonic() + self.fence_timeout)
 
     def _fence(self, topic: str) -> EpochSource:
         fence = self._fences.get(topic)
@@ -345,8 +357,8 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 return
             if not self._current(tps, request) or self._abandoned:
                 return
-            if time.monotonic() >= deadline or not retry_later(
-                    self.backoff, attempt, lambda: self._confirm(tps, request, epoch, attempt + 1, deadline)):
+            if time.monotonic() >= deadline or not self._later(
+                    attempt, lambda: self._confirm(tps, request, epoch, attempt + 1, deadline)):
                 self._fence_failed(tps, request, StageError(
                     f"{self.name}: this member's ownership of {sorted(tps)} was not confirmed by the group "
                     f"within {self.fence_timeout:g}s (it may have been fenced out)"))
@@ -411,10 +423,21 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             with self._lock:
                 restarts, self._restarts = list(self._restarts), deque()
                 ready = self._queue.take_ready()
-            for batch in restarts:
-                self._start(batch)
-            for key, envelopes in ready:
-                self._start(_Batch(key, envelopes))
+                self._busy_threads += 1
+            try:
+                for batch in restarts:
+                    self._start(batch)
+                for key, envelopes in ready:
+                    self._start(_Batch(key, envelopes))
+            finally:
+                with self._lock:
+                    self._busy_threads -= 1
+
+    def quiet(self) -> bool:
+        """Nothing to start, no epoch being taken, no retry due: whatever is still in flight waits for a
+        request to Cassandra or for the group to confirm an epoch (what a test that drives both waits for)."""
+        with self._lock:
+            return not self._queue.startable and not self._restarts and self._busy_threads == 0
 
     def _start(self, batch: _Batch) -> None:
         """Drop the records of revoked assignments; wait for the partition's epoch; fold from the cache, or read."""
@@ -451,8 +474,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             self._finish(batch, abandoned(self.name, batch.where()))
             return
         if request is not None:
-            self._fence_requests.put(([batch.tp], request))
-            self._start_fencer()
+            self._ask_fence([batch.tp], request)
         if parked:
             return
         batch.epoch = epoch
@@ -658,7 +680,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         if self._abandoned:
             self._finish(batch, abandoned(self.name, batch.where()))
             return
-        if retry_later(self.backoff, batch.attempt, step):
+        if self._later(batch.attempt, step):
             batch.attempt += 1
             batch.count("retries")
             return
@@ -670,6 +692,23 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         else:
             failure = exhausted(self.name, batch.where(), batch.attempt, error, self.backoff)
         self._finish(batch, failure)
+
+    def _later(self, attempt: int, step: Callable[[], None]) -> bool:
+        """``step`` after the backoff's delay for retry ``attempt`` (False: the backoff gave up)."""
+        def due() -> None:
+            try:
+                step()
+            finally:
+                with self._lock:
+                    self._busy_threads -= 1
+
+        with self._lock:
+            self._busy_threads += 1
+        if retry_later(self.backoff, attempt, due):
+            return True
+        with self._lock:
+            self._busy_threads -= 1
+        return False
 
     def _remember(self, batch: _Batch, stored: Stored[Any]) -> None:
         with self._lock:

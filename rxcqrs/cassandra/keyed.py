@@ -29,6 +29,11 @@ class KeyedQueue(Generic[T]):
     def busy(self) -> int:
         return len(self._busy)
 
+    @property
+    def startable(self) -> bool:
+        """Whether :meth:`take_ready` would start something now."""
+        return bool(self._ready) and len(self._busy) < self.max_busy
+
     def put(self, key: Hashable, item: T) -> None:
         queue = self._waiting.get(key)
         if queue is None:

@@ -75,4 +75,4 @@ def test_the_kafka_partition_leader_killed_mid_run_and_back(cluster: Servers) ->
 
 def test_a_zombie_member_on_the_cluster_changes_nothing(cluster: Servers) -> None:
     """The zombie scenario (see :func:`tests.faults.scenario.zombie`) with replication 3."""
-    zombie(cluster, Scenario(cluster, "czombie", True, published=0.6))
+    zombie(cluster, Scenario(cluster, "czombie", True, published=0.2))

@@ -168,7 +168,7 @@ def test_a_group_of_two_a_third_joins_and_one_leaves(thawed: Servers, idempotent
 @pytest.mark.parametrize("mode", ["batched", "parallel", "serial"])
 def test_a_zombie_member_thawed_after_its_partitions_moved_on_changes_nothing(thawed: Servers, mode: str,
                                                                                protocol: str) -> None:
-    zombie(thawed, Scenario(thawed, "zombie", True, published=0.6, protocol=protocol, mode=mode))
+    zombie(thawed, Scenario(thawed, "zombie", True, published=0.2, protocol=protocol, mode=mode))
 
 
 @pytest.mark.parametrize("idempotent", MODES)
