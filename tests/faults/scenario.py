@@ -18,8 +18,7 @@ from rxcqrs.examples.shoppingcart.generator import generate
 from rxcqrs.examples.shoppingcart.pipeline import publish_commands
 from rxcqrs.examples.shoppingcart.store import CartStore
 from rxcqrs.kafka import ProducerSettings, committed_offsets, create_topics, end_offsets
-from rxcqrs.kafka.admin import group_size
-from rxcqrs.kafka.admin import read_topic
+from rxcqrs.kafka.admin import group_size, read_topic
 from rxcqrs.messages import OutgoingRecord
 from tests.faults.conftest import CARTS, COMMANDS, PARTITIONS, Consumer, Figures, Servers, names
 from tests.helpers import wait_until
