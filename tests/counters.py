@@ -16,7 +16,7 @@ from rxcqrs.messages import Envelope, RecordMetadata
 from rxcqrs.testing.fake_cassandra import FakeSession, lwt_row
 from rxcqrs.testing.lww import LwwTable
 
-__all__ = ["Counters", "Command", "envelopes", "fold", "partition_of"]
+__all__ = ["Counters", "Command", "Stmt", "envelopes", "fold", "partition_of"]
 
 Command = tuple[str, int]  # (entity, amount)
 #: a fault for a statement: None (none), "lost" (applied, the answer lost: an unknown outcome), "refused"
@@ -37,6 +37,25 @@ def fold(commands: list[Command]) -> dict[str, int]:
         else:
             out.setdefault(entity, 0)
     return dict(out)
+
+
+class Stmt:
+    """A statement of the test aggregate: its kind, its entity and its values (not a tuple: the Cassandra
+    stages read a tuple as ``(query, params)``)."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, *parts: Any) -> None:
+        self.parts = parts
+
+    def __getitem__(self, index: int) -> Any:
+        return self.parts[index]
+
+    def __iter__(self) -> Any:
+        return iter(self.parts)
+
+    def __repr__(self) -> str:
+        return f"Stmt{self.parts!r}"
 
 
 class Counters:
@@ -64,7 +83,7 @@ class Counters:
         return command[0]
 
     def read(self, key: str, serial: bool) -> Any:
-        return ("read", key)
+        return Stmt("read", key)
 
     def stored(self, rows: Any) -> Stored[int]:
         if not rows:
@@ -80,19 +99,19 @@ class Counters:
         return Applied((state or 0) + command[1])
 
     def write(self, key: str, state: int | None, applied: dict[int, int], timestamp: int) -> Any:
-        return ("write", key, state, dict(applied), timestamp)
+        return Stmt("write", key, state, dict(applied), timestamp)
 
     def update(self, key: str, before: Stored[int], state: int | None, applied: dict[int, int]) -> Any:
-        return ("update", key, before.seq, state, dict(applied))
+        return Stmt("update", key, before.seq, state, dict(applied))
 
     def record_rejections(self, key: str, rejected: list[Any]) -> list[Any]:
-        return [("reject", key, meta.offset) for _c, meta, _r in rejected]
+        return [Stmt("reject", key, meta.offset) for _c, meta, _r in rejected]
 
     def events(self, key: str, records: list[tuple[Any, RecordMetadata]]) -> list[Any]:
-        return [("event", key, meta.partition, meta.offset) for _cmd, meta in records]
+        return [Stmt("event", key, meta.partition, meta.offset) for _cmd, meta in records]
 
     def index(self, key: str, records: list[tuple[Any, RecordMetadata]]) -> list[Any]:
-        return [("index", key)]
+        return [Stmt("index", key)]
 
     # -- the table ----------------------------------------------------------------------------------------
     def session(self) -> FakeSession:

@@ -148,10 +148,10 @@ def main() -> int:
         extra_rows = sum(d.times_logged - 1 for d in duplicates)
         print(f"== duplicates query: {len(duplicates)} events logged more than once ({extra_rows} extra rows)",
               flush=True)
-        report = store.rebuilder().run()
+        report = store.rebuilder(group=group, topic=topic).run()
         print(f"== compensation (rebuild from the distinct logged events): {report.examined} carts examined, "
               f"{report.rewritten} rewritten, {report.unchanged} already right", flush=True)
-        again = store.rebuilder().run()
+        again = store.rebuilder(group=group, topic=topic).run()
         expected = reference(commands)
         actual = dict(store.all_carts())
         wrong = [cid for cid, cart in expected.items() if actual.get(cid) != cart]

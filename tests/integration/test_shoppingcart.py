@@ -61,7 +61,7 @@ def test_the_dendrites_scenario(mode, topic_factory, kafka_bootstrap, group_id, 
     assert [e.payload["action"] for e in sorted(events, key=lambda e: e.order)] == [c.action for c in cmds]
     removal = [e for e in events if e.payload["action"] == "RemoveItem"]
     assert len(removal) == 2 and all(e.payload["count"] == 1 for e in removal)  # logged as a removal
-    assert store.rebuilder().run().rewritten == 0
+    assert store.rebuilder(group=group_id, topic=topic).run().rewritten == 0
 
 
 @pytest.mark.parametrize("mode,idempotent,batches", [("parallel", True, False), ("serial", False, False),
@@ -88,7 +88,7 @@ def test_an_interrupted_run_ends_exact(mode, idempotent, batches, topic_factory,
                "everything committed after the restart")
     flow.stop_and_wait()
     assert first + src.metrics.get("records_in") > 600, "some records were delivered twice"
-    report = store.rebuilder().run()
+    report = store.rebuilder(group=group_id, topic=topic).run()
     if idempotent:
         assert report.rewritten == 0  # exact without any repair
     expected = reference(commands)
