@@ -40,12 +40,5 @@ class Backoff:
             return None
         return base * (1 + rand() * self.random_factor)
 
-    def max_attempts(self) -> int:
-        """How many retries happen before giving up."""
-        attempt = 0
-        while self.base_delay(attempt) < self.max_delay:
-            attempt += 1
-        return attempt
-
     def with_(self, **changes: float) -> "Backoff":
         return replace(self, **changes)

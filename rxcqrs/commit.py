@@ -232,10 +232,6 @@ class CommitGate:
             return {tp: t.watermark if t.watermark is not None else (t.offsets[0] if t.offsets else None)
                     for tp, t in self._tracks.items()}
 
-    def committed(self) -> dict[TopicPartition, int | None]:
-        with self._lock:
-            return {tp: t.committed for tp, t in self._tracks.items()}
-
     def done_since_commit(self) -> int:
         with self._lock:
             return self._done_since_commit

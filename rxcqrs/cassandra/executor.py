@@ -29,17 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
 from rxcqrs.backoff import Backoff
+from rxcqrs.cassandra.keyed import KeyedQueue
 from rxcqrs.cassandra.outcomes import Outcome, classify
-from rxcqrs.exceptions import (
-    ConfigError,
-    NotAppliedError,
-    PermanentStageError,
-    RetriesExhaustedError,
-    StageError,
-    UnknownOutcomeError,
-)
+from rxcqrs.cassandra.retrying import abandoned, exhausted, permanent, retry_later
+from rxcqrs.exceptions import ConfigError, NotAppliedError, StageError, UnknownOutcomeError
 from rxcqrs.messages import Envelope
-from rxcqrs.timers import call_later
 
 __all__ = ["CassandraExecutor", "was_applied", "is_transient", "Job"]
 
@@ -83,6 +77,7 @@ class Job:
     attempt: int = 0
     phase: str = "run"  # "run", "resolve" or "record"
     unknown: BaseException | None = field(default=None, repr=False)
+    queued: bool = False  # started from the per-key queue (its key is released when it finishes)
 
     def count(self, name: str) -> None:
         if self.env is not None:
@@ -103,15 +98,11 @@ class CassandraExecutor:
         self.name = name
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"rxcqrs-{name}") if workers else None
         self._lock = threading.Condition()
-        self._pending: dict[Hashable, deque[Job]] = {}
-        self._ready: deque[Hashable] = deque()
-        self._busy: set[Hashable] = set()
-        self._running = 0
+        self._queue: KeyedQueue[Job] = KeyedQueue(max_concurrency)
         self._submitted = 0  # submitted and not finished
         self._abandoned = False
         self._local = threading.local()
         self.retries = 0
-        self.executed = 0
 
     # -- public -------------------------------------------------------------------------------------------
     def submit(self, env: Envelope[Any] | None, make: StatementFn, on_success: Callable[[Job, Any], None],
@@ -124,12 +115,9 @@ class CassandraExecutor:
         with self._lock:
             self._submitted += 1
             if self._abandoned:
-                self._running += 1
                 startable = [job]  # fails at once in _attempt
             else:
-                self._pending.setdefault(job.key, deque()).append(job)
-                if job.key not in self._busy and job.key not in self._ready:
-                    self._ready.append(job.key)
+                self._queue.put(job.key, job)
                 startable = self._take_startable()
         self._dispatch_all(startable)
 
@@ -147,13 +135,10 @@ class CassandraExecutor:
         the wire finish on their own. Returns how many jobs were still unfinished."""
         with self._lock:
             self._abandoned = True
-            waiting = [job for queue in self._pending.values() for job in queue]
-            self._pending.clear()
-            self._ready.clear()
+            waiting = self._queue.drain()
             unfinished = self._submitted
-            self._running += len(waiting)  # _finish decrements per job
         for job in waiting:
-            self._finish(job, None, StageError(f"{self.name}: abandoned at shutdown{job.where()}"))
+            self._finish(job, None, abandoned(self.name, job.where()))
         return unfinished
 
     def close(self, wait: bool = True) -> None:
@@ -163,20 +148,10 @@ class CassandraExecutor:
     # -- scheduling ---------------------------------------------------------------------------------------
     def _take_startable(self) -> list[Job]:
         """Under the lock: jobs that may start now (a free slot, their key not busy)."""
-        out = []
-        while self._running < self.max_concurrency and self._ready:
-            key = self._ready.popleft()
-            queue = self._pending.get(key)
-            if not queue:
-                self._pending.pop(key, None)
-                continue
-            job = queue.popleft()
-            if not queue:
-                del self._pending[key]
-            self._busy.add(key)
-            self._running += 1
-            out.append(job)
-        return out
+        started = [batch[0] for _key, batch in self._queue.take_ready()]
+        for job in started:
+            job.queued = True
+        return started
 
     def _dispatch_all(self, jobs: list[Job]) -> None:
         """Start jobs; a job that finishes synchronously (e.g. the session is closed) must not recurse into
@@ -203,7 +178,7 @@ class CassandraExecutor:
 
     def _attempt(self, job: Job) -> None:
         if self._abandoned:
-            self._finish(job, None, StageError(f"{self.name}: abandoned at shutdown{job.where()}"))
+            self._finish(job, None, abandoned(self.name, job.where()))
             return
         if job.phase == "resolve":
             self._resolve(job)
@@ -226,7 +201,6 @@ class CassandraExecutor:
 
     # -- outcomes -----------------------------------------------------------------------------------------
     def _rows(self, rows: Any, job: Job) -> None:
-        self.executed += 1
         if job.phase == "record":
             job.count("unknown_recorded")
             log.warning("%s: outcome unknown%s, recorded for the query side: %r", self.name, job.where(),
@@ -259,9 +233,7 @@ class CassandraExecutor:
             job.phase = "resolve"
             self._retry(job, error)
         else:
-            permanent = PermanentStageError(f"{self.name}: {error!r}{job.where()} cannot succeed by retrying")
-            permanent.__cause__ = error
-            self._finish(job, None, permanent)
+            self._finish(job, None, permanent(self.name, job.where(), error))
 
     def _resolve(self, job: Job) -> None:
         """On a worker: ask whether the unknown-outcome write took effect; act on the answer."""
@@ -290,23 +262,16 @@ class CassandraExecutor:
             self._finish(job, None, _unknown_error(self.name, job, job.unknown, "reading could not tell"))
 
     def _retry(self, job: Job, error: BaseException) -> None:
-        delay = self.backoff.delay(job.attempt)
-        if delay is None:
-            if job.phase != "run":
-                self._finish(job, None, _unknown_error(self.name, job, job.unknown or error,
-                                                       f"resolving it kept failing ({error!r})"))
-                return
-            exhausted = RetriesExhaustedError(
-                f"{self.name}: gave up{job.where()} after {job.attempt} retries (backoff reached its maximum "
-                f"{self.backoff.max_delay}s); last error: {error!r}")
-            exhausted.__cause__ = error
-            self._finish(job, None, exhausted)
-            return
-        job.attempt += 1
-        self.retries += 1
-        job.count("retries")
-        log.info("%s: retry %d (%s) in %.2fs after %r", self.name, job.attempt, job.phase, delay, error)
-        call_later(delay, lambda: self._dispatch_all([job]))
+        if retry_later(self.backoff, job.attempt, lambda: self._dispatch_all([job])):
+            job.attempt += 1
+            self.retries += 1
+            job.count("retries")
+            log.info("%s: retry %d (%s) after %r", self.name, job.attempt, job.phase, error)
+        elif job.phase != "run":
+            self._finish(job, None, _unknown_error(self.name, job, job.unknown or error,
+                                                   f"resolving it kept failing ({error!r})"))
+        else:
+            self._finish(job, None, exhausted(self.name, job.where(), job.attempt, error, self.backoff))
 
     def _finish(self, job: Job, rows: Any, error: BaseException | None) -> None:
         try:
@@ -322,10 +287,8 @@ class CassandraExecutor:
             log.exception("%s: completion callback failed", self.name)
         finally:
             with self._lock:
-                self._running -= 1
-                self._busy.discard(job.key)
-                if job.key in self._pending:
-                    self._ready.append(job.key)
+                if job.queued:
+                    self._queue.release(job.key)
                 startable = self._take_startable()
                 self._submitted -= 1
                 if self._submitted == 0:

@@ -211,10 +211,6 @@ class Committer:
         with self._lock:
             return self._records_committed
 
-    def committed_offsets(self) -> dict[TopicPartition, int]:
-        with self._lock:
-            return dict(self._committed)
-
     def started_at(self, tp: TopicPartition, position: int) -> None:
         """Where this source began on ``tp`` (the first offset it saw), so commits count records."""
         with self._lock:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from rxcqrs.examples.shoppingcart.domain import Cart, Command, fold
 
@@ -76,8 +76,3 @@ def dendrites_scenario(cart: uuid.UUID | None = None) -> tuple[list[Command], di
             Command("AddItem", cid, i2, 1), Command("SetOwner", cid, o1), Command("RemoveItem", cid, i1, 1),
             Command("RemoveItem", cid, i2, 1)]
     return cmds, ids
-
-
-def iter_batches(items: list[Command], size: int) -> Iterator[list[Command]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
