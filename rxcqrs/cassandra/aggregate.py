@@ -234,6 +234,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         self._stopped = False
         self._wake = threading.Event()
         self._restarts: deque[_Batch] = deque()  # batches that waited for an epoch, started by the dispatcher
+        self._handed: deque[Callable[[], None]] = deque()  # continuations handed over by driver callbacks
         self._fence_requests: queues.SimpleQueue[tuple[list[TopicPartition], int] | None] = queues.SimpleQueue()
         self._fencer: threading.Thread | None = None
         self._busy_threads = 0  # fence requests queued or being served, batches being dispatched, retries due
@@ -414,12 +415,16 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
 
     # -- dispatch -----------------------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
+        """The engine's worker: continuations of batches first (what the driver's callbacks handed over),
+        then new batches (after ``linger``, unless continuations are waiting: a poll's records gather)."""
         while True:
             self._wake.wait()
             if self._stopped:
                 return
-            time.sleep(self.linger)  # let a burst of records of one poll gather into batches
             self._wake.clear()
+            self._run_handed()
+            if self.linger and self._queue.startable and not self._handed:
+                time.sleep(self.linger)  # let a burst of records of one poll gather into batches
             with self._lock:
                 restarts, self._restarts = list(self._restarts), deque()
                 ready = self._queue.take_ready()
@@ -433,11 +438,32 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 with self._lock:
                     self._busy_threads -= 1
 
+    def _hand(self, step: Callable[[], None]) -> None:
+        """From a driver callback: run ``step`` on the engine's worker, so that the driver's event loop only
+        reads and writes the wire (decisions and statements are built elsewhere)."""
+        with self._lock:
+            self._handed.append(step)
+            self._busy_threads += 1  # until it ran (see quiet)
+        self._wake.set()
+
+    def _run_handed(self) -> None:
+        handed = self._handed
+        while handed:
+            step = handed.popleft()
+            try:
+                step()
+            except Exception:  # a step settles its own batch's errors; never let one stop the worker
+                log.exception("%s: a batch step failed", self.name)
+            finally:
+                with self._lock:
+                    self._busy_threads -= 1
+
     def quiet(self) -> bool:
         """Nothing to start, no epoch being taken, no retry due: whatever is still in flight waits for a
         request to Cassandra or for the group to confirm an epoch (what a test that drives both waits for)."""
         with self._lock:
-            return not self._queue.startable and not self._restarts and self._busy_threads == 0
+            return (not self._queue.startable and not self._restarts and not self._handed
+                    and self._busy_threads == 0)
 
     def _start(self, batch: _Batch) -> None:
         """Drop the records of revoked assignments; wait for the partition's epoch; fold from the cache, or read."""
@@ -508,7 +534,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         def errback(error: BaseException) -> None:
             self._failed(batch, error, sent=sent_is_unknown)
 
-        future.add_callbacks(on_rows, errback)
+        future.add_callbacks(lambda rows: self._hand(lambda: on_rows(rows)), errback)
 
     def _read(self, batch: _Batch, serial: bool = False) -> None:
         batch.step = "resolve" if serial else "read"
@@ -643,7 +669,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 left[0] -= 1
                 last = left[0] == 0 and not failed[0]
             if last:
-                then()
+                self._hand(then)
 
         def retry_all(error: BaseException, sent: bool = True) -> None:
             with lock:
