@@ -49,7 +49,7 @@ from rxcqrs.cassandra.outcomes import Outcome, classify
 from rxcqrs.cassandra.retrying import abandoned, exhausted, permanent, retry_later
 from rxcqrs.cassandra.statement_batches import group_statements
 from rxcqrs.exceptions import ConfigError, PermanentStageError, StageError, UnknownOutcomeError
-from rxcqrs.messages import Envelope, RecordMetadata, TopicPartition
+from rxcqrs.messages import Batch, Envelope, RecordMetadata, TopicPartition
 from rxcqrs.partitions import Assignments
 from rxcqrs.sink import SinkBase
 
@@ -181,6 +181,50 @@ def _then(step_done: Callable[[_Batch, str], None], batch: _Batch, step: str) ->
     return lambda: step_done(batch, step)
 
 
+class _BatchShare:
+    """What a source batch's records share in the engine: its ticket, settled once every record is done (acked
+    once all are, nacked at the first failure)."""
+
+    __slots__ = ("ticket", "_left", "_lock")
+
+    def __init__(self, ticket: Any, records: int) -> None:
+        self.ticket = ticket
+        self._left = records
+        self._lock = threading.Lock()
+
+    def done(self) -> None:
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self.ticket.ack()
+
+    def failed(self, error: BaseException) -> None:
+        self.ticket.nack(error)  # a ticket settles once: later records' settles are ignored
+
+    def live(self) -> bool:
+        return bool(self.ticket.live())
+
+
+class _Record:
+    """A record of a source batch, as the engine handles it: an envelope's shape (value, meta, ticket, ack,
+    nack, count) without a ticket of its own."""
+
+    __slots__ = ("value", "meta", "ticket")
+
+    def __init__(self, value: Any, meta: RecordMetadata, share: _BatchShare) -> None:
+        self.value, self.meta, self.ticket = value, meta, share
+
+    def ack(self) -> None:
+        self.ticket.done()
+
+    def nack(self, error: BaseException) -> None:
+        self.ticket.failed(error)
+
+    def count(self, name: str, amount: int = 1) -> None:
+        self.ticket.ticket.count(name, amount)
+
+
 def _same_partition(first: Envelope[Any], item: Envelope[Any]) -> bool:
     return item.meta.partition == first.meta.partition and item.meta.topic == first.meta.topic
 
@@ -223,7 +267,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         self.name = name
         aggregate.prepare()  # blocking: here, never on a driver callback thread
         self._lock = threading.Lock()
-        self._queue: KeyedQueue[Envelope[Any]] = KeyedQueue(max_concurrency, max_batch, _same_partition)
+        self._queue: KeyedQueue[Any] = KeyedQueue(max_concurrency, max_batch, _same_partition)  # envelopes, _Records
         self._cache: OrderedDict[Hashable, tuple[Stored[Any], TopicPartition, int | None]] = OrderedDict()
         self._assignments: dict[TopicPartition, _Assignment] = {}
         self._requests = 0
@@ -396,7 +440,16 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             self._finish(batch, error if isinstance(error, StageError) else StageError(f"{self.name}: {error!r}"))
 
     # -- intake (the poll thread) -------------------------------------------------------------------------
+    @property
+    def takes_batches(self) -> bool:
+        """A source's :class:`~rxcqrs.messages.Batch` is taken whole (its ticket settled once every record's
+        writes succeeded), unless records are handed on (``then``: the serial flow passes envelopes)."""
+        return self.then is None
+
     def on_next(self, env: Envelope[C]) -> None:
+        if type(env) is Batch:
+            self._take_batch(env)
+            return
         try:
             key = self.aggregate.key(env.value)
         except Exception as exc:
@@ -410,6 +463,32 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         if refused:
             env.nack(abandoned(self.name, f" on {env.meta}"))
             self._end()
+            return
+        self._wake.set()
+
+    def _take_batch(self, batch: Batch[C]) -> None:
+        """One queue item per record (its share of the batch's ticket); a record without a key fails the batch."""
+        share = _BatchShare(batch.ticket, len(batch))
+        key_of, of = self.aggregate.key, RecordMetadata.of
+        items = []
+        for value, record in zip(batch.values, batch.records, strict=True):
+            meta = of(record)
+            try:
+                items.append((key_of(value), _Record(value, meta, share)))
+            except Exception as exc:
+                batch.nack(PermanentStageError(f"{self.name}: no entity key for {meta}: {exc!r}"))
+                return
+        self._begin(len(items))
+        with self._lock:
+            refused = self._abandoned
+            if not refused:
+                put = self._queue.put
+                for key, item in items:
+                    put(key, item)
+        if refused:
+            batch.nack(abandoned(self.name, f" on {batch.meta}"))
+            for _ in items:
+                self._end()
             return
         self._wake.set()
 

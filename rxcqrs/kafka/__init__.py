@@ -10,7 +10,8 @@ This is the one place it is written down; every other docstring refers here.
   up to the first asynchronous stage run on it, one record (or, with ``SourceSettings(batches=True)``, one
   batch of a partition's records) at a time. It asks the
   :class:`~rxcqrs.kafka.committer.Committer` what to commit (``maybe_commit``), how to react to failures
-  (``check_failures``, ``finish_rewinds``) and which partitions to hold back (``held``).
+  (``check_failures``, ``finish_rewinds``) and which partitions to hold back (``held``), and it answers
+  ownership checks (:mod:`rxcqrs.kafka.ownership`: a re-commit that a fenced-out member cannot make).
 * **Ack threads**: a record's ticket is settled (ack or nack) from whatever thread finished it: the
   Cassandra driver's event loop, a Kafka producer's delivery thread, a worker pool, or the poll thread
   itself. Settling touches only the thread-safe :class:`~rxcqrs.commit.CommitGate`, which wakes the poll
@@ -20,6 +21,11 @@ This is the one place it is written down; every other docstring refers here.
   thread inside ``poll``. They call only the Committer's ``revoked``/``assigned``/``lost``, which touch
   only the gate and the Committer's lock-protected commit record, never the poll thread's buffers: records
   of a revoked partition that are still buffered carry an old epoch and are dropped when their turn comes.
+  Stages that watch partitions (:mod:`rxcqrs.partitions`) are told from the same callbacks and only queue
+  work for their own threads.
+* **The command engine** (:class:`~rxcqrs.cassandra.AggregateSink`) has a worker thread that starts batches
+  and runs every step the driver's callbacks hand it (the driver's event loop only reads and writes the
+  wire), and a fencer thread that takes epochs with blocking round trips; neither touches the consumer.
 * **The liveness watchdog** (one thread per source) only watches the clock of the poll thread's current
   client call. When a call hangs it calls the client's ``interrupt()``, the single exception to "only the
   poll thread touches the client": it breaks the call (kafka-python: stops its network loop) so that the

@@ -6,7 +6,7 @@ from typing import Any, Callable, Literal, Protocol, TypeVar
 from reactivex import Observable, abc
 
 from rxcqrs.exceptions import ConfigError, PoisonRecordError
-from rxcqrs.messages import Envelope, OutgoingRecord
+from rxcqrs.messages import Batch, Envelope, OutgoingRecord
 from rxcqrs.operators._envelope import emit, envelope_operator
 
 __all__ = ["decode_", "DeadLetters", "Decoder"]
@@ -70,4 +70,27 @@ def decode_(decoder: Decoder[T] | Callable[[bytes | None], T], *, require_uuid_k
             return
         emit(observer, env.with_value(value))
 
-    return envelope_operator(handle, "decode")
+    def handle_batch(batch: Batch[Any], observer: abc.ObserverBase[Any], one: Callable[[Envelope[Any]], None]
+                     ) -> None:
+        """A batch whose every record decodes goes on whole; one with poison goes on as single records (the
+        poison ones dead-lettered or nacked, as above)."""
+        try:
+            if require_uuid_key:
+                for record in batch.records:
+                    _uuid_key(record.key)
+            values = [decode(value) for value in batch.values]
+        except Exception:
+            for env in batch.envelopes():
+                one(env)
+            return
+        emit(observer, batch.with_values(values))
+
+    return envelope_operator(handle, "decode", handle_batch)
+
+
+def _uuid_key(key: bytes | None) -> None:
+    import uuid
+
+    if key is None:
+        raise PoisonRecordError("no key")
+    uuid.UUID(key.decode("utf-8"))

@@ -258,3 +258,33 @@ def test_a_crash_after_any_step_and_a_redelivery_lose_nothing(protocol: str, cra
                                                           for env in envelopes(commands)}
     assert counters.rejections == {(env.value[0], env.meta.offset) for env in envelopes(commands) if env.value[1] < 0}
     assert counters.indexed == set(fold(commands))
+
+
+def _batch(commands: list[tuple[str, int]], partition: int, settled: list[Any]) -> Any:
+    from rxcqrs.acks import Ticket
+    from rxcqrs.messages import Batch
+    from rxcqrs.testing import FakeRecord
+
+    records = [FakeRecord("t", partition, offset, 0, 0, b"k", None) for offset in range(len(commands))]
+    return Batch(list(commands), records, Ticket(settled.append))
+
+
+def test_a_source_batch_is_taken_whole_and_settled_once_when_every_record_is_written() -> None:
+    counters = Counters()
+    sink = engine(counters, linger=0.02)
+    assert sink.takes_batches
+    settled: list[Any] = []
+    commands = [(f"e{i % 4}", i) for i in range(40)]
+    sink.on_next(_batch(commands, 0, settled))
+    sink.on_completed()
+    assert settled == [None] and {e: counters.state(e) for e in fold(commands)} == fold(commands)
+    assert len(counters.logged) == 40
+
+
+def test_a_failure_of_one_entity_fails_its_source_batch_once() -> None:
+    counters = Counters(fault=lambda s: "permanent" if s[0] == "write" and s[1] == "e2" else None)
+    sink = engine(counters, linger=0.02)
+    settled: list[Any] = []
+    sink.on_next(_batch([(f"e{i % 4}", i) for i in range(20)], 0, settled))
+    sink.on_completed()
+    assert len(settled) == 1 and isinstance(settled[0], PermanentStageError)

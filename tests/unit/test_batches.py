@@ -166,3 +166,40 @@ def test_a_source_emits_batches_only_when_asked(batches: bool) -> None:
     wait_until(lambda: source.committer.records_committed() == 10, 10, "committed")
     flow.stop_and_wait()
     assert {type(item) for item in seen} == ({Batch} if batches else {Envelope})
+
+
+def test_decode_takes_a_clean_batch_whole_and_a_batch_with_poison_as_single_records() -> None:
+    import uuid
+
+    from rxcqrs.operators import DeadLetters, decode
+
+    key = str(uuid.uuid4()).encode()
+    seen: list[Any] = []
+    dead: list[Any] = []
+
+    class Letters:
+        def on_next(self, env: Any) -> None:
+            dead.append(env.value)
+            env.ack()
+
+    def upper(data: bytes | None) -> bytes:
+        if data == b"poison":
+            raise ValueError("not a word")
+        return (data or b"").upper()
+
+    op = decode(upper, require_uuid_key=True, dead_letters=DeadLetters(Letters()))  # type: ignore[arg-type]
+    assert takes_batches(op)
+    clean: list[Any] = []
+    good = Batch([b"a", b"b"], [Rec("src", 0, i, 0, key, v) for i, v in enumerate([b"a", b"b"])], Ticket(clean.append))
+    mixed: list[Any] = []
+    values = [b"c", b"poison", b"d"]
+    bad = Batch(values, [Rec("src", 0, 2 + i, 0, key, v) for i, v in enumerate(values)], Ticket(mixed.append))
+    from reactivex import from_iterable
+
+    from_iterable([good, bad]).pipe(op).subscribe(seen.append)
+    assert type(seen[0]) is Batch and seen[0].values == [b"A", b"B"]
+    assert [(type(e).__name__, e.value) for e in seen[1:]] == [("Envelope", b"C"), ("Envelope", b"D")]
+    assert [r.value for r in dead] == [b"poison"]
+    for item in seen:
+        item.ack()
+    assert clean == [None] and mixed == [None]
