@@ -30,6 +30,7 @@ __all__ = [
     "NotAppliedError",
     "DeliveryError",
     "FlowError",
+    "DrainTimeoutError",
     "IdentifierError",
 ]
 
@@ -136,6 +137,11 @@ class DeliveryError(StageError):
 
 class FlowError(RxCqrsError):
     """A running flow failed (the cause is attached)."""
+
+
+class DrainTimeoutError(FlowError):
+    """A stopping flow's drain ran out of time: what is still in flight is abandoned at once (not acked, so
+    delivered again after a restart)."""
 
 
 class TopicNotFoundError(FlowError):

@@ -4,8 +4,9 @@ A sink is a reactivex observer. It settles each envelope it receives (ack on suc
 from whatever thread its driver calls back on, and never lets ``on_completed`` return while requests are
 still in flight (dendrites loses them): each request is bounded by the sink's own retries and timeouts.
 ``on_error`` is how a stopping source ends a flow whose drain ran out of time (an outage, say): the sink
-then waits at most ``abandon_timeout`` seconds and abandons what is left, which stays uncommitted and is
-delivered again after a restart. So no shutdown waits without a deadline.
+then abandons what is left at once (after any other upstream error it waits at most ``abandon_timeout``
+seconds first); what is abandoned stays uncommitted and is delivered again after a restart. So no shutdown
+waits without a deadline.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import threading
 from typing import Any
 
 from reactivex import abc
+
+from rxcqrs.exceptions import DrainTimeoutError
 
 __all__ = ["SinkBase"]
 
@@ -82,10 +85,11 @@ class SinkBase(abc.ObserverBase[Any]):
 
     def on_error(self, error: Exception) -> None:
         self.upstream_error = error
-        if not self.wait_idle(self.abandon_timeout):
+        # a drain that ran out of time already waited: abandon at once, so a shutdown keeps its deadline
+        wait = 0.0 if isinstance(error, DrainTimeoutError) else self.abandon_timeout
+        if not self.wait_idle(wait):
             log.warning("%s: %d requests still in flight %.0fs after the flow failed; abandoned (they were not "
-                        "acked, so they are delivered again)", type(self).__name__, self.in_flight,
-                        self.abandon_timeout)
+                        "acked, so they are delivered again)", type(self).__name__, self.in_flight, wait)
             self.abandon()
         self.close()
         self.completed.set()

@@ -14,6 +14,7 @@ from reactivex import Observable, abc
 from rxcqrs.backoff import Backoff
 from rxcqrs.cassandra.executor import CassandraExecutor, Job, was_applied
 from rxcqrs.cassandra.stage import OrderBy, order_key
+from rxcqrs.exceptions import DrainTimeoutError
 from rxcqrs.messages import Envelope
 from rxcqrs.sink import SinkBase
 
@@ -35,7 +36,8 @@ def statement_results(session: Any, make: Callable[[Envelope[Any]], Callable[[],
     envelope, what the executor uses when a write's outcome is unknown.
 
     On upstream completion it waits for every job; on an upstream error (a source stopping with records still
-    in flight) it waits at most ``SinkBase.abandon_timeout`` and abandons the rest (they stay uncommitted)."""
+    in flight) it waits at most ``SinkBase.abandon_timeout`` (after a drain that ran out of time: not at all)
+    and abandons the rest (they stay uncommitted)."""
 
     def _op(source: Observable[Envelope[Any]]) -> Observable[Envelope[Any]]:
         def subscribe(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None = None
@@ -77,7 +79,7 @@ def statement_results(session: Any, make: Callable[[Envelope[Any]], Callable[[],
             def finish(kind: str, value: Any) -> None:
                 if kind == "completed":
                     executor.wait_idle()
-                elif not executor.wait_idle(SinkBase.abandon_timeout):
+                elif not executor.wait_idle(0.0 if isinstance(value, DrainTimeoutError) else SinkBase.abandon_timeout):
                     executor.abandon()
                 executor.close(wait=kind == "completed")
                 outbox.put((kind, value))

@@ -33,7 +33,7 @@ import reactivex
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
-from rxcqrs.exceptions import FlowError, GroupMovedOnError, TopicNotFoundError
+from rxcqrs.exceptions import DrainTimeoutError, FlowError, GroupMovedOnError, TopicNotFoundError
 from rxcqrs.kafka.client import ConsumerClient, Record
 from rxcqrs.kafka.committer import Committer
 from rxcqrs.kafka.liveness import Watchdog
@@ -331,7 +331,7 @@ class KafkaSource:
                 if self._stop_mode == "now" or in_flight == 0:
                     return
                 if time.monotonic() >= self._stop_deadline:
-                    self._stop_error = self._stop_error or FlowError(
+                    self._stop_error = self._stop_error or DrainTimeoutError(
                         f"drain of {self.name} timed out with {in_flight} records in flight; they were not "
                         "committed and will be delivered again")
                     return

@@ -43,6 +43,8 @@ def _session(args: argparse.Namespace) -> Iterator[Any]:
         closing = threading.Thread(target=session.cluster.shutdown, name="cassandra-shutdown", daemon=True)
         closing.start()
         closing.join(SHUTDOWN_TIMEOUT)
+        if closing.is_alive():  # its worker threads would hold the interpreter's exit too: leave without them
+            args.exit_at_once = True
 
 
 def produce(args: argparse.Namespace) -> int:
@@ -391,7 +393,12 @@ def execute(args: argparse.Namespace, prog: str) -> int:
                                   serial_consistency=getattr(args, "serial_consistency", None),
                                   local_dc=getattr(args, "local_dc", None),
                                   write_protocol=getattr(args, "write_protocol", None))
-        return int(args.run(args))
+        code = int(args.run(args))
+        if getattr(args, "exit_at_once", False):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     except RxCqrsError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
