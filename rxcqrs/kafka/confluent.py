@@ -232,6 +232,11 @@ class ConfluentConsumer:
         request = [ConsumerGroupTopicPartitions(group, [_ctp(tp) for tp in tps])]
         found = self._admin_call(lambda admin: admin.list_consumer_group_offsets(request, request_timeout=timeout)[
             group].result(timeout))
+        failed = [p for p in found.topic_partitions if p.error is not None]
+        if failed:  # an error is not "nothing committed": never read it as None
+            from confluent_kafka import KafkaException
+
+            raise KafkaException(failed[0].error)
         return {_tp(p): (None if p.offset < 0 else int(p.offset)) for p in found.topic_partitions}
 
     def group_size(self, timeout: float) -> int | None:

@@ -28,6 +28,8 @@ DEFAULT_GROUP = "shoppingcart"
 DEFAULT_KEYSPACE = "shoppingcart"
 #: seconds the Cassandra driver gets to shut down before the process exits without it
 SHUTDOWN_TIMEOUT = 2.0
+#: seconds after the drain timeout that a stopping consumer leaves at the latest, whatever still waits
+EXIT_MARGIN = 4.5
 
 
 @contextmanager
@@ -119,6 +121,11 @@ def _consume(args: argparse.Namespace, session: Any) -> int:
     def stop(signum: int, _frame: Any) -> None:
         progress.message(f"signal {signum}: draining (at most {args.drain_timeout:g}s)")
         flow.stop()
+        # the process ends within the drain timeout and a few seconds, whatever the clients do after it:
+        # nothing that is not done was committed, so leaving loses nothing (it is delivered again)
+        deadline = threading.Timer(args.drain_timeout + EXIT_MARGIN, _leave_now, args=(args.drain_timeout,))
+        deadline.daemon = True
+        deadline.start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -135,6 +142,14 @@ def _consume(args: argparse.Namespace, session: Any) -> int:
             server.shutdown()
     dead_letter_sink.on_completed()
     return _report(flow, source, store)
+
+
+def _leave_now(drain_timeout: float) -> None:
+    print(f"rxcqrs cart: error: the shutdown took longer than the drain timeout ({drain_timeout:g}s) and "
+          f"{EXIT_MARGIN:g}s more; leaving without waiting for the clients (records not committed are delivered "
+          "again)", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
 
 
 def _report(flow: Any, source: Any, store: Any) -> int:
