@@ -21,7 +21,7 @@ from rxcqrs.kafka import ProducerSettings, committed_offsets, create_topics, end
 from rxcqrs.kafka.admin import group_size, read_topic
 from rxcqrs.messages import OutgoingRecord
 from tests.faults.conftest import CARTS, COMMANDS, PARTITIONS, Consumer, Figures, Servers, names
-from tests.helpers import wait_until
+from tests.helpers import free_ports, wait_until
 
 __all__ = ["Scenario", "fold_topic", "pause", "zombie"]
 
@@ -196,7 +196,8 @@ def zombie(servers: Servers, run: Scenario) -> None:
 
     session_timeout = ConsumerSettings(group_id="x").session_timeout_ms / 1000
     assert run.published <= 0.4, "the rest is published as a stream once the group is stable"
-    first = run.consumer("--stop-when-idle", "5")
+    metrics_port = free_ports(1)[0]
+    first = run.consumer("--stop-when-idle", "5", "--metrics-port", str(metrics_port))
     second = run.consumer("--stop-when-idle", "5")
     bootstrap = servers.bootstrap
 
@@ -209,11 +210,12 @@ def zombie(servers: Servers, run: Scenario) -> None:
     wait_until(lambda: group_size(run.group, bootstrap_servers=bootstrap) == 2, 120, "both members in the group")
     joined = committed_offsets(run.group, run.topic, bootstrap_servers=bootstrap)
     wait_until(lambda: every_partition_past(joined), 120, "every partition worked on")
-    stream = run.trickle()  # the rest as a steady stream: the member frozen below has records in flight
-    run.wait_committed(run.published + 0.15, first)
-    assert second.proc.poll() is None
+    stream = run.trickle(per_second=300)  # the rest as a steady stream, so the member has records in flight
+    run.wait_committed(run.published + 0.1, first)
+    # freeze it the moment it has records in flight (its own figures, read from its metrics endpoint)
+    in_flight_when_frozen = wait_until(lambda: _in_flight(metrics_port) or None, 120, "records in flight")
     os.killpg(first.proc.pid, signal.SIGSTOP)
-    frozen, lines_at_freeze = time.monotonic(), len(first.lines)
+    frozen = time.monotonic()
     try:
         frozen_at = run.committed()
         pause(session_timeout + 2)  # the length of the freeze: past the member's session timeout
@@ -224,7 +226,6 @@ def zombie(servers: Servers, run: Scenario) -> None:
     finally:
         os.killpg(first.proc.pid, signal.SIGCONT)
     stream.join(300)
-    in_flight_when_frozen = _last_in_flight(first.lines[:lines_at_freeze])
     thawed_after = round(time.monotonic() - frozen, 1)
     run.finish(second)
     run.finish(first)
@@ -237,9 +238,11 @@ def zombie(servers: Servers, run: Scenario) -> None:
     assert figures.unknown_outcomes == 0
 
 
-def _last_in_flight(lines: list[str]) -> int | None:
-    """The in-flight count of the last progress line among ``lines``."""
+def _in_flight(port: int) -> int:
+    """A consumer's records in flight, read from its Prometheus endpoint (``--metrics-port``)."""
     import re
+    import urllib.request
 
-    found = re.findall(r"in-flight +(\d+)/", "\n".join(lines))
-    return int(found[-1]) if found else None
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        found = re.search(r"^rxcqrs_in_flight (\S+)$", answer.read().decode(), re.MULTILINE)
+    return int(float(found.group(1))) if found else 0
