@@ -92,10 +92,11 @@ def fault_servers(services_settings: ServicesSettings, tmp_path_factory: pytest.
         services.down(settings=settings, wipe=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster_servers(services_settings: ServicesSettings, tmp_path_factory: pytest.TempPathFactory
                     ) -> Iterator[Servers]:
-    """Three Kafka and three Cassandra nodes on 127.0.0.1-3 (replication 3), own home and ports."""
+    """Three Kafka and three Cassandra nodes on 127.0.0.1-3 (replication 3), own home and ports; stopped after
+    the module that uses them, so the rest of the suite does not share the cores with six idle servers."""
     hosts = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
     k, kc, c, cs = free_ports(4, hosts)
     settings = ServicesSettings(home=tmp_path_factory.mktemp("cluster") / "home", jars=services_settings.jar_cache,
