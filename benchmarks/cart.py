@@ -241,11 +241,11 @@ def rxcqrs_mode(session: Any, topic: str, ks: str, total: int, mode: str, idempo
 
 def example_source(topic: str, group: str) -> Any:
     """A KafkaSource as ``cart consume`` makes it (:mod:`rxcqrs.examples.shoppingcart.tuning`)."""
-    from rxcqrs.examples.shoppingcart.tuning import MAX_POLL_RECORDS, PREFETCH, WINDOW
+    from rxcqrs.examples.shoppingcart.tuning import BATCHES, MAX_POLL_RECORDS, PREFETCH, WINDOW
     from rxcqrs.kafka import ConsumerSettings, KafkaSource, SourceSettings
 
     return KafkaSource(topic, ConsumerSettings(group_id=group, max_poll_records=MAX_POLL_RECORDS),
-                       SourceSettings(max_in_flight=WINDOW, prefetch=PREFETCH))
+                       SourceSettings(max_in_flight=WINDOW, prefetch=PREFETCH, batches=BATCHES))
 
 
 def _wait(condition: Callable[[], bool], timeout: float) -> None:

@@ -48,9 +48,9 @@ class SinkBase(abc.ObserverBase[Any]):
         with self._count_lock:
             self._in_flight += n
 
-    def _end(self) -> None:
+    def _end(self, n: int = 1) -> None:
         with self._count_lock:
-            self._in_flight -= 1
+            self._in_flight -= n
             wake = self._in_flight == 0 and self._idle_waiters
         if wake:  # a waiter registered before it looked at the count: it holds or waits on the condition
             with self._idle:

@@ -1,7 +1,8 @@
 """AggregateSink: the command engine. An entity's waiting commands are folded together and written once.
 
 The commands of one entity that wait together (a *batch*, one partition's records of one key) are decided
-over the entity's state, and the result is written in four steps, each only after the one before succeeded:
+over the entity's state, and the result is written in four steps, each only after the one before succeeded
+(the last two at once):
 
 1. **rejections**: the rows recording commands that were refused (idempotent, keyed by event id);
 2. **state**: the entity's new state with the source offsets it has applied (partition -> highest offset):
@@ -10,7 +11,8 @@ over the entity's state, and the result is written in four steps, each only afte
    * ``"conditional"``: a lightweight transaction ``IF seq = ?``; a conflict reads and folds again, an
      unknown outcome is resolved by a serial read of whether the entity recorded the batch's offsets;
 3. **events**: every delivery logged (redeliveries included), as unlogged batches per partition;
-4. **index**: what the event log's readers need to find the events (its bucket index).
+4. **index**: what the event log's readers need to find the events (its bucket index). Steps 3 and 4 are
+   idempotent and written again on every delivery, so they need no order between them.
 
 A crash after any step leaves the records uncommitted; their redelivery finds them applied (``applied``),
 skips the decision and writes steps 3 and 4 again; the rejections of step 1 were written before the state
@@ -63,6 +65,8 @@ C = TypeVar("C")
 
 #: the write steps of a batch, in order
 STEPS = ("rejections", "state", "events", "index")
+#: steps sent together once the state is written: each is idempotent and written again on every delivery
+_LOG_STEPS = frozenset({"events", "index"})
 
 
 @dataclass(frozen=True)
@@ -192,9 +196,9 @@ class _BatchShare:
         self._left = records
         self._lock = threading.Lock()
 
-    def done(self) -> None:
+    def done(self, records: int = 1) -> None:
         with self._lock:
-            self._left -= 1
+            self._left -= records
             last = self._left == 0
         if last:
             self.ticket.ack()
@@ -223,6 +227,14 @@ class _Record:
 
     def count(self, name: str, amount: int = 1) -> None:
         self.ticket.ticket.count(name, amount)
+
+
+def _live(ticket: Any, seen: dict[int, bool]) -> bool:
+    """Whether ``ticket``'s assignment is current, asked once per ticket (``seen``)."""
+    known = seen.get(id(ticket))
+    if known is None:
+        known = seen[id(ticket)] = bool(ticket.live())
+    return known
 
 
 def _same_partition(first: Envelope[Any], item: Envelope[Any]) -> bool:
@@ -487,8 +499,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                     put(key, item)
         if refused:
             batch.nack(abandoned(self.name, f" on {batch.meta}"))
-            for _ in items:
-                self._end()
+            self._end(len(items))
             return
         self._wake.set()
 
@@ -546,9 +557,10 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
 
     def _start(self, batch: _Batch) -> None:
         """Drop the records of revoked assignments; wait for the partition's epoch; fold from the cache, or read."""
-        live = [env for env in batch.envelopes if env.ticket.live()]
+        alive: dict[int, bool] = {}  # per ticket (a source batch's records share one)
+        live = [env for env in batch.envelopes if _live(env.ticket, alive)]
         if len(live) < len(batch.envelopes):
-            stale = [env for env in batch.envelopes if not env.ticket.live()]
+            stale = [env for env in batch.envelopes if not _live(env.ticket, alive)]
             batch.envelopes = live
             for env in stale:  # their settle is ignored by the gate: the record is delivered again
                 env.count("stale_dropped")
@@ -688,11 +700,14 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         self._next_step(batch, "read")
 
     def _next_step(self, batch: _Batch, done: str) -> None:
-        """Run the step after ``done`` (``"read"``: the batch was just decided)."""
-        order = ("read", *self.steps)
-        for step in order[order.index(done) + 1:]:
-            batch.step, batch.attempt = step, 0
+        """Run the step after ``done`` (``"read"``: the batch was just decided); the event log's steps go at once."""
+        steps = self.steps
+        i = 0 if done == "read" else steps.index(done) + 1
+        while i < len(steps):
+            step, i = steps[i], i + 1
+            batch.attempt = 0
             if step == "state":
+                batch.step = step
                 if batch.state_write is None:
                     continue
                 if not self.fenced:
@@ -700,8 +715,13 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                     return
                 statements = [batch.state_write]
             else:
+                parts = [step]
+                while step in _LOG_STEPS and i < len(steps) and steps[i] in _LOG_STEPS:
+                    step, i = steps[i], i + 1
+                    parts.append(step)
+                batch.step = step
                 try:
-                    statements = self._statements(batch, step)
+                    statements = [s for part in parts for s in self._statements(batch, part)]
                 except Exception as exc:
                     self._finish(batch, PermanentStageError(f"{self.name}: {exc!r}{batch.where()}"))
                     return
@@ -827,13 +847,21 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
 
     def _finish(self, batch: _Batch, error: BaseException | None) -> None:
         then = self.then
+        shares: dict[_BatchShare, int] = {}  # a source batch's records: its share settled once per engine batch
         for env in batch.envelopes:
-            if error is not None:
+            if type(env) is _Record and then is None:
+                shares[env.ticket] = shares.get(env.ticket, 0) + 1
+            elif error is not None:
                 env.nack(error)
             elif then is None:
                 env.ack()
             else:
                 then(env)
+        for share, records in shares.items():
+            if error is None:
+                share.done(records)
+            else:
+                share.failed(error)
         if error is not None:
             with self._lock:
                 self._cache.pop(batch.key, None)
@@ -844,8 +872,8 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         with self._lock:
             following = self._queue.release(batch.key, chain=not self._abandoned)
             wake = following is None and self._queue.items > 0
-        for _ in settled:
-            self._end()
+        if settled:
+            self._end(len(settled))
         if following is not None:
             self._start(_Batch(batch.key, following))
         elif wake:

@@ -48,4 +48,7 @@ def group_statements(statements: list[Any], rows: int = 100, size: int = 40_000)
 def statement_size(statement: Any) -> int:
     """Roughly the bytes a bound statement sends (its serialized values)."""
     values = getattr(statement, "values", None) or ()
-    return 64 + sum(len(v) if isinstance(v, (bytes, bytearray)) else 16 for v in values)
+    try:
+        return 64 + sum(map(len, filter(None, values)))  # serialized values: bytes, or None (null)
+    except TypeError:  # a value the driver did not serialize (e.g. UNSET_VALUE)
+        return 64 + sum(len(v) if isinstance(v, (bytes, bytearray)) else 16 for v in values)

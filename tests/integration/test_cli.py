@@ -38,7 +38,7 @@ def test_every_command_has_help_with_defaults(args: list[str]) -> None:
     assert result.returncode == 0 and "usage: rxcqrs" in result.stdout, result.stderr
     if args[-1:] == ["consume"]:
         assert f"(default: {WINDOW})" in result.stdout and "--kafka-backend" in result.stdout
-        assert "--no-prefetch" in result.stdout and "--batches" in result.stdout
+        assert "--no-prefetch" in result.stdout and "--no-batches" in result.stdout
 
 
 def test_version_and_verbose_anywhere() -> None:

@@ -106,7 +106,7 @@ def test_the_cli_produce_consume_show_duplicates_compensate(topic_factory, group
                         "--partitions", "4")
     assert produced.returncode == 0 and "produced 200 commands for 5 carts" in produced.stdout, produced.stderr
     consumed = cart_cli("consume", "--topic", topic, "--group", group_id, "--keyspace", keyspace, "--mode", "serial",
-                        "--stop-when-idle", "2", "--progress-every", "0.5", "--create-schema", "--batches")
+                        "--stop-when-idle", "2", "--progress-every", "0.5", "--create-schema", "--no-batches")
     assert consumed.returncode == 0, consumed.stdout + consumed.stderr
     assert "idle for 2s" in consumed.stdout and "done: 200 records, 200 acked" in consumed.stdout
     assert "in-flight" in consumed.stdout and "committed" in consumed.stdout  # the progress display

@@ -18,7 +18,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
-from rxcqrs.examples.shoppingcart.tuning import MAX_POLL_RECORDS, PREFETCH, WINDOW
+from rxcqrs.examples.shoppingcart.tuning import BATCHES, MAX_POLL_RECORDS, PREFETCH, WINDOW
 from rxcqrs.exceptions import RxCqrsError
 
 __all__ = ["main", "consume"]
@@ -358,10 +358,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     c.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=PREFETCH,
                    help="poll again while earlier records are still in flight (bounded by --window); "
                         "--no-prefetch: each window is settled before the next poll")
-    c.add_argument("--batches", action="store_true",
+    c.add_argument("--batches", action=argparse.BooleanOptionalAction, default=BATCHES,
                    help="the source emits each partition's polled records as one batch (one ticket, one commit-gate "
-                        "entry); stages that take batches handle them whole, the others get single records (this "
-                        "pipeline decodes first, so here it saves little; it pays in Kafka -> Kafka flows)")
+                        "entry), taken whole by the decoder and the batched command engine; --no-batches: record by "
+                        "record (the same results; more CPU per record)")
     c.add_argument("--progress-every", type=INTERVAL, default=1.0, metavar="SECONDS",
                    help="progress interval (a panel on a terminal, a line per interval otherwise)")
     c.add_argument("--metrics-port", type=_checked(int, lambda v: 0 < v < 65536, "a port number"), default=None,
