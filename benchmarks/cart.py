@@ -5,9 +5,11 @@ thread, the clients' native ones included) per command.
 Hand-written contenders (confluent-kafka, the fastest client, + the cassandra-driver; the same tables and
 statements as CartStore):
 
-* ``hand cart-batched, conditional``: polls of 2,000; per cart one conditional write (``IF seq = ?``)
-  advancing the state by every command of the poll (cached state, read only on a miss or a conflict); the
-  poll's events as unlogged batches; commit after each poll. The design rxcqrs' batched mode follows.
+* ``hand cart-batched, conditional``: polls of 2,000; the poll's refused commands recorded first (an
+  unlogged batch per cart, as rxcqrs records them before the state); per cart one conditional write
+  (``IF seq = ?``) advancing the state by every command of the poll (cached state, read only on a miss or a
+  conflict); the poll's events as unlogged batches; commit after each poll. The design rxcqrs' batched mode
+  follows.
 * ``hand cart-batched, fenced``: the same loop with one epoch taken at the start and a plain
   ``INSERT ... USING TIMESTAMP epoch * 2**40 + offset`` per cart per poll instead of the conditional write.
 * ``hand per-command``: per cart in order, 32 carts at a time: read, conditional write, event insert;
@@ -42,16 +44,27 @@ def keyspace(name: str) -> str:
 
 
 def verify(session: Any, ks: str, topic: str, limits: dict[int, int] | None = None) -> bool:
-    """Every cart equals the fold of the topic's commands (below ``limits`` per partition, if given)."""
+    """Every cart equals the fold of the topic's commands (below ``limits`` per partition, if given), and
+    every refused command is recorded once (by event id)."""
     from rxcqrs.kafka.admin import read_topic
 
     codec = command_codec()
     per_cart: dict[uuid.UUID, list[Command]] = defaultdict(list)
+    refused: set[tuple[uuid.UUID, uuid.UUID]] = set()
+    states: dict[uuid.UUID, Cart | None] = {}
     for record in read_topic(topic, bootstrap_servers=BOOTSTRAP, limits=limits):
         cmd = codec.decode(record.value)
         per_cart[cmd.cart_id].append(cmd)
+        result = apply(states.get(cmd.cart_id), cmd)
+        if isinstance(result, Rejected):
+            refused.add((cmd.cart_id, uuid.UUID(record.key.decode())))
+        else:
+            states[cmd.cart_id] = result
     expected = {cid: cart for cid, cmds in per_cart.items() if (cart := fold(cmds)) is not None}
-    return dict(CartStore(session, ks).all_carts()) == expected
+    store = CartStore(session, ks)
+    recorded = [(r.cart_id, r.event_id) for r in session.execute(f"SELECT cart_id, event_id FROM "
+                                                                  f"{store.rejections_table}", timeout=120)]
+    return dict(store.all_carts()) == expected and set(recorded) == refused
 
 
 class Timed:
@@ -88,14 +101,33 @@ def _polled(consumer: Any, codec: Any, size: int = 2000) -> tuple[int, dict[uuid
     return len(messages), per_cart
 
 
-def _fold(row: Stored[Cart], items: list[tuple[Command, RecordMetadata]]) -> tuple[Cart | None, dict[int, int]]:
+def _fold(row: Stored[Cart], items: list[tuple[Command, RecordMetadata]],
+          rejected: list[tuple[Command, RecordMetadata, str]] | None = None) -> tuple[Cart | None, dict[int, int]]:
+    """The state after ``items``; the commands refused are added to ``rejected``."""
     state, applied = row.state, dict(row.applied)
     for cmd, meta in items:
         result = apply(state, cmd)
-        if not isinstance(result, Rejected):
+        if isinstance(result, Rejected):
+            if rejected is not None:
+                rejected.append((cmd, meta, result.reason))
+        else:
             state = result
         applied[meta.partition] = meta.offset
     return state, applied
+
+
+def _record_rejections(session: Any, store: CartStore, rejected: dict[uuid.UUID, list[Any]]) -> None:
+    """The refused commands of a poll, an unlogged batch per cart, before any state that applied them."""
+    from cassandra.query import BatchStatement, BatchType
+
+    futures = []
+    for cid, items in rejected.items():
+        batch = BatchStatement(BatchType.UNLOGGED)
+        for statement in store.record_rejections(cid, items):
+            batch.add(statement)
+        futures.append(session.execute_async(batch))
+    for future in futures:
+        future.result()
 
 
 def _log_events(session: Any, store: CartStore, per_cart: dict[uuid.UUID, list[tuple[Command, RecordMetadata]]]
@@ -132,10 +164,16 @@ def hand_cart_batched(session: Any, topic: str, ks: str, total: int, protocol: s
                 misses = [cid for cid in pending if cid not in cache]
                 for cid, future in [(cid, session.execute_async(store.read(cid))) for cid in misses]:
                     cache[cid] = store.stored(list(future.result()))
-                writes = []
+                writes, folded, rejected = [], {}, {}
+                for cid, items in pending.items():
+                    refused: list[tuple[Command, RecordMetadata, str]] = []
+                    folded[cid] = _fold(cache[cid], items, refused)
+                    if refused:
+                        rejected[cid] = refused
+                _record_rejections(session, store, rejected)
                 for cid, items in pending.items():
                     row = cache[cid]
-                    state, applied = _fold(row, items)
+                    state, applied = folded[cid]
                     if protocol == "fenced":
                         statement = store.write(cid, state, applied, write_timestamp(epoch, items[-1][1].offset))
                     else:
@@ -158,12 +196,16 @@ def hand_cart_batched(session: Any, topic: str, ks: str, total: int, protocol: s
 
 
 def _command(session: Any, store: CartStore, cmd: Command, meta: RecordMetadata) -> None:
-    """Read, decide, write conditionally (again after a conflict); skip what the cart already applied."""
+    """Read, decide, record a refusal, write conditionally (again after a conflict); skip what the cart already
+    applied."""
     while True:
         row = store.row(cmd.cart_id)
         if row.handled(meta):
             return
-        state, applied = _fold(row, [(cmd, meta)])
+        refused: list[tuple[Command, RecordMetadata, str]] = []
+        state, applied = _fold(row, [(cmd, meta)], refused)
+        for statement in store.record_rejections(cmd.cart_id, refused):
+            session.execute(statement)
         if session.execute(store.update(cmd.cart_id, row, state, applied)).one()[0]:
             return
 

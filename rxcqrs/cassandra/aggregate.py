@@ -4,7 +4,8 @@ The commands of one entity that wait together (a *batch*, one partition's record
 over the entity's state, and the result is written in four steps, each only after the one before succeeded
 (the last two at once):
 
-1. **rejections**: the rows recording commands that were refused (idempotent, keyed by event id);
+1. **rejections**: the rows recording commands that were refused (idempotent, keyed by event id; as
+   unlogged batches per partition);
 2. **state**: the entity's new state with the source offsets it has applied (partition -> highest offset):
    * ``write_protocol="fenced"`` (the default): a plain write ``USING TIMESTAMP epoch * 2**40 + offset``
      (see :mod:`rxcqrs.cassandra.fence`); idempotent, so every failure is simply retried;
@@ -739,7 +740,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
 
     def _statements(self, batch: _Batch, step: str) -> list[Any]:
         if step == "rejections":
-            return batch.rejections
+            return group_statements(batch.rejections, self.batch_rows, self.batch_bytes)
         records = [(env.value, env.meta) for env in batch.envelopes]
         if step == "events":
             return group_statements(self.aggregate.events(batch.key, records), self.batch_rows, self.batch_bytes)
