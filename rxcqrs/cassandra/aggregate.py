@@ -760,6 +760,9 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
 
     def _run_all(self, batch: _Batch, statements: list[Any], then: Callable[[], None]) -> None:
         """Execute idempotent statements together; ``then`` once all succeeded, a retry of all if one failed."""
+        if len(statements) == 1:
+            self._run_one(batch, statements, then)
+            return
         left = [len(statements)]
         failed = [False]
         lock = threading.Lock()
@@ -785,6 +788,18 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 retry_all(exc, sent=False)
                 return
             future.add_callbacks(done, retry_all)
+
+    def _run_one(self, batch: _Batch, statements: list[Any], then: Callable[[], None]) -> None:
+        """:meth:`_run_all` of a single statement."""
+        def retry(error: BaseException, sent: bool = True) -> None:
+            self._failed(batch, error, sent=sent, again=lambda: self._run_all(batch, statements, then))
+
+        try:
+            future = self.session.execute_async(statements[0])
+        except Exception as exc:
+            retry(exc, sent=False)
+            return
+        future.add_callbacks(lambda _rows: self._hand(then), retry)
 
     # -- outcomes -----------------------------------------------------------------------------------------
     def _failed(self, batch: _Batch, error: BaseException, *, sent: bool,

@@ -16,6 +16,8 @@ __all__ = ["group_statements", "statement_size"]
 def group_statements(statements: list[Any], rows: int = 100, size: int = 40_000) -> list[Any]:
     """``statements`` as unlogged batches per partition; a group of one is sent as that statement, and a
     statement that is not a bound one (it cannot join a batch) goes alone."""
+    if len(statements) < 2:
+        return list(statements)
     from cassandra.query import BatchStatement, BatchType, BoundStatement
 
     groups: list[list[Any]] = []
