@@ -12,14 +12,15 @@
     local_dc = "dc1"
     consistency = "LOCAL_QUORUM"
     write_protocol = "fenced"             # the command engine's: "fenced" or "conditional"
+    merge_partitions = 10                 # the engine's single-row writes of several entities per request (1: off)
     username = "app"
     password = "..."                      # masked in every repr and error
 
 Environment: ``RXCQRS_KAFKA_BOOTSTRAP``, ``RXCQRS_KAFKA_BACKEND``, ``RXCQRS_CASSANDRA_HOSTS``,
 ``RXCQRS_CASSANDRA_PORT``, ``RXCQRS_CASSANDRA_LOCAL_DC``, ``RXCQRS_CASSANDRA_CONSISTENCY``,
-``RXCQRS_CASSANDRA_SERIAL_CONSISTENCY``, ``RXCQRS_WRITE_PROTOCOL``. Flags: ``--bootstrap-servers``,
-``--kafka-backend``, ``--contact-points``, ``--local-dc``, ``--consistency``, ``--serial-consistency``,
-``--write-protocol``.
+``RXCQRS_CASSANDRA_SERIAL_CONSISTENCY``, ``RXCQRS_WRITE_PROTOCOL``, ``RXCQRS_MERGE_PARTITIONS``. Flags:
+``--bootstrap-servers``, ``--kafka-backend``, ``--contact-points``, ``--local-dc``, ``--consistency``,
+``--serial-consistency``, ``--write-protocol``, ``--merge-partitions``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class Config:
     cassandra_options: Mapping[str, Any] = field(default_factory=dict)
     #: how the command engine writes state: "fenced" (the default) or "conditional"
     write_protocol: str = "fenced"
+    #: partitions one request of the command engine may span (several entities' single-row writes; 1: none)
+    merge_partitions: int = 10
     source: str = "defaults"
 
     __repr__ = redacted_repr
@@ -125,7 +128,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def load_config(path: str | None = None, *, bootstrap_servers: str | None = None, kafka_backend: str | None = None,
                 contact_points: str | None = None, consistency: str | None = None,
                 serial_consistency: str | None = None, local_dc: str | None = None,
-                write_protocol: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+                write_protocol: str | None = None, merge_partitions: int | None = None,
+                environ: Mapping[str, str] | None = None) -> Config:
     """The file (``path`` or ``$RXCQRS_CONFIG``), then the environment, then these explicit values."""
     env = os.environ if environ is None else environ
     file = path or env.get("RXCQRS_CONFIG")
@@ -170,5 +174,19 @@ def load_config(path: str | None = None, *, bootstrap_servers: str | None = None
         where = ("--write-protocol" if write_protocol else "RXCQRS_WRITE_PROTOCOL" if env.get("RXCQRS_WRITE_PROTOCOL")
                  else f"[cassandra] write_protocol in {file}")
         raise ConfigError(f"{where}: the write protocol must be fenced or conditional, got {protocol!r}")
+    merge = _merge_partitions(merge_partitions, env, cassandra.pop("merge_partitions", None), file)
     return Config(bootstrap, backend, kafka, hosts, port, cassandra, write_protocol=protocol,
-                  source=file or "defaults")
+                  merge_partitions=merge, source=file or "defaults")
+
+
+def _merge_partitions(flag: int | None, env: Mapping[str, str], in_file: Any, file: str | None) -> int:
+    """The flag, else ``$RXCQRS_MERGE_PARTITIONS``, else ``[cassandra] merge_partitions``, else 10."""
+    for where, value in (("--merge-partitions", flag), ("RXCQRS_MERGE_PARTITIONS", env.get("RXCQRS_MERGE_PARTITIONS")),
+                         (f"[cassandra] merge_partitions in {file}", in_file)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not (isinstance(value, int) or str(value).isdigit()) or int(value) < 1:
+            raise ConfigError(f"{where}: the partitions one request may span must be a whole number >= 1 (1: "
+                              f"every entity's writes alone), got {value!r}")
+        return int(value)
+    return 10

@@ -238,6 +238,18 @@ def _live(ticket: Any, seen: dict[int, bool]) -> bool:
     return known
 
 
+def _then_send(send: Callable[[_Batch, list[Any], Callable[[], None]], None],
+               item: tuple[_Batch, list[Any], Callable[[], None]]) -> Callable[[], None]:
+    return lambda: send(*item)
+
+
+def _mergeable(statements: list[Any]) -> bool:
+    """Whether statements can join another batch's in one unlogged request: bound single-row statements."""
+    from cassandra.query import BoundStatement
+
+    return all(type(statement) is BoundStatement for statement in statements)
+
+
 def _same_partition(first: Envelope[Any], item: Envelope[Any]) -> bool:
     return item.meta.partition == first.meta.partition and item.meta.topic == first.meta.topic
 
@@ -251,14 +263,17 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                  max_concurrency: int = 32, max_batch: int = 500, cache_size: int = 100_000, batch_rows: int = 100,
                  batch_bytes: int = 40_000, linger: float = 0.002, backoff: Backoff | None = None,
                  fence_timeout: float = 60.0, fences: FenceFactory | None = None, log_events: bool = True,
-                 then: Callable[[Envelope[Any]], None] | None = None, name: str = "aggregate") -> None:
+                 merge_partitions: int = 10, then: Callable[[Envelope[Any]], None] | None = None,
+                 name: str = "aggregate") -> None:
         """``fences(group, topic)`` gives the fence of a topic (default: its row in ``keyspace``, a
         :class:`~rxcqrs.cassandra.fence.Fence`); ``log_events=False`` writes rejections and state only (the
         event log is another branch's job); ``then(env)`` receives each record whose writes succeeded instead
-        of acking it (the serial flow)."""
+        of acking it (the serial flow). ``merge_partitions``: the idempotent single-row writes that several
+        entities' batches are ready to send at once go as one unlogged request spanning up to that many
+        partitions (1: every entity's writes alone; see :meth:`_flush`)."""
         super().__init__()
-        if max_concurrency < 1 or max_batch < 1 or cache_size < 1 or batch_rows < 1:
-            raise ConfigError("max_concurrency, max_batch, cache_size and batch_rows must be >= 1")
+        if max_concurrency < 1 or max_batch < 1 or cache_size < 1 or batch_rows < 1 or merge_partitions < 1:
+            raise ConfigError("max_concurrency, max_batch, cache_size, batch_rows and merge_partitions must be >= 1")
         self.protocol = check_protocol(write_protocol)
         self.fenced = self.protocol == "fenced"
         keyspace = keyspace or getattr(aggregate, "keyspace", None)
@@ -273,6 +288,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         self.batch_rows = batch_rows
         self.batch_bytes = batch_bytes
         self.linger = linger
+        self.merge_partitions = merge_partitions
         self.backoff = backoff or Backoff()
         self.fence_timeout = fence_timeout
         self.steps = STEPS if log_events else STEPS[:2]
@@ -292,6 +308,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         self._wake = threading.Event()
         self._restarts: deque[_Batch] = deque()  # batches that waited for an epoch, started by the dispatcher
         self._handed: deque[Callable[[], None]] = deque()  # continuations handed over by driver callbacks
+        self._outbox: list[tuple[_Batch, list[Any], Callable[[], None]]] = []  # the worker's sends, merged
         self._fence_requests: queues.SimpleQueue[tuple[list[TopicPartition], int] | None] = queues.SimpleQueue()
         self._fencer: threading.Thread | None = None
         self._busy_threads = 0  # fence requests queued or being served, batches being dispatched, retries due
@@ -514,6 +531,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 return
             self._wake.clear()
             self._run_handed()
+            self._flush()
             if self.linger and self._queue.startable and not self._handed:
                 time.sleep(self.linger)  # let a burst of records of one poll gather into batches
             with self._lock:
@@ -525,6 +543,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                     self._start(batch)
                 for key, envelopes in ready:
                     self._start(_Batch(key, envelopes))
+                self._flush()
             finally:
                 with self._lock:
                     self._busy_threads -= 1
@@ -553,7 +572,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         """Nothing to start, no epoch being taken, no retry due: whatever is still in flight waits for a
         request to Cassandra or for the group to confirm an epoch (what a test that drives both waits for)."""
         with self._lock:
-            return (not self._queue.startable and not self._restarts and not self._handed
+            return (not self._queue.startable and not self._restarts and not self._handed and not self._outbox
                     and self._busy_threads == 0)
 
     def _start(self, batch: _Batch) -> None:
@@ -758,8 +777,13 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             return
         self._step_done(batch, "state")
 
-    def _run_all(self, batch: _Batch, statements: list[Any], then: Callable[[], None]) -> None:
-        """Execute idempotent statements together; ``then`` once all succeeded, a retry of all if one failed."""
+    def _run_all(self, batch: _Batch, statements: list[Any], then: Callable[[], None], merge: bool = True) -> None:
+        """Execute idempotent statements together; ``then`` once all succeeded, a retry of all if one failed.
+        On the engine's worker, single-row writes wait in the outbox to be sent merged (:meth:`_flush`)."""
+        if merge and self.merge_partitions > 1 and threading.current_thread() is self._dispatcher \
+                and _mergeable(statements):
+            self._outbox.append((batch, statements, then))
+            return
         if len(statements) == 1:
             self._run_one(batch, statements, then)
             return
@@ -788,6 +812,70 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 retry_all(exc, sent=False)
                 return
             future.add_callbacks(done, retry_all)
+
+    def _flush(self) -> None:
+        """Send the outbox: the statements of consecutive batches as one unlogged request, up to
+        ``merge_partitions`` partitions and ``batch_rows`` rows (every statement is idempotent, so a request
+        that failed or whose outcome is unknown is retried per batch). A request refused for good is sent
+        again per batch, so that only the batch at fault fails."""
+        if not self._outbox:
+            return
+        with self._lock:
+            items, self._outbox = self._outbox, []
+            self._busy_threads += 1  # until every request left (see quiet)
+        try:
+            chunk: list[tuple[_Batch, list[Any], Callable[[], None]]] = []
+            partitions: set[Any] = set()
+            rows = 0
+            for item in items:
+                keys = {statement.routing_key for statement in item[1]}
+                if chunk and (len(partitions | keys) > self.merge_partitions
+                              or rows + len(item[1]) > self.batch_rows):
+                    self._send_merged(chunk)
+                    chunk, partitions, rows = [], set(), 0
+                chunk.append(item)
+                partitions |= keys
+                rows += len(item[1])
+            if chunk:
+                self._send_merged(chunk)
+        finally:
+            with self._lock:
+                self._busy_threads -= 1
+
+    def _send_merged(self, chunk: list[tuple[_Batch, list[Any], Callable[[], None]]]) -> None:
+        if len(chunk) == 1:
+            self._send(*chunk[0])
+            return
+        from cassandra.query import BatchStatement, BatchType
+
+        request = BatchStatement(BatchType.UNLOGGED)
+        for _batch, statements, _then in chunk:
+            for statement in statements:
+                request.add(statement)
+        request.is_idempotent = True
+
+        def done(_rows: Any) -> None:
+            for _batch, _statements, then in chunk:
+                self._hand(then)
+
+        def failed(error: BaseException, sent: bool = True) -> None:
+            if classify(error, sent=sent) is Outcome.PERMANENT:
+                for item in chunk:  # find the batch at fault: each alone, at once
+                    self._hand(_then_send(self._send, item))
+                return
+            for item in chunk:
+                self._failed(item[0], error, sent=sent, again=_then_send(self._run_all, item))
+
+        try:
+            future = self.session.execute_async(request)
+        except Exception as exc:
+            failed(exc, sent=False)
+            return
+        future.add_callbacks(done, failed)
+
+    def _send(self, batch: _Batch, statements: list[Any], then: Callable[[], None]) -> None:
+        """:meth:`_run_all` without the outbox."""
+        self._run_all(batch, statements, then, merge=False)
 
     def _run_one(self, batch: _Batch, statements: list[Any], then: Callable[[], None]) -> None:
         """:meth:`_run_all` of a single statement."""

@@ -174,7 +174,10 @@ class FaultySession:
         return self.session.execute(*args, **kwargs)
 
     def execute_async(self, statement: Any, params: Any = None) -> Any:
-        fault = self.backend.fault(_step(statement)) if self.backend.fault else None
+        fault = None
+        if self.backend.fault:  # a request of several rows (merged by the engine) fails if any of its steps does
+            faults = [self.backend.fault(step) for step in self._steps(statement)]
+            fault = next((f for f in faults if f is not None), None)
         if fault is None:
             return self.session.execute_async(statement, params)
         future = FakeResponseFuture()
@@ -192,12 +195,18 @@ class FaultySession:
         return future
 
 
-def _step(statement: Any) -> str:
-    from cassandra.query import BatchStatement
+    def _steps(self, statement: Any) -> list[str]:
+        """The write steps of a request (a batch's rows each have theirs)."""
+        from cassandra.query import BatchStatement
 
-    if isinstance(statement, BatchStatement):
-        return "events"  # the engine batches event rows only
-    query = statement.prepared_statement.query_string
+        if isinstance(statement, BatchStatement):  # its rows are told apart by their prepared statement's id
+            queries = {p.query_id: p.query_string for p in vars(self.backend.aggregate).values()
+                       if hasattr(p, "query_id")}
+            return [_step(queries[query_id]) for _prepared, query_id, _values in statement._statements_and_parameters]
+        return [_step(statement.prepared_statement.query_string)]
+
+
+def _step(query: str) -> str:
     if query.startswith("SELECT"):
         return "read"
     table = query.split()[2 if query.startswith("INSERT") else 1].split("(")[0].split(".")[-1]

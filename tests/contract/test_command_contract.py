@@ -207,3 +207,42 @@ def test_a_crash_after_a_step_and_a_redelivery_lose_nothing(backend: Backend, st
     assert {(e, o) for e, _p, o in backend.logged()} >= {(env.value[0], env.meta.offset)
                                                          for env in envelopes(COMMANDS)}
     assert backend.rejections() == {(env.value[0], env.meta.offset) for env in envelopes(COMMANDS) if env.value[1] < 0}
+
+
+def test_entities_share_requests_and_a_refused_one_fails_alone(cassandra_session: Any) -> None:
+    """On real Cassandra, several entities' single-row writes go as one unlogged request; when such a request is
+    refused for good (any request carrying the state of entity ``bad`` here), each entity's writes are sent
+    again alone, so only the entity at fault fails and the others are written."""
+    from cassandra import InvalidRequest
+    from cassandra.query import BatchStatement
+
+    from rxcqrs.testing.fake_cassandra import FakeResponseFuture
+
+    backend = CassandraBackend(cassandra_session)
+    shared: list[int] = []
+    execute = backend.session.execute_async
+
+    def refusing(statement: Any, params: Any = None) -> Any:
+        if isinstance(statement, BatchStatement):
+            rows = [(query_id, values) for _p, query_id, values in statement._statements_and_parameters]
+            shared.append(len({values[0] for _q, values in rows}))
+        else:
+            rows = [(statement.prepared_statement.query_id, statement.values)]
+        state_write = backend.aggregate._write.query_id  # prepared by the engine
+        if (state_write, b"bad") in [(query_id, values[0]) for query_id, values in rows]:
+            future = FakeResponseFuture()
+            threading.Thread(target=future._complete, args=(False, InvalidRequest("refused: bad")), daemon=True).start()
+            return future
+        return execute(statement, params)
+
+    backend.session.execute_async = refusing  # type: ignore[method-assign]
+    try:
+        commands = [(f"e{i % 12}", i) for i in range(24)] + [("bad", 5)]
+        results = Run(backend, "batched", "fenced").feed(commands)
+        refused = [key for key, error in results.items() if error is not None]
+        assert len(refused) == 1 and isinstance(results[refused[0]], PermanentStageError), refused
+        good = {e: v for e, v in fold(commands).items() if e != "bad"}
+        assert {e: backend.state(e) for e in good} == good and backend.state("bad") is None
+        assert max(shared) > 1, "no request carried the writes of several entities"
+    finally:
+        backend.close()

@@ -39,6 +39,7 @@ def test_every_command_has_help_with_defaults(args: list[str]) -> None:
     if args[-1:] == ["consume"]:
         assert f"(default: {WINDOW})" in result.stdout and "--kafka-backend" in result.stdout
         assert "--no-prefetch" in result.stdout and "--no-batches" in result.stdout
+        assert "--merge-partitions" in result.stdout
 
 
 def test_version_and_verbose_anywhere() -> None:
@@ -52,6 +53,7 @@ def test_version_and_verbose_anywhere() -> None:
     (["cart", "produce", "--commands", "-10"], "--commands"),
     (["cart", "consume", "--stop-when-idle", "-1"], "--stop-when-idle"),
     (["cart", "consume", "--window", "0"], "--window"),
+    (["cart", "consume", "--merge-partitions", "0"], "--merge-partitions"),
     (["cart", "show", "--cart", "not-a-uuid"], "--cart"),
     (["cart", "show", "--keyspace", "x; DROP KEYSPACE y"], "--keyspace"),
     (["cart", "consume", "--topic", "bad topic!"], "--topic"),

@@ -61,3 +61,23 @@ def test_defaults_are_right_on_a_cluster() -> None:
 def test_a_bad_level_names_what_is_allowed() -> None:
     with pytest.raises(ConfigError, match="consistency must be one of"):
         load_config(environ={}, consistency="MOST").cassandra()
+
+
+def test_merge_partitions_from_the_file_the_environment_and_the_flag(tmp_path: Path) -> None:
+    path = tmp_path / "rxcqrs.toml"
+    path.write_text("[cassandra]\nmerge_partitions = 4\n")
+    assert load_config(environ={}).merge_partitions == 10
+    assert load_config(str(path), environ={}).merge_partitions == 4
+    assert "merge_partitions" not in load_config(str(path), environ={}).cassandra_options  # not a driver option
+    assert load_config(str(path), environ={"RXCQRS_MERGE_PARTITIONS": "1"}).merge_partitions == 1
+    assert load_config(str(path), environ={"RXCQRS_MERGE_PARTITIONS": "1"}, merge_partitions=6).merge_partitions == 6
+
+
+@pytest.mark.parametrize(("source", "value"), [("file", '"many"'), ("file", "0"), ("env", "-3"), ("env", "2.5")])
+def test_a_bad_merge_partitions_names_where_and_what_is_allowed(tmp_path: Path, source: str, value: str) -> None:
+    path = tmp_path / "rxcqrs.toml"
+    path.write_text(f"[cassandra]\nmerge_partitions = {value}\n" if source == "file" else "")
+    env = {"RXCQRS_MERGE_PARTITIONS": value} if source == "env" else {}
+    where = "RXCQRS_MERGE_PARTITIONS" if source == "env" else r"\[cassandra\] merge_partitions in"
+    with pytest.raises(ConfigError, match=f"{where}.*whole number >= 1"):
+        load_config(str(path), environ=env)

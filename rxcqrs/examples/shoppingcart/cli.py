@@ -110,7 +110,8 @@ def _consume(args: argparse.Namespace, session: Any) -> int:
                          SourceSettings(max_in_flight=window, failure_policy=args.on_failure, prefetch=args.prefetch,
                                         batches=args.batches, drain_timeout=args.drain_timeout))
     dead_letter_sink = KafkaSink(producer=args.config.producer())
-    flow = start_pipeline(source, store, mode=args.mode, dead_letters=DeadLetters(dead_letter_sink))
+    flow = start_pipeline(source, store, mode=args.mode, dead_letters=DeadLetters(dead_letter_sink),
+                          merge_partitions=args.config.merge_partitions)
     print(f"consuming {args.topic} as group {args.group} into keyspace {args.keyspace} ({args.mode}, "
           f"{'idempotent commands' if args.idempotent else 'read-modify-write commands: repair with compensate'}, "
           f"{store.write_protocol} writes, {source.consumer_settings.backend})", flush=True)
@@ -315,6 +316,11 @@ def common_options() -> argparse.ArgumentParser:
                              "assignment's epoch and the offset; the default) or conditional (a lightweight "
                              "transaction per write); a table keeps the protocol that first wrote it (default "
                              "$RXCQRS_WRITE_PROTOCOL or [cassandra] write_protocol)")
+    common.add_argument("--merge-partitions", default=argparse.SUPPRESS, type=POSITIVE, metavar="N",
+                        help="the command engine sends the single-row writes of several carts that are ready at once "
+                             "as one unlogged request spanning up to N partitions (fewer requests per command when "
+                             "carts are many; 1: each cart's writes alone, routed token-aware; default 10, "
+                             "$RXCQRS_MERGE_PARTITIONS or [cassandra] merge_partitions)")
     common.add_argument("--contact-points", default=argparse.SUPPRESS, metavar="HOST[:PORT],...",
                         help="Cassandra (default $RXCQRS_CASSANDRA_HOSTS or 127.0.0.1, port $RXCQRS_CASSANDRA_PORT "
                              "or 9042)")
@@ -407,7 +413,8 @@ def execute(args: argparse.Namespace, prog: str) -> int:
                                   consistency=getattr(args, "consistency", None),
                                   serial_consistency=getattr(args, "serial_consistency", None),
                                   local_dc=getattr(args, "local_dc", None),
-                                  write_protocol=getattr(args, "write_protocol", None))
+                                  write_protocol=getattr(args, "write_protocol", None),
+                                  merge_partitions=getattr(args, "merge_partitions", None))
         code = int(args.run(args))
         if getattr(args, "exit_at_once", False):
             sys.stdout.flush()

@@ -45,11 +45,12 @@ MODES = ("batched", "parallel", "serial")
 
 
 def start_pipeline(source: Any, store: CartStore, *, mode: Mode = "batched", dead_letters: DeadLetters,
-                   concurrency: int = CART_WRITES) -> Flow:
+                   concurrency: int = CART_WRITES, merge_partitions: int = 10) -> Flow:
     """Subscribe the example pipeline to ``source`` (a KafkaSource) and return the running :class:`Flow`."""
     session = store.session
     decoded = decode(command_codec(), require_uuid_key=True, dead_letters=dead_letters)
-    engine = {"write_protocol": store.write_protocol, "idempotent": store.idempotent, "max_concurrency": concurrency}
+    engine = {"write_protocol": store.write_protocol, "idempotent": store.idempotent, "max_concurrency": concurrency,
+              "merge_partitions": merge_partitions}
     if mode == "batched":
         return run(source, decoded, AggregateSink(session, store, name="carts", **engine))  # type: ignore[arg-type]
     to_event = map_envelope(lambda env: store.event_statement(env.value, env.meta))  # type: ignore[arg-type]
