@@ -29,9 +29,11 @@ rewound assignment (their ticket is not live any more) are dropped before they a
 delivered again. An entity is read only on a cache miss, at the session's consistency (``LOCAL_QUORUM``).
 
 Threads (see :mod:`rxcqrs.kafka`): ``on_next`` runs on the poll thread and only queues; a dispatcher thread
-starts batches (after ``linger``, so a poll's records gather); a fencer thread takes epochs (blocking
-round trips, never on a driver thread); the steps of a batch continue on the driver's callback threads and
-never block them.
+(the engine's worker) starts batches (after ``linger``, so a poll's records gather) and runs their steps:
+the driver's callbacks only hand a batch's next step over, never block and never decide. What the worker's
+steps send at one moment leaves together: the single-row writes of several batches as one unlogged request
+(``merge_partitions``). A fencer thread takes epochs (blocking round trips, never on a driver thread);
+retries run after their backoff on a timer thread.
 """
 
 from __future__ import annotations
