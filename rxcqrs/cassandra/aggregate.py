@@ -636,18 +636,23 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         return entry[0]
 
     # -- the steps of a batch (driver callback threads) ---------------------------------------------------
-    def _execute(self, batch: _Batch, statement: Any, on_rows: Callable[[Any], None], *, sent_is_unknown: bool
-                 ) -> None:
+    def _request(self, statement: Any, done: Callable[[Any], None], failed: Callable[..., None]) -> bool:
+        """Send ``statement``: ``done(rows)`` or ``failed(error)`` later, from a driver thread; if it cannot be
+        sent, ``failed(error, sent=False)`` at once and False."""
         try:
             future = self.session.execute_async(statement)
         except Exception as exc:
-            self._failed(batch, exc, sent=False)
-            return
+            failed(exc, sent=False)
+            return False
+        future.add_callbacks(done, failed)
+        return True
 
-        def errback(error: BaseException) -> None:
-            self._failed(batch, error, sent=sent_is_unknown)
+    def _execute(self, batch: _Batch, statement: Any, on_rows: Callable[[Any], None], *, sent_is_unknown: bool
+                 ) -> None:
+        def failed(error: BaseException, sent: bool = sent_is_unknown) -> None:
+            self._failed(batch, error, sent=sent)
 
-        future.add_callbacks(lambda rows: self._hand(lambda: on_rows(rows)), errback)
+        self._request(statement, lambda rows: self._hand(lambda: on_rows(rows)), failed)
 
     def _read(self, batch: _Batch, serial: bool = False) -> None:
         batch.step = "resolve" if serial else "read"
@@ -743,7 +748,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                     parts.append(step)
                 batch.step = step
                 try:
-                    statements = [s for part in parts for s in self._statements(batch, part)]
+                    statements = self._statements(batch, parts)
                 except Exception as exc:
                     self._finish(batch, PermanentStageError(f"{self.name}: {exc!r}{batch.where()}"))
                     return
@@ -759,13 +764,17 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             self._remember(batch, batch.after)
         self._next_step(batch, step)
 
-    def _statements(self, batch: _Batch, step: str) -> list[Any]:
-        if step == "rejections":
+    def _statements(self, batch: _Batch, steps: list[str]) -> list[Any]:
+        """The statements of ``steps`` (sent together)."""
+        if steps == ["rejections"]:
             return group_statements(batch.rejections, self.batch_rows, self.batch_bytes)
         records = [(env.value, env.meta) for env in batch.envelopes]
-        if step == "events":
-            return group_statements(self.aggregate.events(batch.key, records), self.batch_rows, self.batch_bytes)
-        return self.aggregate.index(batch.key, records)
+        out: list[Any] = []
+        if "events" in steps:
+            out += group_statements(self.aggregate.events(batch.key, records), self.batch_rows, self.batch_bytes)
+        if "index" in steps:
+            out += self.aggregate.index(batch.key, records)
+        return out
 
     def _write_conditionally(self, batch: _Batch) -> None:
         self._execute(batch, batch.state_write, lambda rows: self._on_written(batch, rows), sent_is_unknown=True)
@@ -786,9 +795,6 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 and _mergeable(statements):
             self._outbox.append((batch, statements, then))
             return
-        if len(statements) == 1:
-            self._run_one(batch, statements, then)
-            return
         left = [len(statements)]
         failed = [False]
         lock = threading.Lock()
@@ -808,12 +814,8 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             self._failed(batch, error, sent=sent, again=lambda: self._run_all(batch, statements, then))
 
         for statement in statements:
-            try:
-                future = self.session.execute_async(statement)
-            except Exception as exc:
-                retry_all(exc, sent=False)
+            if not self._request(statement, done, retry_all):
                 return
-            future.add_callbacks(done, retry_all)
 
     def _flush(self) -> None:
         """Send the outbox: the statements of consecutive batches as one unlogged request, up to
@@ -868,28 +870,11 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             for item in chunk:
                 self._failed(item[0], error, sent=sent, again=_then_send(self._run_all, item))
 
-        try:
-            future = self.session.execute_async(request)
-        except Exception as exc:
-            failed(exc, sent=False)
-            return
-        future.add_callbacks(done, failed)
+        self._request(request, done, failed)
 
     def _send(self, batch: _Batch, statements: list[Any], then: Callable[[], None]) -> None:
         """:meth:`_run_all` without the outbox."""
         self._run_all(batch, statements, then, merge=False)
-
-    def _run_one(self, batch: _Batch, statements: list[Any], then: Callable[[], None]) -> None:
-        """:meth:`_run_all` of a single statement."""
-        def retry(error: BaseException, sent: bool = True) -> None:
-            self._failed(batch, error, sent=sent, again=lambda: self._run_all(batch, statements, then))
-
-        try:
-            future = self.session.execute_async(statements[0])
-        except Exception as exc:
-            retry(exc, sent=False)
-            return
-        future.add_callbacks(lambda _rows: self._hand(then), retry)
 
     # -- outcomes -----------------------------------------------------------------------------------------
     def _failed(self, batch: _Batch, error: BaseException, *, sent: bool,

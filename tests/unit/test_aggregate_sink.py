@@ -288,3 +288,11 @@ def test_a_failure_of_one_entity_fails_its_source_batch_once() -> None:
     sink.on_next(_batch([(f"e{i % 4}", i) for i in range(20)], 0, settled))
     sink.on_completed()
     assert len(settled) == 1 and isinstance(settled[0], PermanentStageError)
+
+
+@pytest.mark.parametrize("option", ["max_concurrency", "max_batch", "cache_size", "batch_rows", "merge_partitions"])
+def test_a_setting_below_one_is_refused_naming_it(option: str) -> None:
+    from rxcqrs.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match=option):
+        engine(Counters(), **{option: 0})
