@@ -243,6 +243,9 @@ def _in_flight(port: int) -> int:
     import re
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        found = re.search(r"^rxcqrs_in_flight (\S+)$", answer.read().decode(), re.MULTILINE)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            found = re.search(r"^rxcqrs_in_flight (\S+)$", answer.read().decode(), re.MULTILINE)
+    except OSError:  # not serving yet, or a slow answer: the caller's wait asks again until its deadline
+        return 0
     return int(float(found.group(1))) if found else 0
