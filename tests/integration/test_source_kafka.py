@@ -69,7 +69,9 @@ def test_commits_follow_the_acks_of_both_branches(topic_factory, kafka_bootstrap
     commands, events = Collect(), Collect(hold=True)
     flow = run(source(kafka_bootstrap, topic, group_id, commit_interval=0.1), broadcast(commands, events))
     # the event branch holds its records; the command branch acked the same ones (the next poll waits for both)
-    wait_until(lambda: len(events.items) > 0 and len(commands.items) == len(events.items), 30, "records in both")
+    # (a first poll may hold one partition only: wait until both partitions are held)
+    wait_until(lambda: {e.meta.partition for e in list(events.items)} == {0, 1}
+               and len(commands.items) == len(events.items), 30, "records of both partitions in both branches")
     assert committed(kafka_bootstrap, group_id, topic, 2) == {0: None, 1: None}
     events.hold = False
     held = list(events.items)
