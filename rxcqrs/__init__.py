@@ -1,6 +1,7 @@
 """rxcqrs: CQRS, Event Sourcing and Event Logging streams from Kafka to Cassandra with ReactiveX.
 
-The common case in a few lines: :func:`publish`, :class:`Table`, :func:`cqrs` (see :mod:`rxcqrs.quick`). Or
+The common case in a few lines: :func:`publish`, :class:`Table`, :func:`cqrs` (see :mod:`rxcqrs.quick`), your
+own aggregate as a :class:`Decider` (decide and evolve) with :func:`cqrs` and :func:`store`. Or
 compose a :class:`~rxcqrs.kafka.KafkaSource` (pull-based, commits gated by acks), envelope-aware
 operators (:mod:`rxcqrs.operators`), a broadcast into a command sink and an event-log sink, and
 :func:`run` it to get a :class:`Flow` handle.
@@ -9,11 +10,12 @@ operators (:mod:`rxcqrs.operators`), a broadcast into a command sink and an even
 from rxcqrs.acks import Ticket
 from rxcqrs.backoff import Backoff
 from rxcqrs.commit import CommitGate
+from rxcqrs.decider import Decider, Reject
 from rxcqrs.exceptions import RxCqrsError
 from rxcqrs.flow import Flow, run
 from rxcqrs.messages import Batch, Envelope, OutgoingRecord, RecordMetadata, TopicPartition
 from rxcqrs.metrics import Metrics
-from rxcqrs.quick import Table, cqrs, publish
+from rxcqrs.quick import Table, cqrs, publish, store
 
 #: the rest of the public API, importable from here too (``from rxcqrs import KafkaSource, connect``);
 #: loaded on first use, so ``import rxcqrs`` does not import the Kafka and Cassandra clients
@@ -31,8 +33,9 @@ _LAZY = {
 }
 _HOME = {name: module for module, names in _LAZY.items() for name in names}
 
-__all__ = ["Backoff", "Batch", "CommitGate", "Envelope", "Flow", "Metrics", "OutgoingRecord", "RecordMetadata",
-           "RxCqrsError", "Table", "Ticket", "TopicPartition", "cqrs", "publish", "run", *_HOME]
+__all__ = ["Backoff", "Batch", "CommitGate", "Decider", "Envelope", "Flow", "Metrics", "OutgoingRecord",
+           "RecordMetadata", "Reject", "RxCqrsError", "Table", "Ticket", "TopicPartition", "cqrs", "publish", "run",
+           "store", *_HOME]
 __version__ = "0.1.0"
 
 

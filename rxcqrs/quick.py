@@ -1,8 +1,10 @@
 """The common case in a few lines: publish commands, describe a table, run a CQRS flow.
 
-``cqrs(topic, Model, command=..., log=..., event=...)`` builds the same pipeline as the composable stages
-(source -> decode with dead letters -> command stage + event log, offsets committed once both are written)
-with the settings of :mod:`rxcqrs.config`, and returns the running :class:`~rxcqrs.flow.Flow`.
+``cqrs(topic, Model, aggregate=..., keyspace=...)`` runs the command engine over your own aggregate (a
+:class:`~rxcqrs.decider.Decider`: decide and evolve, no CQL); ``cqrs(topic, Model, command=..., log=...,
+event=...)`` builds the broadcast pipeline of stateless upserts (source -> decode with dead letters -> command
+stage + event log, offsets committed once both are written). Both take the settings of :mod:`rxcqrs.config`
+and return the running :class:`~rxcqrs.flow.Flow`.
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ import uuid
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from rxcqrs.config import Config, load_config
+from rxcqrs.decider import Decider
 from rxcqrs.exceptions import ConfigError
 from rxcqrs.flow import Flow
 from rxcqrs.messages import RecordMetadata
 
 if TYPE_CHECKING:  # the Cassandra driver is imported only when a flow needs it
+    from rxcqrs.cassandra.decider_store import DeciderStore
     from rxcqrs.cassandra.eventlog import EventLog
 
-__all__ = ["publish", "Table", "cqrs"]
+__all__ = ["publish", "Table", "cqrs", "store"]
 
 _sessions: dict[Any, Any] = {}
 
@@ -41,9 +45,11 @@ def _codec(model_or_codec: Any) -> Any:
 
 
 def publish(topic: str, values: Iterable[Any], codec: Any = None, *, partitions: int = 1,
-            key: Callable[[Any], bytes] = lambda _v: str(uuid.uuid4()).encode(), config: Config | None = None) -> int:
+            key: Callable[[Any], bytes] | str = lambda _v: str(uuid.uuid4()).encode(), config: Config | None = None
+            ) -> int:
     """Send ``values`` (dataclass-avroschema models, or anything ``codec`` encodes) to ``topic`` as raw Avro,
-    each keyed by a new event id; the topic is created if missing. Returns how many were delivered."""
+    each keyed by a new event id, or by ``key(value)``, or (``key`` a field name) by that field as text, so an
+    entity's commands share a partition; the topic is created if missing. Returns how many were delivered."""
     from rxcqrs.kafka import KafkaSink, create_topics
     from rxcqrs.messages import OutgoingRecord
 
@@ -52,6 +58,9 @@ def publish(topic: str, values: Iterable[Any], codec: Any = None, *, partitions:
     if not items:
         return 0
     encoder = _codec(codec or type(items[0]))
+    if isinstance(key, str):
+        field_name = key
+        key = lambda value: str(getattr(value, field_name)).encode()  # noqa: E731
     create_topics({topic: partitions}, bootstrap_servers=config.kafka_bootstrap)
     sink = KafkaSink(topic, config.producer())
     for value in items:
@@ -85,15 +94,72 @@ class Table:
         return bound
 
 
-def cqrs(topic: str, model: Any, *, command: Callable[..., Any], log: EventLog,
-         event: Callable[[Any], tuple[Any, Mapping[str, Any]]], group: str | None = None,
-         mode: Literal["parallel", "serial"] = "parallel", config: Config | None = None,
+def cqrs(topic: str, model: Any, *, aggregate: Decider[Any, Any, Any] | None = None, keyspace: str | None = None,
+         create_schema: bool = False, command: Callable[..., Any] | None = None, log: EventLog | None = None,
+         event: Callable[[Any], tuple[Any, Mapping[str, Any]]] | None = None, group: str | None = None,
+         mode: Literal["batched", "parallel", "serial"] | None = None, config: Config | None = None,
          source: Any = None, resolve: Callable[..., Any] | None = None, idempotent: bool | None = None) -> Flow:
-    """Consume ``topic`` (records of ``model``, or of a codec), apply ``command(value)`` (or
-    ``command(value, meta)`` if it takes two arguments; it returns a statement, or None), log
-    ``event(value) -> (entity id, payload)`` in ``log`` (id = the record key, time = the record timestamp), and
-    commit each record once both are written. ``parallel``: command and log at once; ``serial``: the log
-    after the command. Dead letters go to ``<topic>.dlq``. Settings: :mod:`rxcqrs.config`."""
+    """Consume ``topic`` (records of ``model``, or of a codec) and return the running flow; dead letters go to
+    ``<topic>.dlq``; settings (servers, write protocol, ...) come from :mod:`rxcqrs.config`.
+
+    With ``aggregate`` (a :class:`~rxcqrs.decider.Decider`): the command engine, batched, over the
+    aggregate's tables in ``keyspace`` (created first if ``create_schema``; else they must exist and match).
+
+    With ``command`` (stateless upserts): apply ``command(value)`` (or ``command(value, meta)`` if it takes
+    two arguments; it returns a statement, or None), log ``event(value) -> (entity id, payload)`` in ``log``
+    (id = the record key, time = the record timestamp), and commit each record once both are written.
+    ``parallel`` (the default): command and log at once; ``serial``: the log after the command."""
+    if aggregate is not None:
+        if command is not None or log is not None or event is not None:
+            raise ConfigError("cqrs: give either aggregate= or command=/log=/event=, not both")
+        if mode not in (None, "batched"):
+            raise ConfigError(f"cqrs: an aggregate runs in mode 'batched' (the command engine), got {mode!r}")
+        return _aggregate_flow(topic, model, aggregate, keyspace, create_schema, group, config, source)
+    if command is None or log is None or event is None:
+        raise ConfigError("cqrs: give aggregate= (a Decider), or command=, log= and event=")
+    mode = mode or "parallel"
+    return _command_flow(topic, model, command, log, event, group, mode, config, source, resolve, idempotent)
+
+
+def store(aggregate: Decider[Any, Any, Any], keyspace: str, *, config: Config | None = None) -> DeciderStore:
+    """The tables of ``aggregate`` in ``keyspace`` (reads: ``get``, ``all``, ``history``, ``rejections``; and
+    ``rebuild``), on the configured Cassandra with the configured write protocol."""
+    from rxcqrs.cassandra.decider_store import DeciderStore
+
+    config = config or load_config()
+    return DeciderStore(_session(config), keyspace, aggregate, write_protocol=config.write_protocol)  # type: ignore[arg-type]
+
+
+def _aggregate_flow(topic: str, model: Any, aggregate: Decider[Any, Any, Any], keyspace: str | None,
+                    create_schema: bool, group: str | None, config: Config | None, source: Any) -> Flow:
+    from rxcqrs.cassandra.aggregate import AggregateSink
+    from rxcqrs.flow import run
+    from rxcqrs.kafka import KafkaSink, KafkaSource, create_topics
+    from rxcqrs.operators import DeadLetters, decode
+
+    if not keyspace:
+        raise ConfigError("cqrs: an aggregate needs the keyspace of its tables (keyspace=...)")
+    config = config or load_config()
+    tables = store(aggregate, keyspace, config=config)
+    if create_schema:
+        tables.create_schema()
+    else:
+        tables.check_schema()
+    group = group or f"{topic}.cqrs"
+    tables.claim(group)
+    create_topics([topic + ".dlq"], bootstrap_servers=config.kafka_bootstrap)
+    dead_letters = DeadLetters(KafkaSink(producer=config.producer()))
+    decoded = decode(_codec(model), dead_letters=dead_letters)
+    source = source or KafkaSource(topic, config.consumer(group))
+    engine = AggregateSink(tables.session, tables, write_protocol=tables.write_protocol, keyspace=keyspace, group=group,
+                           merge_partitions=config.merge_partitions, name=aggregate.name)
+    return run(source, decoded, engine)
+
+
+def _command_flow(topic: str, model: Any, command: Callable[..., Any], log: EventLog,
+                  event: Callable[[Any], tuple[Any, Mapping[str, Any]]], group: str | None, mode: str,
+                  config: Config | None, source: Any, resolve: Callable[..., Any] | None,
+                  idempotent: bool | None) -> Flow:
     import inspect
 
     from rxcqrs.cassandra import CassandraRetrySink, CassandraSink, cassandra_retry_flow, create_keyspace

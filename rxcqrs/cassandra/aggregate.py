@@ -4,8 +4,8 @@ The commands of one entity that wait together (a *batch*, one partition's record
 over the entity's state, and the result is written in four steps, each only after the one before succeeded
 (the last two at once):
 
-1. **rejections**: the rows recording commands that were refused (idempotent, keyed by event id; as
-   unlogged batches per partition);
+1. **decisions**: the rows recording commands that were refused, and the events an aggregate decided and
+   logs with its decision (``Applied.records``; both idempotent, as unlogged batches per partition);
 2. **state**: the entity's new state with the source offsets it has applied (partition -> highest offset):
    * ``write_protocol="fenced"`` (the default): a plain write ``USING TIMESTAMP epoch * 2**40 + offset``
      (see :mod:`rxcqrs.cassandra.fence`); idempotent, so every failure is simply retried;
@@ -16,8 +16,9 @@ over the entity's state, and the result is written in four steps, each only afte
    idempotent and written again on every delivery, so they need no order between them.
 
 A crash after any step leaves the records uncommitted; their redelivery finds them applied (``applied``),
-skips the decision and writes steps 3 and 4 again; the rejections of step 1 were written before the state
-that records them, so none is ever lost. Every record is acked once its batch's steps all succeeded, so
+skips the decision and writes steps 3 and 4 again; the rows of step 1 were written before the state that
+records them, so none is ever lost (a crash between steps 1 and 2 decides the same again, and writes the
+same rows). Every record is acked once its batch's steps all succeeded, so
 the commit gate never passes a record whose writes are unfinished.
 
 Fencing and the cache: the sink takes an epoch for every partition assignment its source tells it of
@@ -67,7 +68,7 @@ S = TypeVar("S")
 C = TypeVar("C")
 
 #: the write steps of a batch, in order
-STEPS = ("rejections", "state", "events", "index")
+STEPS = ("decisions", "state", "events", "index")
 #: steps sent together once the state is written: each is idempotent and written again on every delivery
 _LOG_STEPS = frozenset({"events", "index"})
 
@@ -87,9 +88,11 @@ class Stored(Generic[S]):
 
 @dataclass(frozen=True)
 class Applied(Generic[S]):
-    """A command's decision: the new state (``None``: deleted)."""
+    """A command's decision: the new state (``None``: deleted), and ``records``: idempotent statements written
+    before the state that records the command (the events a decider logs with its decisions)."""
 
     state: S | None
+    records: Sequence[Any] = ()
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,7 @@ class _Batch:
     #: records the entity had already applied when this batch was first folded (redeliveries); any other
     #: record found applied later was applied by this batch's own write, whose answer was lost or late
     redelivered: set[int] | None = None
-    rejections: list[Any] = field(default_factory=list)
+    decisions: list[Any] = field(default_factory=list)
     state_write: Any = None
 
     @property
@@ -268,7 +271,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                  merge_partitions: int = 10, then: Callable[[Envelope[Any]], None] | None = None,
                  name: str = "aggregate") -> None:
         """``fences(group, topic)`` gives the fence of a topic (default: its row in ``keyspace``, a
-        :class:`~rxcqrs.cassandra.fence.Fence`); ``log_events=False`` writes rejections and state only (the
+        :class:`~rxcqrs.cassandra.fence.Fence`); ``log_events=False`` writes the decisions and the state only (the
         event log is another branch's job); ``then(env)`` receives each record whose writes succeeded instead
         of acking it (the serial flow). ``merge_partitions``: the idempotent single-row writes that several
         entities' batches are ready to send at once go as one unlogged request spanning up to that many
@@ -677,10 +680,11 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         self._fold(batch)
 
     def _fold(self, batch: _Batch) -> None:
-        """Decide every command of the batch over the state; then the steps, from the rejections on."""
+        """Decide every command of the batch over the state; then the steps, from the decisions on."""
         stored: Stored[Any] = batch.stored
         state, applied = stored.state, dict(stored.applied)
         rejected: list[tuple[Any, RecordMetadata, str]] = []
+        records: list[Any] = []
         last_offset: int | None = None
         first_fold = batch.redelivered is None
         if batch.redelivered is None:
@@ -707,6 +711,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                     rejected.append((env.value, meta, decision.reason))
                 else:
                     state = decision.state
+                    records += decision.records
                 applied[meta.partition] = max(meta.offset, applied.get(meta.partition, -1))
                 last_offset = meta.offset
             if last_offset is None:  # every record was already applied: only log the redeliveries
@@ -720,7 +725,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             else:
                 batch.after = Stored(state, (stored.seq or 0) + 1, applied)
                 batch.state_write = self.aggregate.update(batch.key, stored, state, applied)
-            batch.rejections = self.aggregate.record_rejections(batch.key, rejected) if rejected else []
+            batch.decisions = (self.aggregate.record_rejections(batch.key, rejected) if rejected else []) + records
         except Exception as exc:  # a bug in decide/write: retrying cannot help
             self._finish(batch, PermanentStageError(f"{self.name}: {exc!r}{batch.where()}"))
             return
@@ -766,8 +771,8 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
 
     def _statements(self, batch: _Batch, steps: list[str]) -> list[Any]:
         """The statements of ``steps`` (sent together)."""
-        if steps == ["rejections"]:
-            return group_statements(batch.rejections, self.batch_rows, self.batch_bytes)
+        if steps == ["decisions"]:
+            return group_statements(batch.decisions, self.batch_rows, self.batch_bytes)
         records = [(env.value, env.meta) for env in batch.envelopes]
         out: list[Any] = []
         if "events" in steps:

@@ -21,7 +21,7 @@ from tests.counters import Counters
 __all__ = ["Backend", "FakeBackend", "CassandraBackend", "STEP_KINDS"]
 
 #: the write step each statement kind belongs to
-STEP_KINDS = {"reject": "rejections", "write": "state", "update": "state", "event": "events", "index": "index",
+STEP_KINDS = {"reject": "decisions", "write": "state", "update": "state", "event": "events", "index": "index",
               "read": "read"}
 #: fault(step) -> None, "lost" (applied, answer lost), "refused" (unavailable), "permanent"
 Fault = Callable[[str], str | None]
@@ -210,7 +210,7 @@ def _step(query: str) -> str:
     if query.startswith("SELECT"):
         return "read"
     table = query.split()[2 if query.startswith("INSERT") else 1].split("(")[0].split(".")[-1]
-    return {"counters": "state", "events": "events", "rejections": "rejections", "indexed": "index"}[table]
+    return {"counters": "state", "events": "events", "rejections": "decisions", "indexed": "index"}[table]
 
 
 class CassandraBackend(Backend):

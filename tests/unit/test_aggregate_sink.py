@@ -240,7 +240,7 @@ def test_a_crash_after_any_step_and_a_redelivery_lose_nothing(protocol: str, cra
     rejection recorded exactly as in a run without the crash."""
     commands = [(f"e{i % 4}", -1 if i % 7 == 3 else i) for i in range(60)]
     after = STEPS[STEPS.index(crash_after) + 1]
-    kinds = {"rejections": ("reject",), "state": ("write", "update"), "events": ("event",), "index": ("index",)}
+    kinds = {"decisions": ("reject",), "state": ("write", "update"), "events": ("event",), "index": ("index",)}
     dead = [True]
     counters = Counters(fault=lambda s: "permanent" if dead[0] and s[0] in kinds[after] else None)
     fences = MemoryFences()
