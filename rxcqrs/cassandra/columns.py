@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from rxcqrs.cassandra.identifiers import cql_type, identifier
-from rxcqrs.exceptions import ConfigError
+from rxcqrs.exceptions import ConfigError, IdentifierError
 
 __all__ = ["Column", "columns_of"]
 
@@ -68,7 +68,10 @@ def _scalar(hint: Any, where: str) -> str:
 
 def column(name: str, hint: Any, where: str, cql: str | None = None) -> Column:
     """The column of field ``name`` annotated ``hint`` (``cql``: the CQL type chosen for it)."""
-    identifier(name, "column")
+    try:
+        identifier(name, "column")
+    except IdentifierError as exc:
+        raise IdentifierError(f"{where}: {exc}; rename the field") from None
     if typing.get_origin(hint) is typing.Annotated:
         base, *extra = typing.get_args(hint)
         cql = cql or next((e for e in extra if isinstance(e, str)), None)

@@ -1,0 +1,192 @@
+"""A Decider on real Cassandra and Kafka: the README's bank account with its consumer SIGKILLed three times
+(every balance, rejection and event exact, nothing repaired), the derived tables read by plain CQL, a table
+that does not match the types refused, and a rebuild from the events."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rxcqrs.cassandra.decider_store import DeciderStore
+from rxcqrs.cassandra.fence import write_timestamp
+from rxcqrs.config import Config
+from rxcqrs.decider import Reject
+from rxcqrs.exceptions import SchemaError
+from rxcqrs.kafka import committed_offsets, end_offsets
+from rxcqrs.quick import publish
+from tests.helpers import wait_until
+from tests.integration.test_readme import example
+
+MARKER = "# -- ten accounts"
+DOMAIN = example("Your own aggregate").split(MARKER)[0]
+CONSUMER = DOMAIN + """
+import os
+flow = rxcqrs.cqrs(os.environ["TOPIC"], AccountCommand, aggregate=accounts, keyspace=os.environ["KEYSPACE"],
+                   group=os.environ["GROUP"], create_schema=True)
+flow.until(timeout=600)
+"""
+
+
+def domain() -> dict[str, Any]:
+    namespace: dict[str, Any] = {"__name__": "bank_domain"}
+    exec(compile(DOMAIN, "README.md", "exec", dont_inherit=True), namespace)
+    return namespace
+
+
+def commands(bank: dict[str, Any], accounts: int, per_account: int, seed: int) -> list[Any]:
+    """Each account opened, then deposits, withdrawals (some overdrawn), closes (most refused), reopenings."""
+    rng = random.Random(seed)
+    Command = bank["AccountCommand"]
+    queues = {uuid.UUID(int=rng.getrandbits(128)): [] for _ in range(accounts)}
+    for account, queue in queues.items():
+        queue.append(Command(account, "open"))
+        for _ in range(per_account - 1):
+            action = rng.choices(["deposit", "withdraw", "close", "open"], [50, 40, 5, 5])[0]
+            amount = rng.choice([0, 1, 5, 20, 50, 100]) if action in ("deposit", "withdraw") else 0
+            queue.append(Command(account, action, amount))
+    out = []
+    while queues:  # interleaved, each account's own order kept
+        account = rng.choice(list(queues))
+        out.append(queues[account].pop(0))
+        if not queues[account]:
+            del queues[account]
+    return out
+
+
+def reference(bank: dict[str, Any], sent: list[Any]) -> dict[uuid.UUID, tuple[Any, list[str], list[Any]]]:
+    """Per account: the state, the rejection reasons and the events, from the decider in memory."""
+    accounts = bank["accounts"]
+    out: dict[uuid.UUID, tuple[Any, list[str], list[Any]]] = {}
+    for cmd in sent:
+        state, reasons, events = out.get(cmd.account, (None, [], []))
+        answer = accounts.decided(state, cmd)
+        if isinstance(answer, Reject):
+            reasons.append(answer.reason)
+        else:
+            events += answer
+            state = accounts.fold(answer, state)
+        out[cmd.account] = (state, reasons, events)
+    return out
+
+
+def config_for(services_settings: Any) -> Config:
+    return Config(kafka_bootstrap=str(services_settings.kafka_bootstrap), cassandra_hosts=(services_settings.host,),
+                  cassandra_port=services_settings.cassandra_port)
+
+
+def test_a_bank_account_stays_exact_through_three_consumer_kills(topic_factory: Any, group_id: str, keyspace: str,
+                                                                 services_settings: Any, cassandra_session: Any,
+                                                                 tmp_path: Path) -> None:
+    bank = domain()
+    topic = topic_factory(2)
+    sent = commands(bank, accounts=100, per_account=100, seed=7)
+    config = config_for(services_settings)
+    assert publish(topic, sent, key="account", partitions=2, config=config) == len(sent)
+    script = tmp_path / "consumer.py"
+    script.write_text(CONSUMER)
+    env = {**os.environ, "TOPIC": topic, "KEYSPACE": keyspace, "GROUP": group_id,
+           "RXCQRS_KAFKA_BOOTSTRAP": str(services_settings.kafka_bootstrap),
+           "RXCQRS_CASSANDRA_HOSTS": services_settings.host,
+           "RXCQRS_CASSANDRA_PORT": str(services_settings.cassandra_port)}
+    ends = end_offsets(topic, bootstrap_servers=config.kafka_bootstrap)
+
+    def progress() -> int:
+        found = committed_offsets(group_id, topic, bootstrap_servers=config.kafka_bootstrap)
+        return sum(v or 0 for v in found.values())
+
+    def started() -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+
+    kills = 0
+    for threshold in (len(sent) // 10, len(sent) // 3, len(sent) * 2 // 3):
+        consumer = started()
+        try:
+            wait_until(lambda t=threshold, c=consumer: progress() >= t or c.poll() is not None,  # type: ignore[misc]
+                       180, f"the consumer committing {threshold} records")
+            assert consumer.poll() is None, consumer.stderr.read() if consumer.stderr else ""
+            if progress() < len(sent):
+                consumer.send_signal(signal.SIGKILL)  # mid-flight: state written past the committed offsets
+                kills += 1
+        finally:
+            consumer.kill()
+            consumer.wait(30)
+    assert kills == 3
+    consumer = started()
+    try:
+        wait_until(lambda: committed_offsets(group_id, topic, bootstrap_servers=config.kafka_bootstrap) == ends
+                   or consumer.poll() is not None, 300, "every record committed")
+        assert consumer.poll() is None, consumer.stderr.read() if consumer.stderr else ""
+    finally:
+        consumer.send_signal(signal.SIGKILL)
+        consumer.wait(30)
+
+    store = DeciderStore(cassandra_session, keyspace, bank["accounts"])
+    expected = reference(bank, sent)
+    for account, (state, reasons, events) in expected.items():
+        assert store.get(account) == state, account
+        assert [r.reason for r in store.rejections(account)] == reasons, account
+        assert store.history(account) == events, account
+    report = store.rebuild(group=group_id, topic=topic)
+    assert report.examined == len(expected) and report.rewritten == 0
+    # plain CQL, as another language would read it
+    live = {row.account: row.balance for row in cassandra_session.execute(
+        f"SELECT account, balance, deleted FROM {keyspace}.account") if not row.deleted}
+    assert live == {a: s.balance for a, (s, _r, _e) in expected.items() if s is not None}
+
+
+def test_a_rebuild_rewrites_a_wrong_entity_from_its_events(topic_factory: Any, group_id: str, keyspace: str,
+                                                           services_settings: Any, cassandra_session: Any) -> None:
+    import rxcqrs
+
+    bank = domain()
+    topic = topic_factory(1)
+    sent = commands(bank, accounts=5, per_account=20, seed=3)
+    config = config_for(services_settings)
+    publish(topic, sent, key="account", config=config)
+    flow = rxcqrs.cqrs(topic, bank["AccountCommand"], aggregate=bank["accounts"], keyspace=keyspace, group=group_id,
+                       create_schema=True, config=config)
+    assert flow.until(count=len(sent), timeout=120)["committed"] == len(sent)
+    store = rxcqrs.store(bank["accounts"], keyspace, config=config)
+    expected = reference(bank, sent)
+    victim = next(a for a, (s, _r, _e) in expected.items() if s is not None)
+    # a wrong state written under the members' current epoch (say, by an older, buggy evolve)
+    epoch = cassandra_session.execute(f"SELECT epoch FROM {keyspace}.rxcqrs_fences WHERE consumer_group = %s AND "
+                                      "topic = %s", (group_id, topic)).one().epoch
+    cassandra_session.execute(f"UPDATE {keyspace}.account USING TIMESTAMP {write_timestamp(epoch, 2**40 - 1)} "
+                              "SET balance = -1 WHERE account = %s", (victim,))
+    assert store.get(victim).balance == -1
+    with pytest.raises(SchemaError, match="needs the consumer group and topic"):
+        store.rebuild([victim])
+    report = store.rebuild(group=group_id, topic=topic)  # a newer epoch than any member wrote with
+    assert report.rewritten == 1 and report.details[0][0] == victim
+    assert store.get(victim) == expected[victim][0]
+    assert store.rebuild(group=group_id, topic=topic).rewritten == 0
+
+
+def test_the_tables_are_checked_against_the_types(keyspace: str, cassandra_session: Any) -> None:
+    bank = domain()
+    store = DeciderStore(cassandra_session, keyspace, bank["accounts"])
+    with pytest.raises(SchemaError, match=rf"{keyspace}.account does not exist: create the schema first"):
+        store.check_schema()
+    cassandra_session.execute(f"CREATE TABLE {keyspace}.account (account uuid PRIMARY KEY, balance text, "
+                              "deleted boolean, seq bigint, applied map<int, bigint>)")
+    with pytest.raises(SchemaError) as raised:
+        store.create_schema()
+    message = str(raised.value)
+    assert message == (f"{keyspace}.account does not match account's types: balance is text (the types give bigint); "
+                       "rxcqrs never alters a table: migrate it yourself, or use a new keyspace")
+    assert [r.type for r in cassandra_session.execute(
+        "SELECT type FROM system_schema.columns WHERE keyspace_name = %s AND table_name = 'account' "
+        "AND column_name = 'balance'", (keyspace,))] == ["text"]  # never altered
+    missing = DeciderStore(cassandra_session, "no_such_keyspace", bank["accounts"])
+    with pytest.raises(SchemaError, match="keyspace 'no_such_keyspace' does not exist"):
+        missing.check_schema()
