@@ -101,7 +101,6 @@ class DeciderStore(Generic[C, S, E]):
         self._event_types = {e.__name__: e for e in decider.events}
         self._event_fields = {e: list(type_hints(e)) for e in decider.events}
         self._lock = threading.Lock()
-        self._indexed: set[tuple[Any, int]] = set()
         self._prepared = False
 
     def _state_columns(self, types: Mapping[str, str]) -> dict[str, Column]:
@@ -319,14 +318,10 @@ class DeciderStore(Generic[C, S, E]):
         return out
 
     def index(self, key: Any, records: list[tuple[C, RecordMetadata]]) -> list[Any]:
-        """The bucket index of the records' buckets, once per entity, bucket and process."""
+        """The bucket index of the records' buckets, written with every delivery (a row per bucket of the batch):
+        a memory of rows written before would have to be kept true through failed writes and redeliveries."""
         buckets = {self.log.bucket_of(meta.timestamp_utc): meta.timestamp_utc for _c, meta in records}
-        with self._lock:
-            new = {b: t for b, t in buckets.items() if (key, b) not in self._indexed}
-            self._indexed.update((key, b) for b in new)
-            if len(self._indexed) > 500_000:
-                self._indexed.clear()
-        return [self.log.bucket_index(self.session, key, when) for when in new.values()]
+        return [self.log.bucket_index(self.session, key, when) for when in buckets.values()]
 
     # -- rebuild -------------------------------------------------------------------------------------------
     def rebuild(self, keys: Iterable[Any] | None = None, *, group: str | None = None,

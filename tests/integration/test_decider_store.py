@@ -9,19 +9,27 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import reactivex
 
+from rxcqrs import Decider, run
+from rxcqrs.backoff import Backoff
+from rxcqrs.cassandra.aggregate import STEPS, AggregateSink
 from rxcqrs.cassandra.decider_store import DeciderStore
 from rxcqrs.cassandra.fence import write_timestamp
 from rxcqrs.config import Config
 from rxcqrs.decider import Reject
 from rxcqrs.exceptions import SchemaError
 from rxcqrs.kafka import committed_offsets, end_offsets
+from rxcqrs.messages import Envelope
 from rxcqrs.quick import publish
+from tests.counters import envelopes
 from tests.helpers import wait_until
 from tests.integration.test_readme import example
 
@@ -190,3 +198,104 @@ def test_the_tables_are_checked_against_the_types(keyspace: str, cassandra_sessi
     missing = DeciderStore(cassandra_session, "no_such_keyspace", bank["accounts"])
     with pytest.raises(SchemaError, match="keyspace 'no_such_keyspace' does not exist"):
         missing.check_schema()
+
+
+# -- crash points: the engine's steps failed in turn on real Cassandra, then a redelivery ----------------------
+@dataclass(frozen=True)
+class Add:
+    entity: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class Total:
+    total: int
+
+
+@dataclass(frozen=True)
+class Added:
+    amount: int
+
+
+def _decide(state: Total | None, cmd: Add) -> Any:
+    if cmd.amount < 0:
+        return Reject("negative")
+    return [Added(cmd.amount), Added(1)] if cmd.amount % 7 == 0 else Added(cmd.amount)  # some decide two events
+
+
+counters = Decider("totals", command=Add, state=Total, event=Added, key="entity", decide=_decide,
+                   evolve=lambda state, event: Total((state.total if state else 0) + event.amount))
+COMMANDS = [(f"e{i % 4}", -1 if i % 5 == 4 else i) for i in range(40)]
+
+
+class CrashingSession:
+    """A real session whose requests of the ``dead`` write steps fail for good (a crash right after the step
+    before them: nothing of them is written)."""
+
+    def __init__(self, session: Any, store: DeciderStore[Any, Any, Any]) -> None:
+        self.session, self.store, self.cluster = session, store, session.cluster
+        self.dead: set[str] = set()
+        self.queries: dict[bytes, str] = {}
+
+    def prepare(self, query: str) -> Any:
+        prepared = self.session.prepare(query)
+        self.queries[prepared.query_id] = query
+        return prepared
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return self.session.execute(*args, **kwargs)
+
+    def _step(self, query: str) -> str:
+        if query.startswith("SELECT"):
+            return "read"
+        table = query.split()[2 if query.startswith("INSERT") else 1].split(".")[-1]
+        return {self.store.name: "state", self.store.log.table: "decisions", f"{self.store.name}_rejections":
+                "decisions", self.store.log.table + "_buckets": "index"}[table]
+
+    def execute_async(self, statement: Any, params: Any = None) -> Any:
+        from cassandra import InvalidRequest
+        from cassandra.query import BatchStatement
+
+        from rxcqrs.testing.fake_cassandra import FakeResponseFuture
+
+        if isinstance(statement, BatchStatement):
+            queries = [self.queries[query_id] for _p, query_id, _v in statement._statements_and_parameters]
+        else:
+            queries = [statement.prepared_statement.query_string]
+        if self.dead & {self._step(q) for q in queries}:
+            future = FakeResponseFuture()
+            threading.Thread(target=future._complete, args=(False, InvalidRequest("crashed")), daemon=True).start()
+            return future
+        return self.session.execute_async(statement, params)
+
+
+@pytest.mark.parametrize("protocol", ["fenced", "conditional"])
+@pytest.mark.parametrize("crash_after", STEPS[:-1])
+def test_a_crash_after_any_step_and_a_redelivery_leave_the_decider_exact(keyspace: str, cassandra_session: Any,
+                                                                         protocol: str, crash_after: str) -> None:
+    store = DeciderStore(cassandra_session, keyspace, counters, write_protocol=protocol)  # type: ignore[arg-type]
+    store.create_schema()
+    session = CrashingSession(cassandra_session, store)
+    crashing = DeciderStore(session, keyspace, counters, write_protocol=protocol)  # type: ignore[arg-type]
+
+    def feed() -> dict[Any, Any]:
+        results: dict[Any, Any] = {}
+        records = [Envelope(Add(*env.value), env.meta, env.ticket) for env in envelopes(COMMANDS, results=results)]
+        sink = AggregateSink(session, crashing, write_protocol=protocol, keyspace=keyspace, group="g",  # type: ignore[arg-type]
+                             backoff=Backoff(0.005, 0.2, 0.0), linger=0.01)
+        flow = run(reactivex.from_iterable(records), sink)
+        assert flow.wait_quietly(60)
+        return results
+
+    session.dead = set(STEPS[STEPS.index(crash_after) + 1:])
+    assert any(error is not None for error in feed().values())
+    session.dead = set()
+    second = feed()
+    assert all(error is None for error in second.values()), {e for e in second.values() if e is not None}
+    sent = [Add(*c) for c in COMMANDS]
+    for entity in {c.entity for c in sent}:
+        mine = [c for c in sent if c.entity == entity]
+        assert store.get(entity) == counters.run(mine)
+        reference_events = [e for c in mine if not isinstance(a := counters.decided(None, c), Reject) for e in a]
+        assert store.history(entity) == reference_events
+        assert [r.reason for r in store.rejections(entity)] == ["negative"] * sum(c.amount < 0 for c in mine)
