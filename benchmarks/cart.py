@@ -5,11 +5,11 @@ thread, the clients' native ones included) per command.
 Hand-written contenders (confluent-kafka, the fastest client, + the cassandra-driver; the same tables and
 statements as CartStore):
 
-* ``hand cart-batched, conditional``: polls of 2,000; the poll's refused commands recorded first (an
-  unlogged batch per cart, as rxcqrs records them before the state); per cart one conditional write
-  (``IF seq = ?``) advancing the state by every command of the poll (cached state, read only on a miss or a
-  conflict); the poll's events as unlogged batches; commit after each poll. The design rxcqrs' batched mode
-  follows.
+* ``hand cart-batched, conditional``: polls of 2,000; the poll's decisions written first (per cart an
+  unlogged batch of its refused commands and its accepted commands' events, as rxcqrs writes them before the
+  state); per cart one conditional write (``IF seq = ?``) advancing the state by every command of the poll
+  (cached state, read only on a miss or a conflict), then its bucket index; commit after each poll. The design
+  rxcqrs' batched mode follows.
 * ``hand cart-batched, fenced``: the same loop with one epoch taken at the start and a plain
   ``INSERT ... USING TIMESTAMP epoch * 2**40 + offset`` per cart per poll instead of the conditional write.
 * ``hand per-command``: per cart in order, 32 carts at a time: read, conditional write, event insert;
@@ -28,10 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from rxcqrs.cassandra.aggregate import Stored
+from rxcqrs.cassandra.decider_store import event_id
 from rxcqrs.cassandra.fence import Fence, write_timestamp
 from rxcqrs.examples.shoppingcart.codec import command_codec
-from rxcqrs.examples.shoppingcart.domain import Cart, Command, Rejected, apply, fold
-from rxcqrs.examples.shoppingcart.store import CartStore, event_payload
+from rxcqrs.examples.shoppingcart.domain import Cart, Command, Rejected, apply, event_of, fold
+from rxcqrs.examples.shoppingcart.store import CartStore
 from rxcqrs.kafka.settings import default_bootstrap
 from rxcqrs.messages import RecordMetadata
 
@@ -45,25 +46,25 @@ def keyspace(name: str) -> str:
 
 def verify(session: Any, ks: str, topic: str, limits: dict[int, int] | None = None) -> bool:
     """Every cart equals the fold of the topic's commands (below ``limits`` per partition, if given), and
-    every refused command is recorded once (by event id)."""
+    every refused command is recorded once (by its source partition and offset)."""
     from rxcqrs.kafka.admin import read_topic
 
     codec = command_codec()
     per_cart: dict[uuid.UUID, list[Command]] = defaultdict(list)
-    refused: set[tuple[uuid.UUID, uuid.UUID]] = set()
+    refused: set[tuple[uuid.UUID, int, int]] = set()
     states: dict[uuid.UUID, Cart | None] = {}
     for record in read_topic(topic, bootstrap_servers=BOOTSTRAP, limits=limits):
         cmd = codec.decode(record.value)
         per_cart[cmd.cart_id].append(cmd)
         result = apply(states.get(cmd.cart_id), cmd)
         if isinstance(result, Rejected):
-            refused.add((cmd.cart_id, uuid.UUID(record.key.decode())))
+            refused.add((cmd.cart_id, record.partition, record.offset))
         else:
             states[cmd.cart_id] = result
     expected = {cid: cart for cid, cmds in per_cart.items() if (cart := fold(cmds)) is not None}
     store = CartStore(session, ks)
-    recorded = [(r.cart_id, r.event_id) for r in session.execute(f"SELECT cart_id, event_id FROM "
-                                                                  f"{store.rejections_table}", timeout=120)]
+    recorded = [(r.cart_id, r.source_partition, r.source_offset) for r in session.execute(
+        f"SELECT cart_id, source_partition, source_offset FROM {store.rejections_table}", timeout=120)]
     return dict(store.all_carts()) == expected and set(recorded) == refused
 
 
@@ -116,31 +117,32 @@ def _fold(row: Stored[Cart], items: list[tuple[Command, RecordMetadata]],
     return state, applied
 
 
-def _record_rejections(session: Any, store: CartStore, rejected: dict[uuid.UUID, list[Any]]) -> None:
-    """The refused commands of a poll, an unlogged batch per cart, before any state that applied them."""
+def _record_decisions(session: Any, store: CartStore, folded: dict[uuid.UUID, list[tuple[Command, RecordMetadata]]],
+                      rejected: dict[uuid.UUID, list[Any]]) -> None:
+    """A poll's decisions before any state that records them: per cart an unlogged batch of its refused
+    commands and the events of its accepted ones."""
     from cassandra.query import BatchStatement, BatchType
 
     futures = []
-    for cid, items in rejected.items():
+    for cid, items in folded.items():
+        refused = rejected.get(cid, [])
+        skipped = {meta.offset for _c, meta, _r in refused}
         batch = BatchStatement(BatchType.UNLOGGED)
-        for statement in store.record_rejections(cid, items):
+        for statement in store.record_rejections(cid, refused):
             batch.add(statement)
-        futures.append(session.execute_async(batch))
+        for cmd, meta in items:
+            if meta.offset not in skipped:
+                batch.add(store.log.insert(session, cid, event_id(meta, 0), meta.timestamp_utc,
+                                           store.payload(event_of(cmd)), meta))
+        if len(batch):
+            futures.append(session.execute_async(batch))
     for future in futures:
         future.result()
 
 
-def _log_events(session: Any, store: CartStore, per_cart: dict[uuid.UUID, list[tuple[Command, RecordMetadata]]]
-                ) -> None:
-    from cassandra.query import BatchStatement, BatchType
-
-    futures = []
-    for cid, items in per_cart.items():
-        batch = BatchStatement(BatchType.UNLOGGED)
-        for cmd, meta in items:
-            batch.add(store.log.insert(session, cid, meta.key_uuid, meta.timestamp_utc, event_payload(cmd), meta))
-        futures.append(session.execute_async(batch))
-        futures.append(session.execute_async(store.log.bucket_index(session, cid, items[0][1].timestamp_utc)))
+def _index(session: Any, store: CartStore, per_cart: dict[uuid.UUID, list[tuple[Command, RecordMetadata]]]) -> None:
+    futures = [session.execute_async(store.log.bucket_index(session, cid, items[0][1].timestamp_utc))
+               for cid, items in per_cart.items()]
     for future in futures:
         future.result()
 
@@ -170,7 +172,7 @@ def hand_cart_batched(session: Any, topic: str, ks: str, total: int, protocol: s
                     folded[cid] = _fold(cache[cid], items, refused)
                     if refused:
                         rejected[cid] = refused
-                _record_rejections(session, store, rejected)
+                _record_decisions(session, store, pending, rejected)
                 for cid, items in pending.items():
                     row = cache[cid]
                     state, applied = folded[cid]
@@ -188,7 +190,7 @@ def hand_cart_batched(session: Any, topic: str, ks: str, total: int, protocol: s
                         cache.pop(cid)
                         conflicts[cid] = pending[cid]
                 pending = conflicts
-            _log_events(session, store, per_cart)
+            _index(session, store, per_cart)
             if count:
                 consumer.commit(asynchronous=False)
         consumer.close()

@@ -89,7 +89,8 @@ class Stored(Generic[S]):
 @dataclass(frozen=True)
 class Applied(Generic[S]):
     """A command's decision: the new state (``None``: deleted), and ``records``: idempotent statements written
-    before the state that records the command (the events a decider logs with its decisions)."""
+    before the state that records the command (the events a decider logs with its decisions; not written by a
+    sink whose event log is another branch's, ``log_events=False``)."""
 
     state: S | None
     records: Sequence[Any] = ()
@@ -271,11 +272,12 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                  merge_partitions: int = 10, then: Callable[[Envelope[Any]], None] | None = None,
                  name: str = "aggregate") -> None:
         """``fences(group, topic)`` gives the fence of a topic (default: its row in ``keyspace``, a
-        :class:`~rxcqrs.cassandra.fence.Fence`); ``log_events=False`` writes the decisions and the state only (the
-        event log is another branch's job); ``then(env)`` receives each record whose writes succeeded instead
-        of acking it (the serial flow). ``merge_partitions``: the idempotent single-row writes that several
-        entities' batches are ready to send at once go as one unlogged request spanning up to that many
-        partitions (1: every entity's writes alone; see :meth:`_flush`)."""
+        :class:`~rxcqrs.cassandra.fence.Fence`); ``log_events=False`` writes the rejections and the state
+        only (the event log, ``Applied.records`` included, is another branch's job); ``then(env)`` receives each
+        record whose writes succeeded instead of acking it (the serial flow). ``merge_partitions``: the
+        idempotent single-row writes that several entities' batches are ready to send at once go as one
+        unlogged request spanning up to that many partitions (1: every entity's writes alone; see
+        :meth:`_flush`)."""
         super().__init__()
         if max_concurrency < 1 or max_batch < 1 or cache_size < 1 or batch_rows < 1 or merge_partitions < 1:
             raise ConfigError("max_concurrency, max_batch, cache_size, batch_rows and merge_partitions must be >= 1")
@@ -296,6 +298,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         self.merge_partitions = merge_partitions
         self.backoff = backoff or Backoff()
         self.fence_timeout = fence_timeout
+        self.log_events = log_events
         self.steps = STEPS if log_events else STEPS[:2]
         self.then = then
         self.name = name
@@ -711,7 +714,8 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                     rejected.append((env.value, meta, decision.reason))
                 else:
                     state = decision.state
-                    records += decision.records
+                    if self.log_events:
+                        records += decision.records
                 applied[meta.partition] = max(meta.offset, applied.get(meta.partition, -1))
                 last_offset = meta.offset
             if last_offset is None:  # every record was already applied: only log the redeliveries

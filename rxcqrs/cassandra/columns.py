@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections import abc
 import decimal
 import types
 import typing
@@ -26,9 +27,9 @@ __all__ = ["Column", "columns_of"]
 
 _SCALARS: dict[Any, str] = {str: "text", int: "bigint", float: "double", bool: "boolean", uuid.UUID: "uuid",
                             dt.datetime: "timestamp", dt.date: "date", decimal.Decimal: "decimal", bytes: "blob"}
-_MAPS = (dict, typing.Mapping, typing.MutableMapping)
-_SETS = (set, frozenset, typing.AbstractSet, typing.MutableSet)
-_LISTS = (list, tuple, typing.Sequence, typing.MutableSequence)
+_MAPS = (dict, abc.Mapping, abc.MutableMapping)
+_SETS = (set, frozenset, abc.Set, abc.MutableSet)
+_LISTS = (list, tuple, abc.Sequence, abc.MutableSequence)
 
 
 @dataclass(frozen=True)

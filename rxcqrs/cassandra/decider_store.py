@@ -76,12 +76,15 @@ def event_id(meta: RecordMetadata, index: int) -> uuid.UUID:
 
 class DeciderStore(Generic[C, S, E]):
     """The tables and statements of ``decider`` in ``keyspace``. ``column_types`` picks the CQL type of a field
-    (field name -> type, for the key, the state and the events); ``bucket``: the event log's time bucket."""
+    (field name -> type, for the key, the state and the events); ``bucket``: the event log's time bucket;
+    ``schema_hint``: how a user creates the schema (named by the errors of :meth:`check_schema`)."""
 
     def __init__(self, session: Any, keyspace: str, decider: Decider[C, S, E], *,
                  write_protocol: WriteProtocol = "fenced", column_types: Mapping[str, str] | None = None,
-                 bucket: str = "day") -> None:
+                 bucket: str = "day", schema_hint: str = "create_schema=True, or DeciderStore.create_schema()"
+                 ) -> None:
         self.session = session
+        self.schema_hint = schema_hint
         self.keyspace = identifier(keyspace, "keyspace")
         self.decider = decider
         self.write_protocol = check_protocol(write_protocol)
@@ -145,7 +148,7 @@ class DeciderStore(Generic[C, S, E]):
         create_table(self.session, self.keyspace, f"{self.name}_rejections", tables[f"{self.name}_rejections"],
                      [self.key_field], [("source_partition", "ASC"), ("source_offset", "ASC")])
         self.log.create(self.session)
-        self._rebuilder(None, None).create()
+        self.rebuilder().create()
         create_fence_tables(self.session, self.keyspace)
         self.check_schema()
 
@@ -154,12 +157,11 @@ class DeciderStore(Generic[C, S, E]):
         columns the types give."""
         if self.session.execute("SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s",
                                 (self.keyspace,)).one() is None:
-            raise SchemaError(f"keyspace {self.keyspace!r} does not exist: create the schema first "
-                              "(create_schema=True, or DeciderStore.create_schema())")
+            raise SchemaError(f"keyspace {self.keyspace!r} does not exist: check the keyspace, or create the schema "
+                              f"({self.schema_hint})")
         expected = dict(self.tables)
         expected[self.log.table] = {self.key_field: self.key_column.cql, **{c: t for c, t in self.log.payload.items()}}
-        for extra in (f"{self.name}_rebuilds", self.log.table + "_buckets", self.log.table + "_unknown",
-                      FENCES_TABLE, WRITERS_TABLE):
+        for extra in self.table_names:
             expected.setdefault(extra, {})
         for table, columns in expected.items():
             found = {row.column_name: row.type.replace(" ", "") for row in self.session.execute(
@@ -167,12 +169,34 @@ class DeciderStore(Generic[C, S, E]):
                 (self.keyspace, table))}
             if not found:
                 raise SchemaError(f"{self.keyspace}.{table} does not exist: create the schema first "
-                                  "(create_schema=True, or DeciderStore.create_schema())")
+                                  f"({self.schema_hint})")
             wrong = {c: (t, found.get(c)) for c, t in columns.items() if found.get(c) != t.replace(" ", "")}
             if wrong:
                 what = ", ".join(f"{c} is {f or 'missing'} (the types give {t})" for c, (t, f) in wrong.items())
                 raise SchemaError(f"{self.keyspace}.{table} does not match {self.decider.name}'s types: {what}; "
                                   "rxcqrs never alters a table: migrate it yourself, or use a new keyspace")
+
+    def missing_tables(self) -> list[str]:
+        """The keyspace (``[keyspace]``) or the tables of it that do not exist (asked of the server's schema
+        tables, not the driver's cached metadata)."""
+        if self.session.execute("SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s",
+                                (self.keyspace,)).one() is None:
+            return [self.keyspace]
+        found = {row.table_name for row in self.session.execute(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (self.keyspace,))}
+        return [f"{self.keyspace}.{t}" for t in self.table_names if t not in found]
+
+    @property
+    def table_names(self) -> list[str]:
+        """Every table of this store, the fence tables included."""
+        return [*self.tables, self.log.table, self.log.table + "_buckets", self.log.table + "_unknown",
+                f"{self.name}_rebuilds", FENCES_TABLE, WRITERS_TABLE]
+
+    def recorded_protocol(self) -> WriteProtocol:
+        """The protocol recorded for the state table (a table from before the record: conditional)."""
+        row = self.session.execute(f"SELECT protocol FROM {qualified(self.keyspace, WRITERS_TABLE)} WHERE "
+                                   "table_name = %s", (self.name,)).one()
+        return check_protocol(row.protocol) if row is not None else "conditional"
 
     def claim(self, group: str | None) -> TableClaim:
         """Record (or check) that this store's protocol (and, fenced, ``group``) writes the state table."""
@@ -228,7 +252,8 @@ class DeciderStore(Generic[C, S, E]):
                   for f in self._event_fields[cls]}
         return cls(**values)
 
-    def _payload(self, event: Any) -> dict[str, Any]:
+    def payload(self, event: Any) -> dict[str, Any]:
+        """The event-log columns of ``event`` (its type's name and its fields)."""
         out = {"event_type": type(event).__name__}
         for f in self._event_fields[type(event)]:
             if f in self.event_columns:
@@ -287,7 +312,7 @@ class DeciderStore(Generic[C, S, E]):
         if isinstance(answer, Reject):
             return Rejection(answer.reason)
         entity, when = self.decider.key_of(command), meta.timestamp_utc
-        records = [self.log.insert(self.session, entity, event_id(meta, i), when, self._payload(event), meta)
+        records = [self.log.insert(self.session, entity, event_id(meta, i), when, self.payload(event), meta)
                    for i, event in enumerate(answer)]
         return Applied(self.decider.fold(answer, state), records)
 
@@ -329,9 +354,10 @@ class DeciderStore(Generic[C, S, E]):
         """Rewrite every entity (or ``keys``) whose state differs from ``evolve`` over its distinct logged
         events. Fenced: the rewrite takes an epoch of ``group``'s fence on ``topic`` (above every epoch its
         members wrote with), so run it while the group has no members."""
-        return self._rebuilder(group, topic).run(keys)
+        return self.rebuilder(group=group, topic=topic).run(keys)
 
-    def _rebuilder(self, group: str | None, topic: str | None) -> Rebuilder[S]:
+    def rebuilder(self, *, group: str | None = None, topic: str | None = None) -> Rebuilder[S]:
+        """The :class:`~rxcqrs.cassandra.compensation.Rebuilder` of :meth:`rebuild`."""
         epoch: list[int] = []
         writes = [0]
 

@@ -7,7 +7,7 @@ import datetime as dt
 import decimal
 import uuid
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Optional
+from typing import AbstractSet, Annotated, Any, Mapping, Optional, Sequence
 
 import pytest
 from hypothesis import given
@@ -105,21 +105,28 @@ class Everything:
     sequence: tuple[int, ...]
     names: list[str]
     small: Annotated[int, "int"]
+    mapping: Mapping[str, int]
+    abstract: AbstractSet[int]
+    seq: Sequence[str]
     chosen: int = 0
     extra: dict[uuid.UUID, int] = field(default_factory=dict)
+    typed: Mapping[uuid.UUID, int] = field(default_factory=dict)
 
 
 def test_every_supported_field_type_has_its_column() -> None:
-    columns = columns_of(Everything, "state", {"chosen": "smallint"})
+    columns = columns_of(Everything, "state", {"chosen": "smallint", "typed": "map<uuid, int>"})
     assert {name: c.cql for name, c in columns.items()} == {
         "text": "text", "number": "bigint", "ratio": "double", "flag": "boolean", "ident": "uuid",
         "when": "timestamp", "day": "date", "money": "decimal", "raw": "blob", "maybe": "bigint", "union": "bigint",
         "counts": "map<text,bigint>", "tags": "set<text>", "sequence": "frozen<list<bigint>>",
-        "names": "frozen<list<text>>", "small": "int", "chosen": "smallint", "extra": "map<uuid,bigint>"}
+        "names": "frozen<list<text>>", "small": "int", "mapping": "map<text,bigint>", "abstract": "set<bigint>",
+        "seq": "frozen<list<text>>", "chosen": "smallint", "extra": "map<uuid,bigint>", "typed": "map<uuid,int>"}
     # empty collections are stored as null and read back as empty ones of the field's kind
     assert columns["tags"].from_cql(None) == frozenset() and isinstance(columns["tags"].from_cql({"a"}), frozenset)
     assert columns["sequence"].from_cql([1, 2]) == (1, 2) and columns["names"].from_cql(None) == []
     assert columns["counts"].to_cql({"a": 1}) == {"a": 1} and columns["counts"].from_cql(None) == {}
+    # a chosen CQL type keeps the conversions of the field's kind
+    assert columns["typed"].from_cql(None) == {} and columns["mapping"].from_cql(None) == {}
 
 
 def test_a_field_without_a_column_type_names_the_field() -> None:

@@ -68,3 +68,24 @@ def test_the_generated_stream_is_reproducible_and_partitioned_by_cart() -> None:
     assert len(ref) == 20
     cid = a[0].cart_id
     assert {partition_for(c.cart_id, 8) for c in a if c.cart_id == cid} == {partition_for(cid, 8)}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_cart_decider_agrees_with_apply_and_skips_refused_events(seed: int) -> None:
+    """The engine's decisions and the event log's fold give the carts :func:`fold` gives; the events the
+    parallel and serial pipelines log for refused commands change nothing when folded."""
+    from rxcqrs.decider import Reject
+    from rxcqrs.examples.shoppingcart.domain import CARTS, event_of
+
+    commands = generate(carts=8, commands=400, seed=seed)
+    for cart_id, expected in reference(commands).items():
+        mine = [c for c in commands if c.cart_id == cart_id]
+        assert CARTS.run(mine) == expected
+        decided, state = [], None
+        for cmd in mine:
+            answer = CARTS.decided(state, cmd)
+            if not isinstance(answer, Reject):
+                decided += answer
+                state = CARTS.fold(answer, state)
+        assert CARTS.fold(decided) == expected
+        assert CARTS.fold(event_of(c) for c in mine) == expected  # every delivery logged, refusals included

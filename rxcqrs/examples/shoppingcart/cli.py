@@ -194,8 +194,9 @@ def show(args: argparse.Namespace) -> int:
                 print(f"  {event.event_time:%Y-%m-%d %H:%M:%S.%f} {event.payload['action']:<10} "
                       f"owner={event.payload['owner']} item={event.payload['item']} count={event.payload['count']} "
                       f"event={event.event_id} from {event.source[0]}/{event.source[1]}@{event.source[2]}")
-            for row in store.rejected(cart_id):
-                print(f"  rejected {row.action} (event {row.event_id}): {row.reason}")
+            for row in store.rejections(cart_id):
+                print(f"  rejected {row.command} from {row.source_topic}/{row.source_partition}@{row.source_offset}: "
+                      f"{row.reason}")
             return 0
         count = 0
         for cart_id, cart in store.all_carts():

@@ -1,9 +1,14 @@
-"""The shopping cart: commands, the cart state, and the one function that applies a command to a state.
+"""The shopping cart: commands, the cart state, its events, and the one function that applies a command.
 
 Commands arrive as Avro ``ShoppingCartCmd`` records (``action``, ``cart_id``, ``owner_or_item``, ``count``).
 :func:`apply` is pure and deterministic: the command side, the rebuild from the event log and the in-memory
 reference all use it, so they agree by construction. A command that is invalid for the current state is
 rejected (a value, not an exception): recorded, acknowledged, never retried forever.
+
+:data:`CARTS` is the cart as a :class:`~rxcqrs.decider.Decider`: an accepted command is logged as one
+:class:`CartEvent` naming what it changed, and ``evolve`` applies that event. The parallel and serial pipelines
+log every delivery beside the state write (refused commands too, their state unknown to that branch), so
+``evolve`` skips an event that its cart refuses, as :func:`apply` would.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from rxcqrs.decider import Decider, Reject
 from rxcqrs.exceptions import PoisonRecordError
 
-__all__ = ["ACTIONS", "Command", "Cart", "Rejected", "apply", "fold", "command_from_record"]
+__all__ = ["ACTIONS", "CARTS", "Command", "Cart", "CartEvent", "Rejected", "apply", "fold", "command_from_record",
+           "event_of"]
 
 ACTIONS = ("Insert", "SetOwner", "AddItem", "RemoveItem", "Delete")
 
@@ -86,3 +93,40 @@ def fold(commands: Iterable[Command], cart: Cart | None = None) -> Cart | None:
         if not isinstance(result, Rejected):
             cart = result
     return cart
+
+
+@dataclass(frozen=True, slots=True)
+class CartEvent:
+    """An applied command as the event log keeps it: the action and what it names (dendrites dropped the
+    action, so a RemoveItem was logged as an addition)."""
+
+    action: str
+    owner: uuid.UUID | None = None
+    item: uuid.UUID | None = None
+    count: int | None = None
+
+
+def event_of(cmd: Command) -> CartEvent:
+    if cmd.action in ("Insert", "SetOwner"):
+        return CartEvent(cmd.action, owner=cmd.owner_or_item)
+    if cmd.action == "Delete":
+        return CartEvent(cmd.action)
+    return CartEvent(cmd.action, item=cmd.owner_or_item, count=cmd.count)
+
+
+_NO_CART = uuid.UUID(int=0)
+
+
+def decide(cart: Cart | None, cmd: Command) -> CartEvent | Reject:
+    result = apply(cart, cmd)
+    return Reject(result.reason) if isinstance(result, Rejected) else event_of(cmd)
+
+
+def evolve(cart: Cart | None, event: CartEvent) -> Cart | None:
+    cmd = Command(event.action, _NO_CART, event.owner or event.item or _NO_CART, event.count)
+    result = apply(cart, cmd)
+    return cart if isinstance(result, Rejected) else result
+
+
+CARTS = Decider("shopping_cart", command=Command, state=Cart, event=CartEvent, key="cart_id", decide=decide,
+                evolve=evolve)
