@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections import abc
 import decimal
 import types
 import typing
 import uuid
+from collections import abc
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 

@@ -57,7 +57,7 @@ C = TypeVar("C")
 S = TypeVar("S")
 E = TypeVar("E")
 
-_BOOKKEEPING = {"deleted": "boolean", "seq": "bigint", "applied": "map<int, bigint>"}
+_BOOKKEEPING = {"deleted": "boolean", "seq": "bigint", "applied": "map<int,bigint>"}
 _LOG_RESERVED = {"bucket", "event_time", "event_id", "logged_at", "source_topic", "source_partition", "source_offset",
                  "event_type"}
 
@@ -121,8 +121,11 @@ class DeciderStore(Generic[C, S, E]):
         merged: dict[str, Column] = {}
         for cls in self.decider.events:
             for name, col in columns_of(cls, "event", types).items():
-                if name in _LOG_RESERVED or name == self.key_field:
-                    continue  # the log keeps these itself (the entity key is its partition key)
+                if name == self.key_field:
+                    continue  # the log's partition key: read back from the entity
+                if name in _LOG_RESERVED:
+                    raise ConfigError(f"event {cls.__name__}.{name}: {name!r} is a column the event log keeps for "
+                                      f"itself ({sorted(_LOG_RESERVED)}); rename the field")
                 if name in merged and merged[name].cql != col.cql:
                     raise ConfigError(f"event field {name!r} is {merged[name].cql} in one event type and {col.cql} in "
                                       f"{cls.__name__}: one column cannot hold both; rename one of them")
@@ -248,7 +251,7 @@ class DeciderStore(Generic[C, S, E]):
         if cls is None:
             raise SchemaError(f"{self.log.name} holds an event of type {payload['event_type']!r}, which is not one of "
                               f"{sorted(self._event_types)}: add the type back to the decider")
-        values = {f: self.event_columns[f].from_cql(payload.get(f)) if f in self.event_columns else logged.entity_id
+        values = {f: logged.entity_id if f == self.key_field else self.event_columns[f].from_cql(payload.get(f))
                   for f in self._event_fields[cls]}
         return cls(**values)
 

@@ -171,3 +171,26 @@ def test_event_ids_are_stable_distinct_and_ordered_within_a_command(partition: i
 def test_too_many_events_for_one_command_are_refused() -> None:
     with pytest.raises(ConfigError, match="more than 65536 events"):
         event_id(meta(0, 1), 1 << 16)
+
+
+def test_fields_named_like_the_storage_bookkeeping_are_refused_naming_them() -> None:
+    from rxcqrs.cassandra.decider_store import DeciderStore
+
+    @dataclass(frozen=True)
+    class Seq:
+        seq: int
+
+    @dataclass(frozen=True)
+    class Timed:
+        event_time: int
+
+    with pytest.raises(ConfigError, match=r"state Seq.seq: 'seq' is a column rxcqrs keeps for itself"):
+        DeciderStore(None, "ks", Decider("c", command=Add, state=Seq, event=Added, key="counter", decide=decide,
+                                         evolve=evolve))
+    with pytest.raises(ConfigError, match=r"event Timed.event_time: 'event_time' is a column the event log keeps"):
+        DeciderStore(None, "ks", Decider("c", command=Add, state=Total, event=Timed, key="counter", decide=decide,
+                                         evolve=evolve))
+    store = DeciderStore(None, "ks", counters)
+    assert store.tables["counter"] == {"counter": "text", "total": "bigint", "deleted": "boolean", "seq": "bigint",
+                                       "applied": "map<int,bigint>"}
+    assert store.payload(Added(3)) == {"event_type": "Added", "amount": 3}
