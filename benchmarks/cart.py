@@ -222,7 +222,7 @@ def hand_per_command(session: Any, topic: str, ks: str, total: int) -> Result:
     def run_cart(items: list[tuple[Command, RecordMetadata]]) -> None:
         for cmd, meta in items:
             _command(session, store, cmd, meta)
-            session.execute(store.event_statement(cmd, meta))
+            session.execute(store.delivery_statement(cmd, meta))
 
     done = 0
     with Timed() as timed:
@@ -253,7 +253,7 @@ def naive(session: Any, topic: str, ks: str, seconds: float) -> Result:
                 cmd = codec.decode(m.value())
                 meta = RecordMetadata(m.topic(), m.partition(), m.offset(), m.timestamp()[1], 0, m.key())
                 _command(session, store, cmd, meta)
-                session.execute(store.event_statement(cmd, meta))
+                session.execute(store.delivery_statement(cmd, meta))
                 consumer.commit(message=m, asynchronous=False)
                 limits[m.partition()] = m.offset() + 1
                 done += 1

@@ -43,7 +43,7 @@ Decision = Any
 class Decider(Generic[C, S, E]):
     """An aggregate type. ``name`` prefixes its tables (``<name>``, ``<name>_event_log``, ...); ``event`` is
     one dataclass or a tuple of them (the log's ``event_type`` column tells them apart); ``key`` is the
-    command field holding the entity key (its type is the key column's)."""
+    command field holding the entity key (its type is the key column's); ``logged``: see below."""
 
     name: str
     command: type[C]
@@ -52,6 +52,10 @@ class Decider(Generic[C, S, E]):
     key: str
     decide: Callable[[S | None, C], Decision]
     evolve: Callable[[S | None, E], S | None]
+    #: the event a command is logged as by the parallel and serial pipelines, whose event-log branch logs
+    #: every delivery beside the state write without knowing the state: refused commands are logged too, so
+    #: ``evolve`` must leave a state unchanged by an event it would have refused. ``None``: batched only.
+    logged: Callable[[C], E] | None = None
 
     def __post_init__(self) -> None:
         for what, cls in (("command", self.command), ("state", self.state), *(("event", e) for e in self.events)):
@@ -68,6 +72,14 @@ class Decider(Generic[C, S, E]):
     @property
     def events(self) -> tuple[type, ...]:
         return self.event if isinstance(self.event, tuple) else (self.event,)
+
+    def require_logged(self, mode: str) -> Callable[[C], E]:
+        """``logged``; without it, one line saying that ``mode`` needs it."""
+        if self.logged is None:
+            raise ConfigError(f"Decider {self.name!r} has no logged=...: the {mode} pipeline logs every delivery "
+                              "without the state and needs it (the event a command is logged as); or run mode "
+                              "'batched'")
+        return self.logged
 
     def key_of(self, command: C) -> Any:
         return getattr(command, self.key)

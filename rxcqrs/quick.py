@@ -102,8 +102,9 @@ def cqrs(topic: str, model: Any, *, aggregate: Decider[Any, Any, Any] | None = N
     """Consume ``topic`` (records of ``model``, or of a codec) and return the running flow; dead letters go to
     ``<topic>.dlq``; settings (servers, write protocol, ...) come from :mod:`rxcqrs.config`.
 
-    With ``aggregate`` (a :class:`~rxcqrs.decider.Decider`): the command engine, batched, over the
-    aggregate's tables in ``keyspace`` (created first if ``create_schema``; else they must exist and match).
+    With ``aggregate`` (a :class:`~rxcqrs.decider.Decider`): the command engine over the aggregate's tables in
+    ``keyspace`` (created first if ``create_schema``; else they must exist and match), ``batched`` (the
+    default), or ``parallel`` / ``serial`` (the broadcast pipelines: see :mod:`rxcqrs.cassandra.pipelines`).
 
     With ``command`` (stateless upserts): apply ``command(value)`` (or ``command(value, meta)`` if it takes
     two arguments; it returns a statement, or None), log ``event(value) -> (entity id, payload)`` in ``log``
@@ -112,9 +113,8 @@ def cqrs(topic: str, model: Any, *, aggregate: Decider[Any, Any, Any] | None = N
     if aggregate is not None:
         if command is not None or log is not None or event is not None:
             raise ConfigError("cqrs: give either aggregate= or command=/log=/event=, not both")
-        if mode not in (None, "batched"):
-            raise ConfigError(f"cqrs: an aggregate runs in mode 'batched' (the command engine), got {mode!r}")
-        return _aggregate_flow(topic, model, aggregate, keyspace, create_schema, group, config, source)
+        return _aggregate_flow(topic, model, aggregate, keyspace, create_schema, group, mode or "batched", config,
+                               source)
     if command is None or log is None or event is None:
         raise ConfigError("cqrs: give aggregate= (a Decider), or command=, log= and event=")
     mode = mode or "parallel"
@@ -131,12 +131,15 @@ def store(aggregate: Decider[Any, Any, Any], keyspace: str, *, config: Config | 
 
 
 def _aggregate_flow(topic: str, model: Any, aggregate: Decider[Any, Any, Any], keyspace: str | None,
-                    create_schema: bool, group: str | None, config: Config | None, source: Any) -> Flow:
-    from rxcqrs.cassandra.aggregate import AggregateSink
-    from rxcqrs.flow import run
+                    create_schema: bool, group: str | None, mode: str, config: Config | None, source: Any) -> Flow:
+    from rxcqrs.cassandra.pipelines import MODES, aggregate_pipeline
     from rxcqrs.kafka import KafkaSink, KafkaSource, create_topics
     from rxcqrs.operators import DeadLetters, decode
 
+    if mode not in MODES:
+        raise ConfigError(f"cqrs: mode must be one of {MODES}, got {mode!r}")
+    if mode != "batched":
+        aggregate.require_logged(mode)
     if not keyspace:
         raise ConfigError("cqrs: an aggregate needs the keyspace of its tables (keyspace=...)")
     config = config or load_config()
@@ -151,9 +154,8 @@ def _aggregate_flow(topic: str, model: Any, aggregate: Decider[Any, Any, Any], k
     dead_letters = DeadLetters(KafkaSink(producer=config.producer()))
     decoded = decode(_codec(model), dead_letters=dead_letters)
     source = source or KafkaSource(topic, config.consumer(group))
-    engine = AggregateSink(tables.session, tables, write_protocol=tables.write_protocol, keyspace=keyspace, group=group,
-                           merge_partitions=config.merge_partitions, name=aggregate.name)
-    return run(source, decoded, engine)
+    return aggregate_pipeline(source, decoded, tables, mode=mode, group=group,  # type: ignore[arg-type]
+                              merge_partitions=config.merge_partitions)
 
 
 def _command_flow(topic: str, model: Any, command: Callable[..., Any], log: EventLog,

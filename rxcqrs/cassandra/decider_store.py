@@ -335,6 +335,13 @@ class DeciderStore(Generic[C, S, E]):
         """Nothing: a decider's events are logged with its decisions, before the state (see the module)."""
         return []
 
+    def delivery_statement(self, command: C, meta: RecordMetadata) -> Any:
+        """The event-log write of one delivery, for the event-log branch of the parallel and serial pipelines:
+        the decider's ``logged(command)``, with the id the engine gives a command's first event."""
+        event = self.decider.require_logged("parallel")(command)
+        return self.log.bind(self.session, self.decider.key_of(command), event_id(meta, 0), meta.timestamp_utc,
+                             self.payload(event), meta)
+
     def record_rejections(self, key: Any, rejected: list[tuple[C, RecordMetadata, str]]) -> list[Any]:
         self._prepare()
         out = []

@@ -11,12 +11,13 @@ import subprocess
 import sys
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import reactivex
+from dataclasses_avroschema import AvroModel
 
 from rxcqrs import Decider, run
 from rxcqrs.backoff import Backoff
@@ -299,3 +300,51 @@ def test_a_crash_after_any_step_and_a_redelivery_leave_the_decider_exact(keyspac
         reference_events = [e for c in mine if not isinstance(a := counters.decided(None, c), Reject) for e in a]
         assert store.history(entity) == reference_events
         assert [r.reason for r in store.rejections(entity)] == ["negative"] * sum(c.amount < 0 for c in mine)
+
+
+# -- the broadcast pipelines of the mission on an aggregate ---------------------------------------------------
+# (made without this module's postponed annotations, which dataclasses-avroschema cannot resolve)
+Tally = make_dataclass("Tally", [("entity", str), ("amount", int)], bases=(AvroModel,))
+
+
+def _tally_evolve(state: Total | None, event: Added) -> Total | None:
+    if event.amount < 0:  # the event-log branch logs refused commands too: they change nothing
+        return state
+    return Total((state.total if state else 0) + event.amount)
+
+
+tallies = Decider("tallies", command=Tally, state=Total, event=Added, key="entity",
+                  decide=lambda state, cmd: Reject("negative") if cmd.amount < 0 else Added(cmd.amount),
+                  evolve=_tally_evolve, logged=lambda cmd: Added(cmd.amount))
+
+
+@pytest.mark.parametrize("mode", ["parallel", "serial"])
+def test_cqrs_runs_an_aggregate_in_the_broadcast_pipelines(mode: str, topic_factory: Any, group_id: str,
+                                                           keyspace: str, services_settings: Any) -> None:
+    import rxcqrs
+
+    topic = topic_factory(2)
+    sent = [Tally(f"e{i % 5}", -3 if i % 6 == 5 else i) for i in range(60)]
+    config = config_for(services_settings)
+    publish(topic, sent, key="entity", partitions=2, config=config)
+    flow = rxcqrs.cqrs(topic, Tally, aggregate=tallies, keyspace=keyspace, group=group_id, mode=mode,  # type: ignore[arg-type]
+                       create_schema=True, config=config)
+    assert flow.until(count=len(sent), timeout=120)["committed"] == len(sent)
+    store = rxcqrs.store(tallies, keyspace, config=config)
+    for entity in {t.entity for t in sent}:
+        mine = [t for t in sent if t.entity == entity]
+        assert store.get(entity) == tallies.run(mine)
+        assert len(store.history(entity)) == len(mine)  # every delivery logged, refused ones too
+        assert [r.reason for r in store.rejections(entity)] == ["negative"] * sum(t.amount < 0 for t in mine)
+    assert store.rebuild(group=group_id, topic=topic).rewritten == 0  # the log's fold is the state
+
+
+def test_an_aggregate_without_logged_runs_batched_only(keyspace: str, services_settings: Any) -> None:
+    import rxcqrs
+    from rxcqrs.exceptions import ConfigError
+
+    bank = domain()
+    with pytest.raises(ConfigError, match=r"^Decider 'account' has no logged=...: the serial pipeline logs every "
+                                          r"delivery without the state and needs it"):
+        rxcqrs.cqrs("accounts", bank["AccountCommand"], aggregate=bank["accounts"], keyspace=keyspace, mode="serial",
+                    config=config_for(services_settings))

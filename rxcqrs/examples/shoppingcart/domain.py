@@ -129,4 +129,4 @@ def evolve(cart: Cart | None, event: CartEvent) -> Cart | None:
 
 
 CARTS = Decider("shopping_cart", command=Command, state=Cart, event=CartEvent, key="cart_id", decide=decide,
-                evolve=evolve)
+                evolve=evolve, logged=event_of)

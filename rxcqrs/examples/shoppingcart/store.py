@@ -15,10 +15,9 @@ from typing import Any, Iterator
 
 from rxcqrs.cassandra import EventLog
 from rxcqrs.cassandra.aggregate import Stored
-from rxcqrs.cassandra.decider_store import DeciderStore, event_id
+from rxcqrs.cassandra.decider_store import DeciderStore
 from rxcqrs.cassandra.fence import WriteProtocol
-from rxcqrs.examples.shoppingcart.domain import CARTS, Cart, CartEvent, Command, event_of
-from rxcqrs.messages import RecordMetadata
+from rxcqrs.examples.shoppingcart.domain import CARTS, Cart, CartEvent, Command
 
 __all__ = ["CartStore", "CartRow", "cart_event_log", "COLUMN_TYPES"]
 
@@ -48,12 +47,6 @@ class CartStore(DeciderStore[Command, Cart, CartEvent]):
 
     def all_carts(self) -> Iterator[tuple[uuid.UUID, Cart]]:
         return self.all()
-
-    def event_statement(self, cmd: Command, meta: RecordMetadata) -> Any:
-        """The event-log write of one delivery (the event-log branch of the parallel and serial pipelines; the
-        same event id as the command engine gives the command's event)."""
-        return self.log.bind(self.session, cmd.cart_id, event_id(meta, 0), meta.timestamp_utc,
-                             self.payload(event_of(cmd)), meta)
 
 
 def cart_event_log(keyspace: str) -> EventLog:
