@@ -101,10 +101,7 @@ def test_a_bank_account_stays_exact_through_three_consumer_kills(topic_factory: 
     assert publish(topic, sent, key="account", partitions=2, config=config) == len(sent)
     script = tmp_path / "consumer.py"
     script.write_text(CONSUMER)
-    env = {**os.environ, "TOPIC": topic, "KEYSPACE": keyspace, "GROUP": group_id,
-           "RXCQRS_KAFKA_BOOTSTRAP": str(services_settings.kafka_bootstrap),
-           "RXCQRS_CASSANDRA_HOSTS": services_settings.host,
-           "RXCQRS_CASSANDRA_PORT": str(services_settings.cassandra_port)}
+    env = consumer_env(topic, keyspace, group_id, services_settings)
     ends = end_offsets(topic, bootstrap_servers=config.kafka_bootstrap)
 
     def progress() -> int:
@@ -138,18 +135,95 @@ def test_a_bank_account_stays_exact_through_three_consumer_kills(topic_factory: 
         consumer.send_signal(signal.SIGKILL)
         consumer.wait(30)
 
-    store = DeciderStore(cassandra_session, keyspace, bank["accounts"])
+    assert_exact(bank, sent, cassandra_session, keyspace, group_id, topic)
+
+
+def assert_exact(bank: dict[str, Any], sent: list[Any], session: Any, keyspace: str, group: str, topic: str) -> None:
+    """Every balance, rejection and event as the decider decides them in memory; a rebuild finds nothing."""
+    store = DeciderStore(session, keyspace, bank["accounts"])
     expected = reference(bank, sent)
     for account, (state, reasons, events) in expected.items():
         assert store.get(account) == state, account
         assert [r.reason for r in store.rejections(account)] == reasons, account
         assert store.history(account) == events, account
-    report = store.rebuild(group=group_id, topic=topic)
+    report = store.rebuild(group=group, topic=topic)
     assert report.examined == len(expected) and report.rewritten == 0
     # plain CQL, as another language would read it
-    live = {row.account: row.balance for row in cassandra_session.execute(
+    live = {row.account: row.balance for row in session.execute(
         f"SELECT account, balance, deleted FROM {keyspace}.account") if not row.deleted}
     assert live == {a: s.balance for a, (s, _r, _e) in expected.items() if s is not None}
+
+
+def consumer_env(topic: str, keyspace: str, group: str, services_settings: Any) -> dict[str, str]:
+    return {**os.environ, "TOPIC": topic, "KEYSPACE": keyspace, "GROUP": group,
+            "RXCQRS_KAFKA_BOOTSTRAP": str(services_settings.kafka_bootstrap),
+            "RXCQRS_CASSANDRA_HOSTS": services_settings.host,
+            "RXCQRS_CASSANDRA_PORT": str(services_settings.cassandra_port)}
+
+
+def test_a_frozen_bank_consumer_thawed_after_its_partitions_moved_on_changes_nothing(
+        topic_factory: Any, group_id: str, keyspace: str, services_settings: Any, cassandra_session: Any,
+        tmp_path: Path) -> None:
+    """Two consumers in one group; one is frozen (SIGSTOP) past its session timeout while commands stream in,
+    the other takes its partitions over and progresses; then it thaws (SIGCONT) with its cached accounts and
+    its work in flight. Every balance exact, without repair."""
+    from rxcqrs.kafka import ConsumerSettings
+    from rxcqrs.kafka.admin import group_size
+
+    bank = domain()
+    topic = topic_factory(4)
+    sent = commands(bank, accounts=80, per_account=40, seed=11)
+    config = config_for(services_settings)
+    first_part = len(sent) // 5
+    publish(topic, sent[:first_part], key="account", partitions=4, config=config)
+    script = tmp_path / "consumer.py"
+    script.write_text(CONSUMER)
+    env = consumer_env(topic, keyspace, group_id, services_settings)
+    consumers = [subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    bootstrap = config.kafka_bootstrap
+
+    def committed() -> dict[int, int | None]:
+        return committed_offsets(group_id, topic, bootstrap_servers=bootstrap)
+
+    def every_partition_past(mark: dict[int, int | None]) -> bool:
+        now, ends = committed(), end_offsets(topic, bootstrap_servers=bootstrap)
+        return all((now[p] or 0) > (mark[p] or 0) or (now[p] or 0) >= ends[p] for p in ends)
+
+    def alive() -> bool:
+        return all(c.poll() is None for c in consumers)
+
+    try:
+        wait_until(lambda: group_size(group_id, bootstrap_servers=bootstrap) == 2 or not alive(), 120,
+                   "both members in the group")
+        joined = committed()
+        wait_until(lambda: every_partition_past(joined) or not alive(), 120, "every partition worked on")
+        assert alive(), [c.stderr.read() for c in consumers if c.poll() is not None and c.stderr]
+        stream = threading.Thread(target=lambda: [publish(topic, sent[i:i + 40], key="account", partitions=4,
+                                                          config=config) for i in range(first_part, len(sent), 40)])
+        stream.start()  # the rest as a stream of small publishes, so the members have records in flight
+        wait_until(lambda: sum(v or 0 for v in committed().values()) >= first_part + 200 or not alive(), 120,
+                   "the stream being consumed")
+        zombie, other = consumers
+        os.kill(zombie.pid, signal.SIGSTOP)
+        try:
+            pause = threading.Event()
+            pause.wait(ConsumerSettings(group_id="x").session_timeout_ms / 1000 + 2)  # the freeze: past the timeout
+            taken_over = committed()
+            wait_until(lambda: every_partition_past(taken_over) or other.poll() is not None, 300,
+                       "the other member progressing on every partition")
+            assert other.poll() is None, other.stderr.read() if other.stderr else ""
+        finally:
+            os.kill(zombie.pid, signal.SIGCONT)
+        stream.join(300)
+        ends = end_offsets(topic, bootstrap_servers=bootstrap)
+        wait_until(lambda: committed() == ends or not alive(), 300, "every record committed")
+        assert alive(), [c.stderr.read() for c in consumers if c.poll() is not None and c.stderr]
+    finally:
+        for c in consumers:
+            c.kill()
+            c.wait(30)
+    assert_exact(bank, sent, cassandra_session, keyspace, group_id, topic)
 
 
 def test_a_rebuild_rewrites_a_wrong_entity_from_its_events(topic_factory: Any, group_id: str, keyspace: str,
