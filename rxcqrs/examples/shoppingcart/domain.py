@@ -1,14 +1,11 @@
-"""The shopping cart: commands, the cart state, its events, and the one function that applies a command.
+"""The shopping cart: commands, the cart, its events, and :data:`CARTS`, the cart as a Decider.
 
 Commands arrive as Avro ``ShoppingCartCmd`` records (``action``, ``cart_id``, ``owner_or_item``, ``count``).
-:func:`apply` is pure and deterministic: the command side, the rebuild from the event log and the in-memory
-reference all use it, so they agree by construction. A command that is invalid for the current state is
-rejected (a value, not an exception): recorded, acknowledged, never retried forever.
-
-:data:`CARTS` is the cart as a :class:`~rxcqrs.decider.Decider`: an accepted command is logged as one
-:class:`CartEvent` naming what it changed, and ``evolve`` applies that event. The parallel and serial pipelines
-log every delivery beside the state write (refused commands too, their state unknown to that branch), so
-``evolve`` skips an event that its cart refuses, as :func:`apply` would.
+:func:`refusal` and :func:`changed` are pure and deterministic; ``decide``, ``evolve`` and the in-memory
+reference (:func:`apply`, :func:`fold`) are made of them, so they agree by construction. A refused command
+is a value, not an exception: recorded, acknowledged, never retried. An accepted command is logged as one
+:class:`CartEvent`; ``evolve`` skips an event its cart refuses (the parallel and serial pipelines log every
+delivery, refused ones too).
 """
 
 from __future__ import annotations
@@ -20,8 +17,8 @@ from typing import Any, Iterable, Mapping
 from rxcqrs.decider import Decider, Reject
 from rxcqrs.exceptions import PoisonRecordError
 
-__all__ = ["ACTIONS", "CARTS", "Command", "Cart", "CartEvent", "Rejected", "apply", "fold", "command_from_record",
-           "event_of"]
+__all__ = ["ACTIONS", "CARTS", "Command", "Cart", "CartEvent", "Rejected", "apply", "changed", "command_from_record",
+           "event_of", "fold", "refusal"]
 
 ACTIONS = ("Insert", "SetOwner", "AddItem", "RemoveItem", "Delete")
 
@@ -58,32 +55,46 @@ class Rejected:
     reason: str
 
 
+def refusal(cart: Cart | None, action: str, target: uuid.UUID, count: int | None) -> str | None:
+    """Why ``action`` (on ``target``, an owner or an item) is refused for ``cart``; ``None``: it is accepted."""
+    if action == "Insert":
+        return "Insert of a cart that exists" if cart is not None else None
+    if cart is None:
+        return f"{action} on a cart that does not exist"
+    if action in ("SetOwner", "Delete"):
+        return None
+    if count is None or count < 1:
+        return f"{action} needs a count >= 1, got {count}"
+    if action == "RemoveItem" and target not in cart.items:
+        return "RemoveItem of an item that is not in the cart"
+    return None
+
+
+def changed(cart: Cart | None, action: str, target: uuid.UUID, count: int | None) -> Cart | None:
+    """The cart after an accepted ``action`` (``None``: deleted)."""
+    if action == "Insert":
+        return Cart(target, {}, 0)
+    assert cart is not None
+    if action == "SetOwner":
+        return Cart(target, cart.items, cart.version + 1)
+    if action == "Delete":
+        return None
+    items = dict(cart.items)
+    if action == "AddItem":
+        items[target] = items.get(target, 0) + (count or 0)
+    else:  # RemoveItem subtracts (dendrites logged it as an addition)
+        left = items[target] - (count or 0)
+        if left > 0:
+            items[target] = left
+        else:
+            del items[target]
+    return Cart(cart.owner, items, cart.version + 1)
+
+
 def apply(cart: Cart | None, cmd: Command) -> Cart | None | Rejected:
     """The new state (``None``: deleted), or :class:`Rejected` with the reason."""
-    if cmd.action == "Insert":
-        if cart is not None:
-            return Rejected("Insert of a cart that exists")
-        return Cart(cmd.owner_or_item, {}, 0)
-    if cart is None:
-        return Rejected(f"{cmd.action} on a cart that does not exist")
-    if cmd.action == "SetOwner":
-        return Cart(cmd.owner_or_item, cart.items, cart.version + 1)
-    if cmd.action == "Delete":
-        return None
-    if cmd.count is None or cmd.count < 1:
-        return Rejected(f"{cmd.action} needs a count >= 1, got {cmd.count}")
-    items = dict(cart.items)
-    if cmd.action == "AddItem":
-        items[cmd.owner_or_item] = items.get(cmd.owner_or_item, 0) + cmd.count
-    else:  # RemoveItem subtracts (dendrites logged it as an addition)
-        if cmd.owner_or_item not in items:
-            return Rejected("RemoveItem of an item that is not in the cart")
-        left = items[cmd.owner_or_item] - cmd.count
-        if left > 0:
-            items[cmd.owner_or_item] = left
-        else:
-            del items[cmd.owner_or_item]
-    return Cart(cart.owner, items, cart.version + 1)
+    reason = refusal(cart, cmd.action, cmd.owner_or_item, cmd.count)
+    return Rejected(reason) if reason else changed(cart, cmd.action, cmd.owner_or_item, cmd.count)
 
 
 def fold(commands: Iterable[Command], cart: Cart | None = None) -> Cart | None:
@@ -114,18 +125,19 @@ def event_of(cmd: Command) -> CartEvent:
     return CartEvent(cmd.action, item=cmd.owner_or_item, count=cmd.count)
 
 
-_NO_CART = uuid.UUID(int=0)
-
-
 def decide(cart: Cart | None, cmd: Command) -> CartEvent | Reject:
-    result = apply(cart, cmd)
-    return Reject(result.reason) if isinstance(result, Rejected) else event_of(cmd)
+    reason = refusal(cart, cmd.action, cmd.owner_or_item, cmd.count)
+    return Reject(reason) if reason else event_of(cmd)
 
 
 def evolve(cart: Cart | None, event: CartEvent) -> Cart | None:
-    cmd = Command(event.action, _NO_CART, event.owner or event.item or _NO_CART, event.count)
-    result = apply(cart, cmd)
-    return cart if isinstance(result, Rejected) else result
+    target = event.owner or event.item or _NOBODY  # a deletion names nothing
+    if refusal(cart, event.action, target, event.count):
+        return cart  # a refused command's event (the broadcast pipelines log every delivery)
+    return changed(cart, event.action, target, event.count)
+
+
+_NOBODY = uuid.UUID(int=0)
 
 
 CARTS = Decider("shopping_cart", command=Command, state=Cart, event=CartEvent, key="cart_id", decide=decide,
