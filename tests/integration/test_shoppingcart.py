@@ -43,7 +43,7 @@ def run_pipeline(kafka_bootstrap: str, topic: str, group: str, store: CartStore,
     return flow, src
 
 
-@pytest.mark.parametrize("mode", ["parallel", "serial"])
+@pytest.mark.parametrize("mode", ["batched", "parallel", "serial"])
 def test_the_dendrites_scenario(mode, topic_factory, kafka_bootstrap, group_id, cassandra_session, keyspace) -> None:  # type: ignore[no-untyped-def]
     topic = topic_factory(3)
     store = CartStore(cassandra_session, keyspace)

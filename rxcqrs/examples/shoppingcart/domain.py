@@ -1,6 +1,6 @@
 """The shopping cart: commands, the cart, its events, and :data:`CARTS`, the cart as a Decider.
 
-Commands arrive as Avro ``ShoppingCartCmd`` records (``action``, ``cart_id``, ``owner_or_item``, ``count``).
+Commands arrive as Avro ``ShoppingCartCmd`` records (:mod:`~rxcqrs.examples.shoppingcart.codec`).
 :func:`refusal` and :func:`changed` are pure and deterministic; ``decide``, ``evolve`` and the in-memory
 reference (:func:`apply`, :func:`fold`) are made of them, so they agree by construction. A refused command
 is a value, not an exception: recorded, acknowledged, never retried. An accepted command is logged as one
@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 from rxcqrs.decider import Decider, Reject
-from rxcqrs.exceptions import PoisonRecordError
 
-__all__ = ["ACTIONS", "CARTS", "Command", "Cart", "CartEvent", "Rejected", "apply", "changed", "command_from_record",
-           "event_of", "fold", "refusal"]
+__all__ = ["ACTIONS", "CARTS", "Command", "Cart", "CartEvent", "Rejected", "apply", "changed", "event_of", "fold",
+           "refusal"]
 
 ACTIONS = ("Insert", "SetOwner", "AddItem", "RemoveItem", "Delete")
 
@@ -29,18 +28,6 @@ class Command:
     cart_id: uuid.UUID
     owner_or_item: uuid.UUID
     count: int | None = None
-
-    def to_record(self) -> dict[str, Any]:
-        return {"action": self.action, "cart_id": self.cart_id, "owner_or_item": self.owner_or_item,
-                "count": self.count}
-
-
-def command_from_record(record: Mapping[str, Any]) -> Command:
-    """Decoded Avro record -> Command. An unknown action is a poison record (dead-letter topic)."""
-    action = record["action"]
-    if action not in ACTIONS:
-        raise PoisonRecordError(f"unknown shopping-cart action {action!r}; expected one of {ACTIONS}")
-    return Command(action, record["cart_id"], record["owner_or_item"], record["count"])
 
 
 @dataclass(frozen=True, slots=True)
