@@ -13,14 +13,16 @@
     consistency = "LOCAL_QUORUM"
     write_protocol = "fenced"             # the command engine's: "fenced" or "conditional"
     merge_partitions = 10                 # the engine's single-row writes of several entities per request (1: off)
+    atomic_batches = true                 # fenced: a batch's rows of every step as one logged request
     username = "app"
     password = "..."                      # masked in every repr and error
 
 Environment: ``RXCQRS_KAFKA_BOOTSTRAP``, ``RXCQRS_KAFKA_BACKEND``, ``RXCQRS_CASSANDRA_HOSTS``,
 ``RXCQRS_CASSANDRA_PORT``, ``RXCQRS_CASSANDRA_LOCAL_DC``, ``RXCQRS_CASSANDRA_CONSISTENCY``,
-``RXCQRS_CASSANDRA_SERIAL_CONSISTENCY``, ``RXCQRS_WRITE_PROTOCOL``, ``RXCQRS_MERGE_PARTITIONS``. Flags:
-``--bootstrap-servers``, ``--kafka-backend``, ``--contact-points``, ``--local-dc``, ``--consistency``,
-``--serial-consistency``, ``--write-protocol``, ``--merge-partitions``.
+``RXCQRS_CASSANDRA_SERIAL_CONSISTENCY``, ``RXCQRS_WRITE_PROTOCOL``, ``RXCQRS_MERGE_PARTITIONS``,
+``RXCQRS_ATOMIC_BATCHES``. Flags: ``--bootstrap-servers``, ``--kafka-backend``, ``--contact-points``,
+``--local-dc``, ``--consistency``, ``--serial-consistency``, ``--write-protocol``, ``--merge-partitions``,
+``--atomic-batches`` / ``--no-atomic-batches``.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ class Config:
     write_protocol: str = "fenced"
     #: partitions one request of the command engine may span (several entities' single-row writes; 1: none)
     merge_partitions: int = 10
+    #: fenced writes: every row of an engine batch in one logged request (all or nothing), when it fits
+    atomic_batches: bool = True
     source: str = "defaults"
 
     __repr__ = redacted_repr
@@ -129,7 +133,7 @@ def load_config(path: str | None = None, *, bootstrap_servers: str | None = None
                 contact_points: str | None = None, consistency: str | None = None,
                 serial_consistency: str | None = None, local_dc: str | None = None,
                 write_protocol: str | None = None, merge_partitions: int | None = None,
-                environ: Mapping[str, str] | None = None) -> Config:
+                atomic_batches: bool | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """The file (``path`` or ``$RXCQRS_CONFIG``), then the environment, then these explicit values."""
     env = os.environ if environ is None else environ
     file = path or env.get("RXCQRS_CONFIG")
@@ -175,8 +179,25 @@ def load_config(path: str | None = None, *, bootstrap_servers: str | None = None
                  else f"[cassandra] write_protocol in {file}")
         raise ConfigError(f"{where}: the write protocol must be fenced or conditional, got {protocol!r}")
     merge = _merge_partitions(merge_partitions, env, cassandra.pop("merge_partitions", None), file)
+    atomic = _atomic_batches(atomic_batches, env, cassandra.pop("atomic_batches", None), file)
     return Config(bootstrap, backend, kafka, hosts, port, cassandra, write_protocol=protocol,
-                  merge_partitions=merge, source=file or "defaults")
+                  merge_partitions=merge, atomic_batches=atomic, source=file or "defaults")
+
+
+def _atomic_batches(flag: bool | None, env: Mapping[str, str], in_file: Any, file: str | None) -> bool:
+    """The flag, else ``$RXCQRS_ATOMIC_BATCHES``, else ``[cassandra] atomic_batches``, else on."""
+    if flag is not None:
+        return flag
+    raw = env.get("RXCQRS_ATOMIC_BATCHES")
+    if raw is not None:
+        if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ConfigError(f"RXCQRS_ATOMIC_BATCHES must be true or false, got {raw!r}")
+        return raw.lower() in ("true", "1", "yes")
+    if in_file is not None:
+        if not isinstance(in_file, bool):
+            raise ConfigError(f"[cassandra] atomic_batches in {file} must be true or false, got {in_file!r}")
+        return in_file
+    return True
 
 
 def _merge_partitions(flag: int | None, env: Mapping[str, str], in_file: Any, file: str | None) -> int:

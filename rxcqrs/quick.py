@@ -155,7 +155,7 @@ def _aggregate_flow(topic: str, model: Any, aggregate: Decider[Any, Any, Any], k
     decoded = decode(_codec(model), dead_letters=dead_letters)
     source = source or KafkaSource(topic, config.consumer(group))
     return aggregate_pipeline(source, decoded, tables, mode=mode, group=group,  # type: ignore[arg-type]
-                              merge_partitions=config.merge_partitions)
+                              merge_partitions=config.merge_partitions, atomic_batches=config.atomic_batches)
 
 
 def _command_flow(topic: str, model: Any, command: Callable[..., Any], log: EventLog,

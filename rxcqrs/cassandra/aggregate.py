@@ -53,7 +53,7 @@ from rxcqrs.cassandra.fence import Fence, WriteProtocol, check_protocol, write_t
 from rxcqrs.cassandra.keyed import KeyedQueue
 from rxcqrs.cassandra.outcomes import Outcome, classify
 from rxcqrs.cassandra.retrying import abandoned, exhausted, permanent, retry_later
-from rxcqrs.cassandra.statement_batches import group_statements
+from rxcqrs.cassandra.statement_batches import group_statements, statement_size
 from rxcqrs.exceptions import ConfigError, PermanentStageError, StageError, UnknownOutcomeError
 from rxcqrs.messages import Batch, Envelope, RecordMetadata, TopicPartition
 from rxcqrs.partitions import Assignments
@@ -269,15 +269,16 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                  max_concurrency: int = 32, max_batch: int = 500, cache_size: int = 100_000, batch_rows: int = 100,
                  batch_bytes: int = 40_000, linger: float = 0.002, backoff: Backoff | None = None,
                  fence_timeout: float = 60.0, fences: FenceFactory | None = None, log_events: bool = True,
-                 merge_partitions: int = 10, then: Callable[[Envelope[Any]], None] | None = None,
-                 name: str = "aggregate") -> None:
+                 merge_partitions: int = 10, atomic_batches: bool = True,
+                 then: Callable[[Envelope[Any]], None] | None = None, name: str = "aggregate") -> None:
         """``fences(group, topic)`` gives the fence of a topic (default: its row in ``keyspace``, a
         :class:`~rxcqrs.cassandra.fence.Fence`); ``log_events=False`` writes the rejections and the state
         only (the event log, ``Applied.records`` included, is another branch's job); ``then(env)`` receives each
         record whose writes succeeded instead of acking it (the serial flow). ``merge_partitions``: the
         idempotent single-row writes that several entities' batches are ready to send at once go as one
         unlogged request spanning up to that many partitions (1: every entity's writes alone; see
-        :meth:`_flush`)."""
+        :meth:`_flush`). ``atomic_batches`` (fenced writes): a batch's rows of every step go as one logged
+        request, all or nothing, when they fit ``batch_rows`` and ``batch_bytes`` (see :meth:`_send_atomic`)."""
         super().__init__()
         if max_concurrency < 1 or max_batch < 1 or cache_size < 1 or batch_rows < 1 or merge_partitions < 1:
             raise ConfigError("max_concurrency, max_batch, cache_size, batch_rows and merge_partitions must be >= 1")
@@ -296,6 +297,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         self.batch_bytes = batch_bytes
         self.linger = linger
         self.merge_partitions = merge_partitions
+        self.atomic_batches = atomic_batches
         self.backoff = backoff or Backoff()
         self.fence_timeout = fence_timeout
         self.log_events = log_events
@@ -317,6 +319,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         self._restarts: deque[_Batch] = deque()  # batches that waited for an epoch, started by the dispatcher
         self._handed: deque[Callable[[], None]] = deque()  # continuations handed over by driver callbacks
         self._outbox: list[tuple[_Batch, list[Any], Callable[[], None]]] = []  # the worker's sends, merged
+        self._logged_outbox: list[tuple[_Batch, list[Any], Callable[[], None]]] = []  # atomic batches, merged
         self._fence_requests: queues.SimpleQueue[tuple[list[TopicPartition], int] | None] = queues.SimpleQueue()
         self._fencer: threading.Thread | None = None
         self._busy_threads = 0  # fence requests queued or being served, batches being dispatched, retries due
@@ -581,6 +584,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         request to Cassandra or for the group to confirm an epoch (what a test that drives both waits for)."""
         with self._lock:
             return (not self._queue.startable and not self._restarts and not self._handed and not self._outbox
+                    and not self._logged_outbox
                     and self._busy_threads == 0)
 
     def _start(self, batch: _Batch) -> None:
@@ -738,6 +742,8 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
     def _next_step(self, batch: _Batch, done: str) -> None:
         """Run the step after ``done`` (``"read"``: the batch was just decided); the event log's steps go at once."""
         steps = self.steps
+        if done == "read" and self.atomic_batches and self.fenced and self.log_events and self._send_atomic(batch):
+            return
         i = 0 if done == "read" else steps.index(done) + 1
         while i < len(steps):
             step, i = steps[i], i + 1
@@ -764,6 +770,33 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             if statements:
                 self._run_all(batch, statements, _then(self._step_done, batch, step))
                 return
+        self._finish(batch, None)
+
+    def _send_atomic(self, batch: _Batch) -> bool:
+        """Every write of a fenced batch (its decisions, state, events and index) as one logged request: all or
+        nothing, so the order of the steps needs no round trip of its own; several batches' go together up to
+        ``3 * merge_partitions`` partitions, ``batch_rows`` rows and ``batch_bytes``. ``False``: the batch is too
+        large (or not of bound statements) and goes step by step."""
+        if batch.state_write is None:
+            return False
+        records = [(env.value, env.meta) for env in batch.envelopes]
+        statements = [*batch.decisions, batch.state_write, *self.aggregate.events(batch.key, records),
+                      *self.aggregate.index(batch.key, records)]
+        if len(statements) > self.batch_rows or not _mergeable(statements) \
+                or sum(map(statement_size, statements)) > self.batch_bytes:
+            return False
+        batch.step = "state"
+        item = (batch, statements, _then(self._all_done, batch, "index"))
+        if threading.current_thread() is self._dispatcher:
+            self._logged_outbox.append(item)
+        else:
+            self._send_logged(*item)
+        return True
+
+    def _all_done(self, batch: _Batch, _step: str) -> None:
+        batch.count("cassandra_applied")
+        assert batch.after is not None
+        self._remember(batch, batch.after)
         self._finish(batch, None)
 
     def _step_done(self, batch: _Batch, step: str) -> None:
@@ -827,41 +860,55 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 return
 
     def _flush(self) -> None:
-        """Send the outbox: the statements of consecutive batches as one unlogged request, up to
-        ``merge_partitions`` partitions and ``batch_rows`` rows (every statement is idempotent, so a request
-        that failed or whose outcome is unknown is retried per batch). A request refused for good is sent
-        again per batch, so that only the batch at fault fails."""
-        if not self._outbox:
+        """Send the outboxes: the atomic batches (:meth:`_send_atomic`) as logged requests, and the other
+        single-row statements of consecutive batches as unlogged ones, each within :meth:`_chunks`' bounds.
+        Every statement is idempotent, so a request that failed or whose outcome is unknown is retried per
+        batch; a request refused for good is sent again per batch, so that only the batch at fault fails."""
+        if not self._outbox and not self._logged_outbox:
             return
         with self._lock:
             items, self._outbox = self._outbox, []
+            logged, self._logged_outbox = self._logged_outbox, []
             self._busy_threads += 1  # until every request left (see quiet)
         try:
-            chunk: list[tuple[_Batch, list[Any], Callable[[], None]]] = []
-            partitions: set[Any] = set()
-            rows = 0
-            for item in items:
-                keys = {statement.routing_key for statement in item[1]}
-                if chunk and (len(partitions | keys) > self.merge_partitions
-                              or rows + len(item[1]) > self.batch_rows):
-                    self._send_merged(chunk)
-                    chunk, partitions, rows = [], set(), 0
-                chunk.append(item)
-                partitions |= keys
-                rows += len(item[1])
-            if chunk:
+            for chunk in self._chunks(logged, 3 * self.merge_partitions):
+                self._send_merged(chunk, logged=True)
+            for chunk in self._chunks(items, self.merge_partitions):
                 self._send_merged(chunk)
         finally:
             with self._lock:
                 self._busy_threads -= 1
 
-    def _send_merged(self, chunk: list[tuple[_Batch, list[Any], Callable[[], None]]]) -> None:
-        if len(chunk) == 1:
+    def _chunks(self, items: list[tuple[_Batch, list[Any], Callable[[], None]]], partitions: int
+                ) -> list[list[tuple[_Batch, list[Any], Callable[[], None]]]]:
+        """Consecutive items grouped into requests of up to ``partitions`` partitions, ``batch_rows`` rows and
+        ``batch_bytes`` (an item larger than that is a request of its own)."""
+        out: list[list[tuple[_Batch, list[Any], Callable[[], None]]]] = []
+        chunk: list[tuple[_Batch, list[Any], Callable[[], None]]] = []
+        keys: set[Any] = set()
+        rows = size = 0
+        for item in items:
+            mine = {statement.routing_key for statement in item[1]}
+            weight = sum(map(statement_size, item[1]))
+            if chunk and (len(keys | mine) > partitions or rows + len(item[1]) > self.batch_rows
+                          or size + weight > self.batch_bytes):
+                out.append(chunk)
+                chunk, keys, rows, size = [], set(), 0, 0
+            chunk.append(item)
+            keys |= mine
+            rows += len(item[1])
+            size += weight
+        if chunk:
+            out.append(chunk)
+        return out
+
+    def _send_merged(self, chunk: list[tuple[_Batch, list[Any], Callable[[], None]]], logged: bool = False) -> None:
+        if len(chunk) == 1 and not logged:
             self._send(*chunk[0])
             return
         from cassandra.query import BatchStatement, BatchType
 
-        request = BatchStatement(BatchType.UNLOGGED)
+        request = BatchStatement(BatchType.LOGGED if logged else BatchType.UNLOGGED)
         for _batch, statements, _then in chunk:
             for statement in statements:
                 request.add(statement)
@@ -873,13 +920,21 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
 
         def failed(error: BaseException, sent: bool = True) -> None:
             if classify(error, sent=sent) is Outcome.PERMANENT:
+                if logged and len(chunk) == 1:
+                    self._failed(chunk[0][0], error, sent=sent)
+                    return
                 for item in chunk:  # find the batch at fault: each alone, at once
-                    self._hand(_then_send(self._send, item))
+                    self._hand(_then_send(self._send_logged if logged else self._send, item))
                 return
             for item in chunk:
-                self._failed(item[0], error, sent=sent, again=_then_send(self._run_all, item))
+                again = _then_send(self._send_logged, item) if logged else _then_send(self._run_all, item)
+                self._failed(item[0], error, sent=sent, again=again)
 
         self._request(request, done, failed)
+
+    def _send_logged(self, batch: _Batch, statements: list[Any], then: Callable[[], None]) -> None:
+        """One batch's atomic writes as a logged request of their own."""
+        self._send_merged([(batch, statements, then)], logged=True)
 
     def _send(self, batch: _Batch, statements: list[Any], then: Callable[[], None]) -> None:
         """:meth:`_run_all` without the outbox."""

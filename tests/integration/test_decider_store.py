@@ -311,6 +311,7 @@ class CrashingSession:
         self.session, self.store, self.cluster = session, store, session.cluster
         self.dead: set[str] = set()
         self.queries: dict[bytes, str] = {}
+        self.requests: list[tuple[Any, set[str]]] = []  # the batch requests sent: (type, their steps)
 
     def prepare(self, query: str) -> Any:
         prepared = self.session.prepare(query)
@@ -337,6 +338,8 @@ class CrashingSession:
             queries = [self.queries[query_id] for _p, query_id, _v in statement._statements_and_parameters]
         else:
             queries = [statement.prepared_statement.query_string]
+        if isinstance(statement, BatchStatement):
+            self.requests.append((statement.batch_type, {self._step(q) for q in queries}))
         if self.dead & {self._step(q) for q in queries}:
             future = FakeResponseFuture()
             threading.Thread(target=future._complete, args=(False, InvalidRequest("crashed")), daemon=True).start()
@@ -344,10 +347,13 @@ class CrashingSession:
         return self.session.execute_async(statement, params)
 
 
-@pytest.mark.parametrize("protocol", ["fenced", "conditional"])
+@pytest.mark.parametrize(("protocol", "atomic"), [("fenced", True), ("fenced", False), ("conditional", False)])
 @pytest.mark.parametrize("crash_after", STEPS[:-1])
 def test_a_crash_after_any_step_and_a_redelivery_leave_the_decider_exact(keyspace: str, cassandra_session: Any,
-                                                                         protocol: str, crash_after: str) -> None:
+                                                                         protocol: str, atomic: bool,
+                                                                         crash_after: str) -> None:
+    """Step by step (and conditional): a crash after each step. Atomic: the one logged request of a batch holds
+    every step's rows, so any crash is before all of them or after all of them."""
     store = DeciderStore(cassandra_session, keyspace, counters, write_protocol=protocol)  # type: ignore[arg-type]
     store.create_schema()
     session = CrashingSession(cassandra_session, store)
@@ -357,13 +363,18 @@ def test_a_crash_after_any_step_and_a_redelivery_leave_the_decider_exact(keyspac
         results: dict[Any, Any] = {}
         records = [Envelope(Add(*env.value), env.meta, env.ticket) for env in envelopes(COMMANDS, results=results)]
         sink = AggregateSink(session, crashing, write_protocol=protocol, keyspace=keyspace, group="g",  # type: ignore[arg-type]
-                             backoff=Backoff(0.005, 0.2, 0.0), linger=0.01)
+                             backoff=Backoff(0.005, 0.2, 0.0), linger=0.01, atomic_batches=atomic)
         flow = run(reactivex.from_iterable(records), sink)
         assert flow.wait_quietly(60)
         return results
 
     session.dead = set(STEPS[STEPS.index(crash_after) + 1:])
     assert any(error is not None for error in feed().values())
+    if atomic:  # every batch's rows went together, as logged requests
+        from cassandra.query import BatchType
+
+        assert session.requests and all(kind == BatchType.LOGGED and "state" in steps
+                                        for kind, steps in session.requests if steps != {"read"})
     session.dead = set()
     second = feed()
     assert all(error is None for error in second.values()), {e for e in second.values() if e is not None}

@@ -73,6 +73,27 @@ def test_merge_partitions_from_the_file_the_environment_and_the_flag(tmp_path: P
     assert load_config(str(path), environ={"RXCQRS_MERGE_PARTITIONS": "1"}, merge_partitions=6).merge_partitions == 6
 
 
+def test_atomic_batches_from_the_file_the_environment_and_the_flag(tmp_path: Path) -> None:
+    path = tmp_path / "rxcqrs.toml"
+    path.write_text("[cassandra]\natomic_batches = false\n")
+    assert load_config(environ={}).atomic_batches is True
+    assert load_config(str(path), environ={}).atomic_batches is False
+    assert "atomic_batches" not in load_config(str(path), environ={}).cassandra_options  # not a driver option
+    assert load_config(str(path), environ={"RXCQRS_ATOMIC_BATCHES": "true"}).atomic_batches is True
+    assert load_config(str(path), environ={"RXCQRS_ATOMIC_BATCHES": "true"}, atomic_batches=False).atomic_batches \
+        is False
+
+
+@pytest.mark.parametrize(("source", "value"), [("file", '"yes"'), ("file", "1"), ("env", "maybe")])
+def test_a_bad_atomic_batches_names_where_and_what_is_allowed(tmp_path: Path, source: str, value: str) -> None:
+    path = tmp_path / "rxcqrs.toml"
+    path.write_text(f"[cassandra]\natomic_batches = {value}\n" if source == "file" else "")
+    env = {"RXCQRS_ATOMIC_BATCHES": value} if source == "env" else {}
+    where = "RXCQRS_ATOMIC_BATCHES" if source == "env" else r"\[cassandra\] atomic_batches in"
+    with pytest.raises(ConfigError, match=f"{where}.*must be true or false"):
+        load_config(str(path), environ=env)
+
+
 @pytest.mark.parametrize(("source", "value"), [("file", '"many"'), ("file", "0"), ("env", "-3"), ("env", "2.5")])
 def test_a_bad_merge_partitions_names_where_and_what_is_allowed(tmp_path: Path, source: str, value: str) -> None:
     path = tmp_path / "rxcqrs.toml"

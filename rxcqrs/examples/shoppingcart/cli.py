@@ -111,7 +111,7 @@ def _consume(args: argparse.Namespace, session: Any) -> int:
                                         batches=args.batches, drain_timeout=args.drain_timeout))
     dead_letter_sink = KafkaSink(producer=args.config.producer())
     flow = start_pipeline(source, store, mode=args.mode, dead_letters=DeadLetters(dead_letter_sink),
-                          merge_partitions=args.config.merge_partitions)
+                          merge_partitions=args.config.merge_partitions, atomic_batches=args.config.atomic_batches)
     print(f"consuming {args.topic} as group {args.group} into keyspace {args.keyspace} ({args.mode}, "
           f"{'idempotent commands' if args.idempotent else 'read-modify-write commands: repair with compensate'}, "
           f"{store.write_protocol} writes, {source.consumer_settings.backend})", flush=True)
@@ -322,6 +322,11 @@ def common_options() -> argparse.ArgumentParser:
                              "as one unlogged request spanning up to N partitions (fewer requests per command when "
                              "carts are many; 1: each cart's writes alone, routed token-aware; default 10, "
                              "$RXCQRS_MERGE_PARTITIONS or [cassandra] merge_partitions)")
+    common.add_argument("--atomic-batches", default=argparse.SUPPRESS, action=argparse.BooleanOptionalAction,
+                        help="fenced writes: each cart's rows of a batch (rejections, events, state, index) go as one "
+                             "logged request, all or nothing, instead of one request per step (fewer round trips; "
+                             "Cassandra writes a batch log for each; default on, $RXCQRS_ATOMIC_BATCHES or "
+                             "[cassandra] atomic_batches)")
     common.add_argument("--contact-points", default=argparse.SUPPRESS, metavar="HOST[:PORT],...",
                         help="Cassandra (default $RXCQRS_CASSANDRA_HOSTS or 127.0.0.1, port $RXCQRS_CASSANDRA_PORT "
                              "or 9042)")
@@ -415,7 +420,8 @@ def execute(args: argparse.Namespace, prog: str) -> int:
                                   serial_consistency=getattr(args, "serial_consistency", None),
                                   local_dc=getattr(args, "local_dc", None),
                                   write_protocol=getattr(args, "write_protocol", None),
-                                  merge_partitions=getattr(args, "merge_partitions", None))
+                                  merge_partitions=getattr(args, "merge_partitions", None),
+                                  atomic_batches=getattr(args, "atomic_batches", None))
         code = int(args.run(args))
         if getattr(args, "exit_at_once", False):
             sys.stdout.flush()
