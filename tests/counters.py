@@ -1,22 +1,24 @@
 """A test aggregate (a running sum per entity; a negative amount is rejected) over the last-write-wins model
 of a Cassandra table, with faults to inject: the fast tier's stand-in for the cart table, for every command
-stage and both write protocols."""
+stage and both write protocols; and the same domain as a :class:`~rxcqrs.Decider` (``TOTALS``)."""
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from cassandra import Unavailable, WriteTimeout
 
+from rxcqrs import Decider, Reject
 from rxcqrs.acks import Ticket
 from rxcqrs.cassandra.aggregate import Applied, Rejection, Stored
 from rxcqrs.messages import Envelope, RecordMetadata
 from rxcqrs.testing.fake_cassandra import FakeSession, lwt_row
 from rxcqrs.testing.lww import LwwTable
 
-__all__ = ["Counters", "Command", "Stmt", "envelopes", "fold", "partition_of"]
+__all__ = ["TOTALS", "Add", "Added", "Counters", "Command", "Stmt", "Total", "envelopes", "fold", "partition_of"]
 
 Command = tuple[str, int]  # (entity, amount)
 #: a fault for a statement: None (none), "lost" (applied, the answer lost: an unknown outcome), "refused"
@@ -37,6 +39,38 @@ def fold(commands: list[Command]) -> dict[str, int]:
         else:
             out.setdefault(entity, 0)
     return dict(out)
+
+
+@dataclass(frozen=True)
+class Add:
+    entity: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class Total:
+    total: int
+
+
+@dataclass(frozen=True)
+class Added:
+    amount: int
+
+
+def decide(state: Total | None, cmd: Add) -> Any:
+    """Nothing for 0, a rejection for a negative amount, two events for a multiple of 7, else one."""
+    if cmd.amount == 0:
+        return None
+    if cmd.amount < 0:
+        return Reject("negative")
+    return [Added(cmd.amount), Added(1)] if cmd.amount % 7 == 0 else Added(cmd.amount)
+
+
+def evolve(state: Total | None, event: Added) -> Total | None:
+    return Total((state.total if state else 0) + event.amount)
+
+
+TOTALS = Decider("totals", command=Add, state=Total, event=Added, key="entity", decide=decide, evolve=evolve)
 
 
 class Stmt:

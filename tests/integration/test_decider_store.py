@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from dataclasses import dataclass, make_dataclass
+from dataclasses import make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,8 @@ from rxcqrs.exceptions import SchemaError
 from rxcqrs.kafka import committed_offsets, end_offsets
 from rxcqrs.messages import Envelope
 from rxcqrs.quick import publish
-from tests.counters import envelopes
+from tests.counters import TOTALS as counters
+from tests.counters import Add, Added, Total, envelopes
 from tests.helpers import wait_until
 from tests.integration.test_readme import example
 
@@ -276,30 +277,6 @@ def test_the_tables_are_checked_against_the_types(keyspace: str, cassandra_sessi
 
 
 # -- crash points: the engine's steps failed in turn on real Cassandra, then a redelivery ----------------------
-@dataclass(frozen=True)
-class Add:
-    entity: str
-    amount: int
-
-
-@dataclass(frozen=True)
-class Total:
-    total: int
-
-
-@dataclass(frozen=True)
-class Added:
-    amount: int
-
-
-def _decide(state: Total | None, cmd: Add) -> Any:
-    if cmd.amount < 0:
-        return Reject("negative")
-    return [Added(cmd.amount), Added(1)] if cmd.amount % 7 == 0 else Added(cmd.amount)  # some decide two events
-
-
-counters = Decider("totals", command=Add, state=Total, event=Added, key="entity", decide=_decide,
-                   evolve=lambda state, event: Total((state.total if state else 0) + event.amount))
 COMMANDS = [(f"e{i % 4}", -1 if i % 5 == 4 else i) for i in range(40)]
 
 

@@ -84,21 +84,35 @@ def test_atomic_batches_from_the_file_the_environment_and_the_flag(tmp_path: Pat
         is False
 
 
-@pytest.mark.parametrize(("source", "value"), [("file", '"yes"'), ("file", "1"), ("env", "maybe")])
-def test_a_bad_atomic_batches_names_where_and_what_is_allowed(tmp_path: Path, source: str, value: str) -> None:
+@pytest.mark.parametrize(("setting", "source", "value", "allowed"), [
+    ("atomic_batches", "file", '"yes"', "must be true or false"),
+    ("atomic_batches", "file", "1", "must be true or false"),
+    ("atomic_batches", "env", "maybe", "must be true or false"),
+    ("merge_partitions", "file", '"many"', "whole number >= 1"), ("merge_partitions", "file", "0", "whole number >= 1"),
+    ("merge_partitions", "env", "-3", "whole number >= 1"), ("merge_partitions", "env", "2.5", "whole number >= 1"),
+])
+def test_a_bad_cassandra_setting_names_where_and_what_is_allowed(tmp_path: Path, setting: str, source: str,
+                                                                  value: str, allowed: str) -> None:
     path = tmp_path / "rxcqrs.toml"
-    path.write_text(f"[cassandra]\natomic_batches = {value}\n" if source == "file" else "")
-    env = {"RXCQRS_ATOMIC_BATCHES": value} if source == "env" else {}
-    where = "RXCQRS_ATOMIC_BATCHES" if source == "env" else r"\[cassandra\] atomic_batches in"
-    with pytest.raises(ConfigError, match=f"{where}.*must be true or false"):
+    path.write_text(f"[cassandra]\n{setting} = {value}\n" if source == "file" else "")
+    variable = f"RXCQRS_{setting.upper()}"
+    env = {variable: value} if source == "env" else {}
+    where = variable if source == "env" else rf"\[cassandra\] {setting} in"
+    with pytest.raises(ConfigError, match=f"{where}.*{allowed}"):
         load_config(str(path), environ=env)
 
 
-@pytest.mark.parametrize(("source", "value"), [("file", '"many"'), ("file", "0"), ("env", "-3"), ("env", "2.5")])
-def test_a_bad_merge_partitions_names_where_and_what_is_allowed(tmp_path: Path, source: str, value: str) -> None:
-    path = tmp_path / "rxcqrs.toml"
-    path.write_text(f"[cassandra]\nmerge_partitions = {value}\n" if source == "file" else "")
-    env = {"RXCQRS_MERGE_PARTITIONS": value} if source == "env" else {}
-    where = "RXCQRS_MERGE_PARTITIONS" if source == "env" else r"\[cassandra\] merge_partitions in"
-    with pytest.raises(ConfigError, match=f"{where}.*whole number >= 1"):
-        load_config(str(path), environ=env)
+@pytest.mark.parametrize(("flags", "expected"), [
+    ([], {"atomic_batches": True, "merge_partitions": 10, "write_protocol": "fenced"}),
+    (["--no-atomic-batches", "--merge-partitions", "3", "--write-protocol", "conditional"],
+     {"atomic_batches": False, "merge_partitions": 3, "write_protocol": "conditional"}),
+    (["--atomic-batches"], {"atomic_batches": True}),
+])
+def test_the_consumer_flags_reach_its_config(monkeypatch: pytest.MonkeyPatch, flags: list[str],
+                                             expected: dict[str, object]) -> None:
+    from rxcqrs.examples.shoppingcart import cli
+
+    seen: list[object] = []
+    monkeypatch.setattr(cli, "consume", lambda args: seen.append(args.config) or 0)
+    assert cli.main(["consume", *flags]) == 0
+    assert {name: getattr(seen[0], name) for name in expected} == expected
