@@ -119,6 +119,12 @@ class Counters:
     def read(self, key: str, serial: bool) -> Any:
         return Stmt("read", key)
 
+    def read_many(self, keys: list[str]) -> Any:
+        return Stmt("reads", tuple(keys))
+
+    def key_of_row(self, row: Any) -> str:
+        return row["entity"]
+
     def stored(self, rows: Any) -> Stored[int]:
         if not rows:
             return Stored(None, None, {})
@@ -177,6 +183,8 @@ class Counters:
         if kind == "read":
             row = self.table.read(key)
             return [row] if row else []
+        if kind == "reads":
+            return [{**row, "entity": k} for k in key if (row := self.table.read(k))]
         if kind == "write":
             _, _, state, applied, timestamp = statement
             with self.lock:

@@ -33,7 +33,9 @@ Threads (see :mod:`rxcqrs.kafka`): ``on_next`` runs on the poll thread and only 
 (the engine's worker) starts batches (after ``linger``, so a poll's records gather) and runs their steps:
 the driver's callbacks only hand a batch's next step over, never block and never decide. What the worker's
 steps send at one moment leaves together: the single-row writes of several batches as one unlogged request
-(``merge_partitions``). A fencer thread takes epochs (blocking round trips, never on a driver thread);
+(``merge_partitions``), the reads of entities missing the cache as one ``IN`` read (an aggregate with
+:class:`ManyReads`); the outboxes leave as soon as they hold a full request, while the rest of a burst is
+decided. A fencer thread takes epochs (blocking round trips, never on a driver thread);
 retries run after their backoff on a timer thread.
 """
 
@@ -45,6 +47,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Generic, Hashable, Iterable, Mapping, Protocol, Sequence, TypeVar
 
 from rxcqrs.backoff import Backoff
@@ -59,7 +62,7 @@ from rxcqrs.messages import Batch, Envelope, RecordMetadata, TopicPartition
 from rxcqrs.partitions import Assignments
 from rxcqrs.sink import SinkBase
 
-__all__ = ["AggregateSink", "Aggregate", "Stored", "Applied", "Rejection", "STEPS"]
+__all__ = ["AggregateSink", "Aggregate", "ManyReads", "Stored", "Applied", "Rejection", "STEPS"]
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +139,17 @@ class Aggregate(Protocol[K, S, C]):
 
     def index(self, key: K, records: list[tuple[C, RecordMetadata]]) -> list[Any]:
         """Idempotent statements that let the log's readers find those events (e.g. its bucket index)."""
+
+
+class ManyReads(Protocol[K]):
+    """Optional for an :class:`Aggregate`: read several entities in one request (the engine merges the reads of
+    up to ``merge_partitions`` entities that miss the cache at once)."""
+
+    def read_many(self, keys: list[K]) -> Any:
+        """A statement reading the rows of ``keys`` (not serial): ``WHERE key IN ?``."""
+
+    def key_of_row(self, row: Any) -> K:
+        """The entity key of a row of :meth:`read_many`."""
 
 
 @dataclass(eq=False)
@@ -276,8 +290,8 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         only (the event log, ``Applied.records`` included, is another branch's job); ``then(env)`` receives each
         record whose writes succeeded instead of acking it (the serial flow). ``merge_partitions``: the
         idempotent single-row writes that several entities' batches are ready to send at once go as one
-        unlogged request spanning up to that many partitions (1: every entity's writes alone; see
-        :meth:`_flush`). ``atomic_batches`` (fenced writes): a batch's rows of every step go as one logged
+        unlogged request spanning up to that many partitions, and the reads of up to that many entities missing
+        the cache as one (1: every entity's requests alone; see :meth:`_flush`). ``atomic_batches`` (fenced writes): a batch's rows of every step go as one logged
         request, all or nothing, when they fit ``batch_rows`` and ``batch_bytes`` (see :meth:`_send_atomic`)."""
         super().__init__()
         if max_concurrency < 1 or max_batch < 1 or cache_size < 1 or batch_rows < 1 or merge_partitions < 1:
@@ -320,6 +334,8 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         self._handed: deque[Callable[[], None]] = deque()  # continuations handed over by driver callbacks
         self._outbox: list[tuple[_Batch, list[Any], Callable[[], None]]] = []  # the worker's sends, merged
         self._logged_outbox: list[tuple[_Batch, list[Any], Callable[[], None]]] = []  # atomic batches, merged
+        self._read_outbox: list[_Batch] = []  # reads of entities missing the cache, merged (ManyReads)
+        self._many_reads = callable(getattr(aggregate, "read_many", None)) and merge_partitions > 1
         self._fence_requests: queues.SimpleQueue[tuple[list[TopicPartition], int] | None] = queues.SimpleQueue()
         self._fencer: threading.Thread | None = None
         self._busy_threads = 0  # fence requests queued or being served, batches being dispatched, retries due
@@ -552,8 +568,10 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             try:
                 for batch in restarts:
                     self._start(batch)
+                    self._flush_full()
                 for key, envelopes in ready:
                     self._start(_Batch(key, envelopes))
+                    self._flush_full()
                 self._flush()
             finally:
                 with self._lock:
@@ -578,13 +596,21 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             finally:
                 with self._lock:
                     self._busy_threads -= 1
+            self._flush_full()
+
+    def _flush_full(self) -> None:
+        """Send the outboxes once they hold a full request's worth, so that Cassandra writes while the worker
+        decides the rest of a burst (a poll's records, a wave of reads answered)."""
+        if len(self._logged_outbox) >= self.merge_partitions or len(self._outbox) >= self.merge_partitions \
+                or len(self._read_outbox) >= self.merge_partitions:
+            self._flush()
 
     def quiet(self) -> bool:
         """Nothing to start, no epoch being taken, no retry due: whatever is still in flight waits for a
         request to Cassandra or for the group to confirm an epoch (what a test that drives both waits for)."""
         with self._lock:
             return (not self._queue.startable and not self._restarts and not self._handed and not self._outbox
-                    and not self._logged_outbox
+                    and not self._logged_outbox and not self._read_outbox
                     and self._busy_threads == 0)
 
     def _start(self, batch: _Batch) -> None:
@@ -667,6 +693,12 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
     def _read(self, batch: _Batch, serial: bool = False) -> None:
         batch.step = "resolve" if serial else "read"
         self.reads += 1
+        if not serial and self._many_reads and threading.current_thread() is self._dispatcher:
+            self._read_outbox.append(batch)  # sent merged with other entities' reads (see _send_reads)
+            return
+        self._read_alone(batch, serial)
+
+    def _read_alone(self, batch: _Batch, serial: bool = False) -> None:
         self._execute(batch, self.aggregate.read(batch.key, serial), lambda rows: self._on_read(batch, rows, serial),
                       sent_is_unknown=False)
 
@@ -864,13 +896,16 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         single-row statements of consecutive batches as unlogged ones, each within :meth:`_chunks`' bounds.
         Every statement is idempotent, so a request that failed or whose outcome is unknown is retried per
         batch; a request refused for good is sent again per batch, so that only the batch at fault fails."""
-        if not self._outbox and not self._logged_outbox:
+        if not self._outbox and not self._logged_outbox and not self._read_outbox:
             return
         with self._lock:
             items, self._outbox = self._outbox, []
             logged, self._logged_outbox = self._logged_outbox, []
+            reads, self._read_outbox = self._read_outbox, []
             self._busy_threads += 1  # until every request left (see quiet)
         try:
+            for i in range(0, len(reads), self.merge_partitions):
+                self._send_reads(reads[i:i + self.merge_partitions])
             for chunk in self._chunks(logged, 3 * self.merge_partitions):
                 self._send_merged(chunk, logged=True)
             for chunk in self._chunks(items, self.merge_partitions):
@@ -931,6 +966,38 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 self._failed(item[0], error, sent=sent, again=again)
 
         self._request(request, done, failed)
+
+    def _send_reads(self, batches: list[_Batch]) -> None:
+        """One request reading the entities of ``batches``; each batch goes on with its entity's rows. A failure
+        is each batch's (a read is retried alone); a request refused for good is sent again per batch, so that
+        only the batch at fault fails."""
+        if len(batches) == 1:
+            self._read_alone(batches[0])
+            return
+        aggregate: Any = self.aggregate
+        try:
+            statement = aggregate.read_many([b.key for b in batches])
+        except Exception as exc:
+            for batch in batches:
+                self._finish(batch, PermanentStageError(f"{self.name}: {exc!r}{batch.where()}"))
+            return
+
+        def done(rows: Any) -> None:
+            found: dict[Any, list[Any]] = {}
+            for row in rows:
+                found.setdefault(aggregate.key_of_row(row), []).append(row)
+            for batch in batches:
+                self._hand(partial(self._on_read, batch, found.get(batch.key, []), False))
+
+        def failed(error: BaseException, sent: bool = False) -> None:
+            if classify(error, sent=False) is Outcome.PERMANENT:
+                for batch in batches:
+                    self._hand(partial(self._read_alone, batch))
+                return
+            for batch in batches:
+                self._failed(batch, error, sent=False)
+
+        self._request(statement, done, failed)
 
     def _send_logged(self, batch: _Batch, statements: list[Any], then: Callable[[], None]) -> None:
         """One batch's atomic writes as a logged request of their own."""

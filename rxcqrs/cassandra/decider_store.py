@@ -215,6 +215,7 @@ class DeciderStore(Generic[C, S, E]):
             state = [c for c in self.state_columns if c != self.key_field]
             columns = ", ".join([self.key_field, *state, "deleted", "seq", "applied"])
             self._read = prepare(s, f"SELECT {columns} FROM {t} WHERE {self.key_field} = ?")
+            self._read_many = prepare(s, f"SELECT {columns} FROM {t} WHERE {self.key_field} IN ?")
             self._read_serial = s.prepare(f"SELECT {columns} FROM {t} WHERE {self.key_field} = ?")
             profile = s.cluster.profile_manager.default
             self._read_serial.consistency_level = profile.serial_consistency_level or ConsistencyLevel.SERIAL
@@ -303,6 +304,13 @@ class DeciderStore(Generic[C, S, E]):
     def read(self, key: Any, serial: bool = False) -> Any:
         self._prepare()
         return (self._read_serial if serial else self._read).bind((key,))
+
+    def read_many(self, keys: list[Any]) -> Any:
+        self._prepare()
+        return self._read_many.bind((keys,))
+
+    def key_of_row(self, row: Any) -> Any:
+        return getattr(row, self.key_field)
 
     def stored(self, rows: Any) -> Stored[S]:
         found = rows[0] if rows else None

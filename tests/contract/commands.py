@@ -22,7 +22,7 @@ __all__ = ["Backend", "FakeBackend", "CassandraBackend", "STEP_KINDS"]
 
 #: the write step each statement kind belongs to
 STEP_KINDS = {"reject": "decisions", "write": "state", "update": "state", "event": "events", "index": "index",
-              "read": "read"}
+              "read": "read", "reads": "read"}
 #: fault(step) -> None, "lost" (applied, answer lost), "refused" (unavailable), "permanent"
 Fault = Callable[[str], str | None]
 
@@ -108,6 +108,7 @@ class CqlCounters:
 
         ks, s = self.keyspace, self.session
         self._read = prepare(s, f"SELECT state, seq, applied FROM {ks}.counters WHERE entity = ?")
+        self._read_many = prepare(s, f"SELECT entity, state, seq, applied FROM {ks}.counters WHERE entity IN ?")
         self._serial = s.prepare(f"SELECT state, seq, applied FROM {ks}.counters WHERE entity = ?")
         self._serial.consistency_level = ConsistencyLevel.LOCAL_SERIAL
         self._write = prepare(s, f"INSERT INTO {ks}.counters (entity, state, applied) VALUES (?, ?, ?) "
@@ -125,6 +126,12 @@ class CqlCounters:
 
     def read(self, key: str, serial: bool) -> Any:
         return (self._serial if serial else self._read).bind((key,))
+
+    def read_many(self, keys: list[str]) -> Any:
+        return self._read_many.bind((keys,))
+
+    def key_of_row(self, row: Any) -> str:
+        return row.entity
 
     def stored(self, rows: Any) -> Stored[int]:
         if not rows:

@@ -246,3 +246,49 @@ def test_entities_share_requests_and_a_refused_one_fails_alone(cassandra_session
         assert max(shared) > 1, "no request carried the writes of several entities"
     finally:
         backend.close()
+
+
+def test_reads_are_merged_and_one_refused_for_good_fails_alone(cassandra_session: Any) -> None:
+    """On real Cassandra, the entities that miss the cache at once are read in one request (``IN``); when such
+    a read is refused for good (any read of entity ``bad`` here), each entity is read again alone, so only the
+    entity at fault fails and the others are written."""
+    from cassandra import InvalidRequest
+
+    from rxcqrs.testing.fake_cassandra import FakeResponseFuture
+
+    backend = CassandraBackend(cassandra_session)
+    merged: list[tuple[int, bool]] = []  # (keys, whether 'bad' is one of them) per read
+    execute = backend.session.execute_async
+
+    def refusing(statement: Any, params: Any = None) -> Any:
+        prepared = getattr(statement, "prepared_statement", None)
+        if prepared is not None and prepared.query_string.startswith("SELECT"):
+            keys = statement.raw_values[0]
+            keys = keys if isinstance(keys, list) else [keys]
+            merged.append((len(keys), "bad" in keys))
+            if "bad" in keys:
+                future = FakeResponseFuture()
+                threading.Thread(target=future._complete, args=(False, InvalidRequest("refused: bad")),
+                                 daemon=True).start()
+                return future
+        return execute(statement, params)
+
+    backend.session.execute_async = refusing  # type: ignore[method-assign]
+    try:
+        commands = [("bad", 5)] + [(f"e{i % 12}", i) for i in range(24)]
+        results = Run(backend, "batched", "fenced").feed(commands)
+        refused = [key for key, error in results.items() if error is not None]
+        assert len(refused) == 1 and isinstance(results[refused[0]], PermanentStageError), refused
+        good = {e: v for e, v in fold(commands).items() if e != "bad"}
+        assert {e: backend.state(e) for e in good} == good and backend.state("bad") is None
+        assert any(n > 1 and bad for n, bad in merged), "'bad' was never read with other entities"
+        assert (1, True) in merged, "'bad' was not read again alone"
+    finally:
+        backend.close()
+
+
+def test_the_fake_merges_reads_too() -> None:
+    backend = FakeBackend()
+    Run(backend, "batched", "fenced").feed(COMMANDS)
+    assert "reads" in backend.aggregate.executed
+    exact(backend, COMMANDS)

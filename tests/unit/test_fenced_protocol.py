@@ -64,7 +64,7 @@ class HeldSession:
                                                 alive_replicas=0))
             return
         rows = self.counters._apply(statement[0], statement[1], statement)
-        if outcome == "lost" and statement[0] != "read":
+        if outcome == "lost" and statement[0] not in ("read", "reads"):
             future._complete(False, WriteTimeout("model: applied, answer lost", write_type=0))
         else:
             future._complete(True, rows)
