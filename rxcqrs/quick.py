@@ -98,13 +98,17 @@ def cqrs(topic: str, model: Any, *, aggregate: Decider[Any, Any, Any] | None = N
          create_schema: bool = False, command: Callable[..., Any] | None = None, log: EventLog | None = None,
          event: Callable[[Any], tuple[Any, Mapping[str, Any]]] | None = None, group: str | None = None,
          mode: Literal["batched", "parallel", "serial"] | None = None, config: Config | None = None,
-         source: Any = None, resolve: Callable[..., Any] | None = None, idempotent: bool | None = None) -> Flow:
+         source: Any = None, resolve: Callable[..., Any] | None = None, idempotent: bool | None = None,
+         events: str | bool = False) -> Flow:
     """Consume ``topic`` (records of ``model``, or of a codec) and return the running flow; dead letters go to
     ``<topic>.dlq``; settings (servers, write protocol, ...) come from :mod:`rxcqrs.config`.
 
     With ``aggregate`` (a :class:`~rxcqrs.decider.Decider`): the command engine over the aggregate's tables in
     ``keyspace`` (created first if ``create_schema``; else they must exist and match), ``batched`` (the
     default), or ``parallel`` / ``serial`` (the broadcast pipelines: see :mod:`rxcqrs.cassandra.pipelines`).
+    ``events``: publish every decided event to the aggregate's event stream, ``<topic>.events`` (``True``,
+    created if missing) or the topic named (it must exist), before its command's writes; see
+    :mod:`rxcqrs.cassandra.event_stream`.
 
     With ``command`` (stateless upserts): apply ``command(value)`` (or ``command(value, meta)`` if it takes
     two arguments; it returns a statement, or None), log ``event(value) -> (entity id, payload)`` in ``log``
@@ -114,24 +118,30 @@ def cqrs(topic: str, model: Any, *, aggregate: Decider[Any, Any, Any] | None = N
         if command is not None or log is not None or event is not None:
             raise ConfigError("cqrs: give either aggregate= or command=/log=/event=, not both")
         return _aggregate_flow(topic, model, aggregate, keyspace, create_schema, group, mode or "batched", config,
-                               source)
+                               source, events)
     if command is None or log is None or event is None:
         raise ConfigError("cqrs: give aggregate= (a Decider), or command=, log= and event=")
+    if events:
+        raise ConfigError("cqrs: events= publishes an aggregate's decided events: it needs aggregate=")
     mode = mode or "parallel"
     return _command_flow(topic, model, command, log, event, group, mode, config, source, resolve, idempotent)
 
 
-def store(aggregate: Decider[Any, Any, Any], keyspace: str, *, config: Config | None = None) -> DeciderStore:
+def store(aggregate: Decider[Any, Any, Any], keyspace: str, *, config: Config | None = None,
+          events_topic: str | None = None) -> DeciderStore:
     """The tables of ``aggregate`` in ``keyspace`` (reads: ``get``, ``all``, ``history``, ``rejections``; and
-    ``rebuild``), on the configured Cassandra with the configured write protocol."""
+    ``rebuild``), on the configured Cassandra with the configured write protocol; ``events_topic``: its event
+    stream (``store(...).stream.decode`` reads the stream's records)."""
     from rxcqrs.cassandra.decider_store import DeciderStore
 
     config = config or load_config()
-    return DeciderStore(_session(config), keyspace, aggregate, write_protocol=config.write_protocol)  # type: ignore[arg-type]
+    return DeciderStore(_session(config), keyspace, aggregate, write_protocol=config.write_protocol,  # type: ignore[arg-type]
+                        events_topic=events_topic)
 
 
 def _aggregate_flow(topic: str, model: Any, aggregate: Decider[Any, Any, Any], keyspace: str | None,
-                    create_schema: bool, group: str | None, mode: str, config: Config | None, source: Any) -> Flow:
+                    create_schema: bool, group: str | None, mode: str, config: Config | None, source: Any,
+                    events: str | bool) -> Flow:
     from rxcqrs.cassandra.pipelines import MODES, aggregate_pipeline
     from rxcqrs.kafka import KafkaSink, KafkaSource, create_topics
     from rxcqrs.operators import DeadLetters, decode
@@ -143,7 +153,13 @@ def _aggregate_flow(topic: str, model: Any, aggregate: Decider[Any, Any, Any], k
     if not keyspace:
         raise ConfigError("cqrs: an aggregate needs the keyspace of its tables (keyspace=...)")
     config = config or load_config()
-    tables = store(aggregate, keyspace, config=config)
+    events_topic = f"{topic}.events" if events is True else (events or None)
+    if events is True:  # as many partitions as the commands (missing: the source names it)
+        from rxcqrs.kafka.admin import topic_partitions
+
+        partitions = topic_partitions(topic, bootstrap_servers=config.kafka_bootstrap) or 1
+        create_topics({f"{topic}.events": partitions}, bootstrap_servers=config.kafka_bootstrap)
+    tables = store(aggregate, keyspace, config=config, events_topic=events_topic)
     if create_schema:
         tables.create_schema()
     else:
@@ -155,7 +171,8 @@ def _aggregate_flow(topic: str, model: Any, aggregate: Decider[Any, Any, Any], k
     decoded = decode(_codec(model), dead_letters=dead_letters)
     source = source or KafkaSource(topic, config.consumer(group))
     return aggregate_pipeline(source, decoded, tables, mode=mode, group=group,  # type: ignore[arg-type]
-                              merge_partitions=config.merge_partitions, atomic_batches=config.atomic_batches)
+                              merge_partitions=config.merge_partitions, atomic_batches=config.atomic_batches,
+                              producer=config.producer())
 
 
 def _command_flow(topic: str, model: Any, command: Callable[..., Any], log: EventLog,

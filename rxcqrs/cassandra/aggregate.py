@@ -97,6 +97,9 @@ class Applied(Generic[S]):
 
     state: S | None
     records: Sequence[Any] = ()
+    #: what the engine publishes before the decisions and the state (an aggregate's event stream; sent when
+    #: the sink has a ``publisher``): a crash after it decides the same again and publishes it again
+    published: Sequence[Any] = ()
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,7 @@ class _Batch:
     redelivered: set[int] | None = None
     decisions: list[Any] = field(default_factory=list)
     state_write: Any = None
+    published: list[Any] = field(default_factory=list)
 
     @property
     def tp(self) -> TopicPartition:
@@ -190,6 +194,16 @@ class _Assignment:
     epoch: int | None = None
     failed: bool = False
     parked: list[_Batch] = field(default_factory=list)
+
+
+class Publisher(Protocol):
+    """Where an engine publishes (:class:`~rxcqrs.kafka.publisher.KafkaPublisher`)."""
+
+    def publish(self, records: list[Any], done: Callable[[BaseException | None], None]) -> None:
+        """Send ``records``; ``done`` once (any thread) with ``None`` or the error that failed them for good."""
+
+    def close(self, failed: bool) -> None:
+        """Wait for what is in flight (``failed``: the flow failed, wait a bounded time) and release it."""
 
 
 class EpochSource(Protocol):
@@ -284,15 +298,19 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                  batch_bytes: int = 40_000, linger: float = 0.002, backoff: Backoff | None = None,
                  fence_timeout: float = 60.0, fences: FenceFactory | None = None, log_events: bool = True,
                  merge_partitions: int = 10, atomic_batches: bool = True,
-                 then: Callable[[Envelope[Any]], None] | None = None, name: str = "aggregate") -> None:
+                 then: Callable[[Envelope[Any]], None] | None = None, name: str = "aggregate",
+                 publisher: Publisher | None = None) -> None:
         """``fences(group, topic)`` gives the fence of a topic (default: its row in ``keyspace``, a
         :class:`~rxcqrs.cassandra.fence.Fence`); ``log_events=False`` writes the rejections and the state
         only (the event log, ``Applied.records`` included, is another branch's job); ``then(env)`` receives each
         record whose writes succeeded instead of acking it (the serial flow). ``merge_partitions``: the
         idempotent single-row writes that several entities' batches are ready to send at once go as one
         unlogged request spanning up to that many partitions, and the reads of up to that many entities missing
-        the cache as one (1: every entity's requests alone; see :meth:`_flush`). ``atomic_batches`` (fenced writes): a batch's rows of every step go as one logged
-        request, all or nothing, when they fit ``batch_rows`` and ``batch_bytes`` (see :meth:`_send_atomic`)."""
+        the cache as one (1: every entity's requests alone; see :meth:`_flush`). ``atomic_batches`` (fenced
+        writes): a batch's rows of every step go as one logged request, all or nothing, when they fit
+        ``batch_rows`` and ``batch_bytes`` (see :meth:`_send_atomic`). ``publisher``: where
+        ``Applied.published`` goes (:class:`~rxcqrs.kafka.publisher.KafkaPublisher`), before the batch's
+        writes; a batch is acked only once its records were delivered (the engine closes it)."""
         super().__init__()
         if max_concurrency < 1 or max_batch < 1 or cache_size < 1 or batch_rows < 1 or merge_partitions < 1:
             raise ConfigError("max_concurrency, max_batch, cache_size, batch_rows and merge_partitions must be >= 1")
@@ -318,6 +336,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         self.steps = STEPS if log_events else STEPS[:2]
         self.then = then
         self.name = name
+        self.publisher = publisher
         aggregate.prepare()  # blocking: here, never on a driver callback thread
         self._lock = threading.Lock()
         self._queue: KeyedQueue[Any] = KeyedQueue(max_concurrency, max_batch, _same_partition)  # envelopes, _Records
@@ -724,6 +743,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         state, applied = stored.state, dict(stored.applied)
         rejected: list[tuple[Any, RecordMetadata, str]] = []
         records: list[Any] = []
+        published: list[Any] = []
         last_offset: int | None = None
         first_fold = batch.redelivered is None
         if batch.redelivered is None:
@@ -752,6 +772,8 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                     state = decision.state
                     if self.log_events:
                         records += decision.records
+                    if decision.published and self.publisher is not None:
+                        published += decision.published
                 applied[meta.partition] = max(meta.offset, applied.get(meta.partition, -1))
                 last_offset = meta.offset
             if last_offset is None:  # every record was already applied: only log the redeliveries
@@ -769,7 +791,25 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         except Exception as exc:  # a bug in decide/write: retrying cannot help
             self._finish(batch, PermanentStageError(f"{self.name}: {exc!r}{batch.where()}"))
             return
+        if published:
+            self._publish(batch, published)
+            return
         self._next_step(batch, "read")
+
+    def _publish(self, batch: _Batch, records: list[Any]) -> None:
+        """Publish the batch's decided events before anything of it is written (a crash after this decides and
+        publishes them again, with the same ids); the steps follow once every record was delivered."""
+        batch.step = "publish"
+        assert self.publisher is not None
+
+        def published(error: BaseException | None) -> None:
+            if error is None:
+                batch.count("events_published", len(records))
+                self._hand(_then(self._next_step, batch, "read"))
+            else:
+                self._hand(lambda: self._finish(batch, permanent(self.name, batch.where(), error)))
+
+        self.publisher.publish(records, published)
 
     def _next_step(self, batch: _Batch, done: str) -> None:
         """Run the step after ``done`` (``"read"``: the batch was just decided); the event log's steps go at once."""
@@ -1119,3 +1159,5 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         self._stopped = True
         self._wake.set()
         self._fence_requests.put(None)
+        if self.publisher is not None:  # the engine owns its publisher
+            self.publisher.close(failed=self.upstream_error is not None)

@@ -81,8 +81,8 @@ class DeciderStore(Generic[C, S, E]):
 
     def __init__(self, session: Any, keyspace: str, decider: Decider[C, S, E], *,
                  write_protocol: WriteProtocol = "fenced", column_types: Mapping[str, str] | None = None,
-                 bucket: str = "day", schema_hint: str = "create_schema=True, or DeciderStore.create_schema()"
-                 ) -> None:
+                 bucket: str = "day", schema_hint: str = "create_schema=True, or DeciderStore.create_schema()",
+                 events_topic: str | None = None) -> None:
         self.session = session
         self.schema_hint = schema_hint
         self.keyspace = identifier(keyspace, "keyspace")
@@ -105,6 +105,10 @@ class DeciderStore(Generic[C, S, E]):
         self._event_fields = {e: list(type_hints(e)) for e in decider.events}
         self._lock = threading.Lock()
         self._prepared = False
+        from rxcqrs.cassandra.event_stream import EventStream
+
+        #: the event stream (``events_topic``): what the engine publishes of every decided event
+        self.stream: EventStream[E] | None = EventStream(self, events_topic) if events_topic else None
 
     def _state_columns(self, types: Mapping[str, str]) -> dict[str, Column]:
         found = columns_of(self.decider.state, "state", types)
@@ -247,12 +251,15 @@ class DeciderStore(Generic[C, S, E]):
         return self.decider.state(**values)
 
     def _event(self, logged: LoggedEvent) -> E:
-        payload = logged.payload
+        return self.event_from_payload(logged.entity_id, logged.payload)
+
+    def event_from_payload(self, entity: Any, payload: Mapping[str, Any]) -> E:
+        """The event of ``entity`` whose log columns are ``payload`` (``event_type`` and its fields)."""
         cls = self._event_types.get(payload["event_type"])
         if cls is None:
             raise SchemaError(f"{self.log.name} holds an event of type {payload['event_type']!r}, which is not one of "
                               f"{sorted(self._event_types)}: add the type back to the decider")
-        values = {f: logged.entity_id if f == self.key_field else self.event_columns[f].from_cql(payload.get(f))
+        values = {f: entity if f == self.key_field else self.event_columns[f].from_cql(payload.get(f))
                   for f in self._event_fields[cls]}
         return cls(**values)
 
@@ -323,9 +330,12 @@ class DeciderStore(Generic[C, S, E]):
         if isinstance(answer, Reject):
             return Rejection(answer.reason)
         entity, when = self.decider.key_of(command), meta.timestamp_utc
-        records = [self.log.insert(self.session, entity, event_id(meta, i), when, self.payload(event), meta)
+        ids = [event_id(meta, i) for i in range(len(answer))]
+        records = [self.log.insert(self.session, entity, ids[i], when, self.payload(event), meta)
                    for i, event in enumerate(answer)]
-        return Applied(self.decider.fold(answer, state), records)
+        stream = self.stream
+        published = [stream.record(entity, ids[i], i, event, meta) for i, event in enumerate(answer)] if stream else ()
+        return Applied(self.decider.fold(answer, state), records, published)
 
     def write(self, key: Any, state: S | None, applied: dict[int, int], timestamp: int) -> Any:
         self._prepare()

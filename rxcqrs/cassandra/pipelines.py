@@ -13,8 +13,10 @@ serial::
 
     source -> decode -> aggregate_flow(store) -> map_envelope(delivery_statement) -> CassandraSink
 
-Either way a record is committed only once its state and its events are written. The event-log branch of the
-parallel and serial pipelines logs every delivery (``Decider(logged=...)``), since it does not see the state.
+Either way a record is committed only once its state and its events are written; with an event stream
+(``DeciderStore(events_topic=...)``) also only once its decided events were published, before the writes.
+The event-log branch of the parallel and serial pipelines logs every delivery (``Decider(logged=...)``),
+since it does not see the state.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from rxcqrs.cassandra.decider_store import DeciderStore
 from rxcqrs.cassandra.sink import CassandraSink
 from rxcqrs.exceptions import ConfigError
 from rxcqrs.flow import Flow, run
+from rxcqrs.kafka.publisher import KafkaPublisher
+from rxcqrs.kafka.settings import ProducerSettings
 from rxcqrs.operators import branch, broadcast, map_envelope
 
 __all__ = ["Mode", "MODES", "aggregate_pipeline"]
@@ -36,9 +40,10 @@ MODES = ("batched", "parallel", "serial")
 
 
 def aggregate_pipeline(source: Any, decoded: Any, store: DeciderStore[Any, Any, Any], *, mode: Mode = "batched",
-                       name: str | None = None, **engine: Any) -> Flow:
+                       name: str | None = None, producer: ProducerSettings | None = None, **engine: Any) -> Flow:
     """Run ``source -> decoded -> `` the ``mode`` pipeline of ``store``'s aggregate; ``engine``: options of
-    :class:`AggregateSink` (the write protocol and keyspace come from the store)."""
+    :class:`AggregateSink` (the write protocol and keyspace come from the store). A store with an event
+    stream publishes to it with a producer of ``producer`` (its topic must exist)."""
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
     if mode != "batched":
@@ -46,6 +51,10 @@ def aggregate_pipeline(source: Any, decoded: Any, store: DeciderStore[Any, Any, 
     session = store.session
     options = {"write_protocol": store.write_protocol, "keyspace": store.keyspace, "name": name or store.name,
                **engine}
+    if store.stream is not None and "publisher" not in options:
+        publisher = KafkaPublisher(store.stream.topic, producer or ProducerSettings())
+        publisher.check()
+        options["publisher"] = publisher
     if mode == "batched":
         return run(source, decoded, AggregateSink(session, store, **options))
     to_event = map_envelope(lambda env: store.delivery_statement(env.value, env.meta))

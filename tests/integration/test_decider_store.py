@@ -40,7 +40,7 @@ DOMAIN = example("Your own aggregate").split(MARKER)[0]
 CONSUMER = DOMAIN + """
 import os
 flow = rxcqrs.cqrs(os.environ["TOPIC"], AccountCommand, aggregate=accounts, keyspace=os.environ["KEYSPACE"],
-                   group=os.environ["GROUP"], create_schema=True)
+                   group=os.environ["GROUP"], create_schema=True, events=True)
 flow.until(timeout=600)
 """
 
@@ -137,6 +137,7 @@ def test_a_bank_account_stays_exact_through_three_consumer_kills(topic_factory: 
         consumer.wait(30)
 
     assert_exact(bank, sent, cassandra_session, keyspace, group_id, topic)
+    assert_stream(bank, sent, cassandra_session, keyspace, topic, config)
 
 
 def assert_exact(bank: dict[str, Any], sent: list[Any], session: Any, keyspace: str, group: str, topic: str) -> None:
@@ -153,6 +154,31 @@ def assert_exact(bank: dict[str, Any], sent: list[Any], session: Any, keyspace: 
     live = {row.account: row.balance for row in session.execute(
         f"SELECT account, balance, deleted FROM {keyspace}.account") if not row.deleted}
     assert live == {a: s.balance for a, (s, _r, _e) in expected.items() if s is not None}
+
+
+def assert_stream(bank: dict[str, Any], sent: list[Any], session: Any, keyspace: str, topic: str,
+                  config: Config) -> None:
+    """The event stream holds every decided event, keyed by its account, in each account's order; a repeat
+    (after a crash before the state write) has the same id, content and source offset."""
+    from rxcqrs.kafka.admin import read_topic
+
+    stream = DeciderStore(session, keyspace, bank["accounts"], events_topic=f"{topic}.events").stream
+    assert stream is not None
+    seen: dict[uuid.UUID, dict[uuid.UUID, Any]] = {}  # account -> event id -> the event
+    order: dict[uuid.UUID, list[int]] = {}
+    partition_of: dict[uuid.UUID, int] = {}
+    for record in read_topic(f"{topic}.events", bootstrap_servers=config.kafka_bootstrap):
+        event = stream.decode(record.value)
+        assert record.key == str(event.entity).encode()
+        assert partition_of.setdefault(event.entity, record.partition) == record.partition  # one partition each
+        first = seen.setdefault(event.entity, {}).setdefault(event.event_id, event)
+        assert first == event, "a repeat differs from the first"
+        order.setdefault(event.entity, []).append(event.position)
+    for account, (_state, _reasons, events) in reference(bank, sent).items():
+        published = sorted(seen.get(account, {}).values(), key=lambda e: e.position)
+        assert [e.event for e in published] == events, account
+        firsts = list(dict.fromkeys(order.get(account, [])))
+        assert firsts == sorted(firsts), f"{account}: events out of order on the stream"
 
 
 def consumer_env(topic: str, keyspace: str, group: str, services_settings: Any) -> dict[str, str]:
