@@ -6,6 +6,7 @@
     [kafka]
     bootstrap_servers = "broker1:9092,broker2:9092"
     backend = "confluent"                 # or "kafka-python"
+    events_topic = "carts.events"         # publish every decided event of the aggregate here (default: none)
     security_protocol = "SASL_SSL"        # anything else is passed to the client as is
     [cassandra]
     contact_points = "10.0.0.1,10.0.0.2:9142"
@@ -20,9 +21,9 @@
 Environment: ``RXCQRS_KAFKA_BOOTSTRAP``, ``RXCQRS_KAFKA_BACKEND``, ``RXCQRS_CASSANDRA_HOSTS``,
 ``RXCQRS_CASSANDRA_PORT``, ``RXCQRS_CASSANDRA_LOCAL_DC``, ``RXCQRS_CASSANDRA_CONSISTENCY``,
 ``RXCQRS_CASSANDRA_SERIAL_CONSISTENCY``, ``RXCQRS_WRITE_PROTOCOL``, ``RXCQRS_MERGE_PARTITIONS``,
-``RXCQRS_ATOMIC_BATCHES``. Flags: ``--bootstrap-servers``, ``--kafka-backend``, ``--contact-points``,
-``--local-dc``, ``--consistency``, ``--serial-consistency``, ``--write-protocol``, ``--merge-partitions``,
-``--atomic-batches`` / ``--no-atomic-batches``.
+``RXCQRS_ATOMIC_BATCHES``, ``RXCQRS_EVENTS_TOPIC``. Flags: ``--bootstrap-servers``, ``--kafka-backend``,
+``--contact-points``, ``--local-dc``, ``--consistency``, ``--serial-consistency``, ``--write-protocol``,
+``--merge-partitions``, ``--atomic-batches`` / ``--no-atomic-batches``, ``--events-topic``.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ class Config:
     merge_partitions: int = 10
     #: fenced writes: every row of an engine batch in one logged request (all or nothing), when it fits
     atomic_batches: bool = True
+    #: the aggregate's event stream: every decided event published here before its command's writes
+    events_topic: str | None = None
     source: str = "defaults"
 
     __repr__ = redacted_repr
@@ -133,7 +136,8 @@ def load_config(path: str | None = None, *, bootstrap_servers: str | None = None
                 contact_points: str | None = None, consistency: str | None = None,
                 serial_consistency: str | None = None, local_dc: str | None = None,
                 write_protocol: str | None = None, merge_partitions: int | None = None,
-                atomic_batches: bool | None = None, environ: Mapping[str, str] | None = None) -> Config:
+                atomic_batches: bool | None = None, events_topic: str | None = None,
+                environ: Mapping[str, str] | None = None) -> Config:
     """The file (``path`` or ``$RXCQRS_CONFIG``), then the environment, then these explicit values."""
     env = os.environ if environ is None else environ
     file = path or env.get("RXCQRS_CONFIG")
@@ -147,6 +151,13 @@ def load_config(path: str | None = None, *, bootstrap_servers: str | None = None
     kafka.pop("bootstrap_servers", None)
     backend = kafka_backend or env.get("RXCQRS_KAFKA_BACKEND") or kafka.pop("backend", None)
     kafka.pop("backend", None)
+    events = events_topic or env.get("RXCQRS_EVENTS_TOPIC") or kafka.pop("events_topic", None)
+    kafka.pop("events_topic", None)
+    if events is not None and (not isinstance(events, str) or not events
+                               or not all(c.isalnum() or c in "._-" for c in events) or len(events) > 249):
+        where = ("--events-topic" if events_topic else "RXCQRS_EVENTS_TOPIC" if env.get("RXCQRS_EVENTS_TOPIC")
+                 else f"[kafka] events_topic in {file}")
+        raise ConfigError(f"{where}: {events!r} is not a Kafka topic name (1-249 of [a-zA-Z0-9._-])")
     hosts: tuple[str, ...] | None = None
     port: int | None = None
     points = contact_points or env.get("RXCQRS_CASSANDRA_HOSTS") or cassandra.pop("contact_points", None)
@@ -181,7 +192,7 @@ def load_config(path: str | None = None, *, bootstrap_servers: str | None = None
     merge = _merge_partitions(merge_partitions, env, cassandra.pop("merge_partitions", None), file)
     atomic = _atomic_batches(atomic_batches, env, cassandra.pop("atomic_batches", None), file)
     return Config(bootstrap, backend, kafka, hosts, port, cassandra, write_protocol=protocol,
-                  merge_partitions=merge, atomic_batches=atomic, source=file or "defaults")
+                  merge_partitions=merge, atomic_batches=atomic, events_topic=events, source=file or "defaults")
 
 
 def _atomic_batches(flag: bool | None, env: Mapping[str, str], in_file: Any, file: str | None) -> bool:

@@ -153,7 +153,7 @@ def _aggregate_flow(topic: str, model: Any, aggregate: Decider[Any, Any, Any], k
     if not keyspace:
         raise ConfigError("cqrs: an aggregate needs the keyspace of its tables (keyspace=...)")
     config = config or load_config()
-    events_topic = f"{topic}.events" if events is True else (events or None)
+    events_topic = f"{topic}.events" if events is True else (events or config.events_topic)
     if events is True:  # as many partitions as the commands (missing: the source names it)
         from rxcqrs.kafka.admin import topic_partitions
 

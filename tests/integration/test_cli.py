@@ -39,8 +39,8 @@ def test_every_command_has_help_with_defaults(args: list[str]) -> None:
     if args[-1:] == ["consume"]:
         assert f"(default: {WINDOW})" in result.stdout and "--kafka-backend" in result.stdout
         assert "--no-prefetch" in result.stdout and "--no-batches" in result.stdout
-        assert "--merge-partitions" in result.stdout and "--atomic-batches" in result.stdout \
-            and "--no-atomic-batches" in result.stdout
+        assert all(flag in result.stdout for flag in ("--merge-partitions", "--atomic-batches", "--no-atomic-batches",
+                                                      "--events-topic"))
 
 
 def test_version_and_verbose_anywhere() -> None:

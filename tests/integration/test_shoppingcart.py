@@ -95,6 +95,29 @@ def test_an_interrupted_run_ends_exact(mode, idempotent, batches, topic_factory,
     assert dict(store.all_carts()) == {cid: cart for cid, cart in expected.items() if cart is not None}
 
 
+def assert_event_stream(events_topic: str, commands: list[Any], partitions: int) -> None:
+    """The stream holds the event of every accepted command, per cart in order, keyed by the cart."""
+    from rxcqrs.examples.shoppingcart.domain import Rejected, apply, event_of
+    from rxcqrs.kafka.admin import read_topic, topic_partitions
+
+    assert topic_partitions(events_topic) == partitions  # created like the command topic
+    stream = CartStore(None, "unused", events_topic=events_topic).stream
+    assert stream is not None
+    published: dict[uuid.UUID, dict[int, Any]] = {}
+    for record in read_topic(events_topic):
+        event = stream.decode(record.value)
+        assert record.key == str(event.entity).encode()
+        published.setdefault(event.entity, {}).setdefault(event.position, event.event)
+    carts: dict[uuid.UUID, Any] = {}
+    expected: dict[uuid.UUID, list[Any]] = {}
+    for cmd in commands:
+        result = apply(carts.get(cmd.cart_id), cmd)
+        if not isinstance(result, Rejected):
+            carts[cmd.cart_id] = result
+            expected.setdefault(cmd.cart_id, []).append(event_of(cmd))
+    assert {c: [e for _p, e in sorted(events.items())] for c, events in published.items()} == expected
+
+
 def cart_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "rxcqrs.examples.shoppingcart", *args], capture_output=True,
                           text=True, timeout=300, env=os.environ.copy())
@@ -106,8 +129,11 @@ def test_the_cli_produce_consume_show_duplicates_compensate(topic_factory, group
                         "--partitions", "4")
     assert produced.returncode == 0 and "produced 200 commands for 5 carts" in produced.stdout, produced.stderr
     consumed = cart_cli("consume", "--topic", topic, "--group", group_id, "--keyspace", keyspace, "--mode", "serial",
-                        "--stop-when-idle", "2", "--progress-every", "0.5", "--create-schema", "--no-batches")
+                        "--stop-when-idle", "2", "--progress-every", "0.5", "--create-schema", "--no-batches",
+                        "--events-topic", f"{topic}.events")
     assert consumed.returncode == 0, consumed.stdout + consumed.stderr
+    assert f"events to {topic}.events" in consumed.stdout
+    assert_event_stream(f"{topic}.events", generate(5, 200, 3), 4)
     assert "idle for 2s" in consumed.stdout and "done: 200 records, 200 acked" in consumed.stdout
     assert "in-flight" in consumed.stdout and "committed" in consumed.stdout  # the progress display
     shown = cart_cli("show", "--keyspace", keyspace)

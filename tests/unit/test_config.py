@@ -106,7 +106,8 @@ def test_a_bad_cassandra_setting_names_where_and_what_is_allowed(tmp_path: Path,
     ([], {"atomic_batches": True, "merge_partitions": 10, "write_protocol": "fenced"}),
     (["--no-atomic-batches", "--merge-partitions", "3", "--write-protocol", "conditional"],
      {"atomic_batches": False, "merge_partitions": 3, "write_protocol": "conditional"}),
-    (["--atomic-batches"], {"atomic_batches": True}),
+    (["--atomic-batches"], {"atomic_batches": True, "events_topic": None}),
+    (["--events-topic", "carts.events"], {"events_topic": "carts.events"}),
 ])
 def test_the_consumer_flags_reach_its_config(monkeypatch: pytest.MonkeyPatch, flags: list[str],
                                              expected: dict[str, object]) -> None:
@@ -116,3 +117,24 @@ def test_the_consumer_flags_reach_its_config(monkeypatch: pytest.MonkeyPatch, fl
     monkeypatch.setattr(cli, "consume", lambda args: seen.append(args.config) or 0)
     assert cli.main(["consume", *flags]) == 0
     assert {name: getattr(seen[0], name) for name in expected} == expected
+
+
+def test_the_events_topic_comes_from_the_file_the_environment_or_the_flag(tmp_path: Path) -> None:
+    path = tmp_path / "rxcqrs.toml"
+    path.write_text('[kafka]\nevents_topic = "from.file"\n')
+    assert load_config(str(path), environ={}).events_topic == "from.file"
+    assert "events_topic" not in load_config(str(path), environ={}).kafka_options  # not a client option
+    assert load_config(str(path), environ={"RXCQRS_EVENTS_TOPIC": "from.env"}).events_topic == "from.env"
+    assert load_config(str(path), environ={"RXCQRS_EVENTS_TOPIC": "e"}, events_topic="flag").events_topic == "flag"
+    assert load_config(None, environ={}).events_topic is None
+
+
+@pytest.mark.parametrize(("source", "value", "where"), [("file", '"bad topic!"', r"\[kafka\] events_topic in"),
+                                                        ("file", "3", r"\[kafka\] events_topic in"),
+                                                        ("env", "a/b", "RXCQRS_EVENTS_TOPIC")])
+def test_a_bad_events_topic_is_one_line_naming_where(tmp_path: Path, source: str, value: str, where: str) -> None:
+    path = tmp_path / "rxcqrs.toml"
+    path.write_text(f"[kafka]\nevents_topic = {value}\n" if source == "file" else "")
+    env = {"RXCQRS_EVENTS_TOPIC": value} if source == "env" else {}
+    with pytest.raises(ConfigError, match=f"{where}.*is not a Kafka topic name"):
+        load_config(str(path), environ=env)

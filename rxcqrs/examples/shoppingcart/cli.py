@@ -101,20 +101,27 @@ def _consume(args: argparse.Namespace, session: Any) -> int:
     if topic_partitions(args.topic, bootstrap_servers=bootstrap) is None:
         raise TopicNotFoundError(f"Kafka topic {args.topic!r} does not exist: produce to it first (rxcqrs cart "
                                  "produce), or check --topic")
-    store = CartStore(session, args.keyspace, idempotent=args.idempotent, write_protocol=args.config.write_protocol)
+    events_topic = args.config.events_topic
+    store = CartStore(session, args.keyspace, idempotent=args.idempotent, write_protocol=args.config.write_protocol,
+                      events_topic=events_topic)
     _prepare_schema(args, store)
     store.claim(args.group)
     create_topics([args.topic + ".dlq"], bootstrap_servers=bootstrap)  # before the first poison record
+    if events_topic and topic_partitions(events_topic, bootstrap_servers=bootstrap) is None:
+        create_topics({events_topic: topic_partitions(args.topic, bootstrap_servers=bootstrap) or 1},
+                      bootstrap_servers=bootstrap)
     window = args.window
     source = KafkaSource(args.topic, args.config.consumer(args.group, max_poll_records=MAX_POLL_RECORDS),
                          SourceSettings(max_in_flight=window, failure_policy=args.on_failure, prefetch=args.prefetch,
                                         batches=args.batches, drain_timeout=args.drain_timeout))
     dead_letter_sink = KafkaSink(producer=args.config.producer())
     flow = start_pipeline(source, store, mode=args.mode, dead_letters=DeadLetters(dead_letter_sink),
-                          merge_partitions=args.config.merge_partitions, atomic_batches=args.config.atomic_batches)
+                          merge_partitions=args.config.merge_partitions, atomic_batches=args.config.atomic_batches,
+                          producer=args.config.producer())
     print(f"consuming {args.topic} as group {args.group} into keyspace {args.keyspace} ({args.mode}, "
           f"{'idempotent commands' if args.idempotent else 'read-modify-write commands: repair with compensate'}, "
-          f"{store.write_protocol} writes, {source.consumer_settings.backend})", flush=True)
+          f"{store.write_protocol} writes, {source.consumer_settings.backend}"
+          f"{f', events to {events_topic}' if events_topic else ''})", flush=True)
 
     progress = Progress(flow, window)
     server = serve_metrics(args.metrics_port, source) if args.metrics_port else None
@@ -327,6 +334,10 @@ def common_options() -> argparse.ArgumentParser:
                              "logged request, all or nothing, instead of one request per step (fewer round trips; "
                              "Cassandra writes a batch log for each; default on, $RXCQRS_ATOMIC_BATCHES or "
                              "[cassandra] atomic_batches)")
+    common.add_argument("--events-topic", default=argparse.SUPPRESS, metavar="TOPIC",
+                        help="publish every decided cart event to TOPIC (Avro, keyed by the cart; created with the "
+                             "command topic's partitions if missing) before its command's writes: the query side's "
+                             "event stream (default none, $RXCQRS_EVENTS_TOPIC or [kafka] events_topic)")
     common.add_argument("--contact-points", default=argparse.SUPPRESS, metavar="HOST[:PORT],...",
                         help="Cassandra (default $RXCQRS_CASSANDRA_HOSTS or 127.0.0.1, port $RXCQRS_CASSANDRA_PORT "
                              "or 9042)")
@@ -421,7 +432,8 @@ def execute(args: argparse.Namespace, prog: str) -> int:
                                   local_dc=getattr(args, "local_dc", None),
                                   write_protocol=getattr(args, "write_protocol", None),
                                   merge_partitions=getattr(args, "merge_partitions", None),
-                                  atomic_batches=getattr(args, "atomic_batches", None))
+                                  atomic_batches=getattr(args, "atomic_batches", None),
+                                  events_topic=getattr(args, "events_topic", None))
         code = int(args.run(args))
         if getattr(args, "exit_at_once", False):
             sys.stdout.flush()

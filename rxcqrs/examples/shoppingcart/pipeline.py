@@ -23,12 +23,13 @@ __all__ = ["Mode", "MODES", "start_pipeline", "publish_commands"]
 
 
 def start_pipeline(source: Any, store: CartStore, *, mode: Mode = "batched", dead_letters: DeadLetters,
-                   concurrency: int = CART_WRITES, merge_partitions: int = 10, atomic_batches: bool = True) -> Flow:
+                   concurrency: int = CART_WRITES, merge_partitions: int = 10, atomic_batches: bool = True,
+                   producer: Any = None) -> Flow:
     """Subscribe the example pipeline to ``source`` (a KafkaSource) and return the running :class:`Flow`."""
     decoded = decode(command_codec(), require_uuid_key=True, dead_letters=dead_letters)
     return aggregate_pipeline(source, decoded, store, mode=mode, name="carts", idempotent=store.idempotent,
                               max_concurrency=concurrency, merge_partitions=merge_partitions,
-                              atomic_batches=atomic_batches)
+                              atomic_batches=atomic_batches, producer=producer)
 
 
 def publish_commands(commands: Iterable[Command], topic: str, partitions: int,

@@ -29,9 +29,9 @@ COLUMN_TYPES = {"items": "map<uuid, int>", "version": "int", "count": "int"}
 
 class CartStore(DeciderStore[Command, Cart, CartEvent]):
     def __init__(self, session: Any, keyspace: str, *, idempotent: bool = True,
-                 write_protocol: WriteProtocol = "fenced") -> None:
+                 write_protocol: WriteProtocol = "fenced", events_topic: str | None = None) -> None:
         super().__init__(session, keyspace, CARTS, write_protocol=write_protocol, column_types=COLUMN_TYPES,
-                         schema_hint="rxcqrs cart consume --create-schema")
+                         schema_hint="rxcqrs cart consume --create-schema", events_topic=events_topic)
         self.idempotent = idempotent
 
     def create(self, replication: int = 1) -> None:
