@@ -27,7 +27,7 @@ def run_twice(code: str, capsys: Any) -> list[str]:
     return outputs
 
 
-@pytest.mark.parametrize("title", ["A first flow", "Your own aggregate", "Composing a flow",
+@pytest.mark.parametrize("title", ["A first flow", "Your own aggregate", "The event stream", "Composing a flow",
                                    "Kafka to Kafka, in batches"])
 def test_the_readme_examples_run_as_written_twice(title: str, servers: Any, capsys: Any) -> None:
     for out in run_twice(example(title), capsys):
@@ -35,6 +35,8 @@ def test_the_readme_examples_run_as_written_twice(title: str, servers: Any, caps
         assert metrics["committed"] == 100 and metrics["state"] == "stopped", out
         if title == "Composing a flow":
             assert "4950 transferred" in out
+        if title == "The event stream":
+            assert out.strip().splitlines()[1] == "67 Voted(choice='yes') votes Tally(votes={'no': 33, 'yes': 34})", out
         if title == "Your own aggregate":
             assert out.strip().splitlines()[1] == \
                 "Account(balance=100) ['overdraft'] [Opened(), Deposited(amount=100)]", out
