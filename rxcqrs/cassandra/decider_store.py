@@ -108,7 +108,7 @@ class DeciderStore(Generic[C, S, E]):
         from rxcqrs.cassandra.event_stream import EventStream
 
         #: the event stream (``events_topic``): what the engine publishes of every decided event
-        self.stream: EventStream[E] | None = EventStream(self, events_topic) if events_topic else None
+        self.stream: EventStream[E, S] | None = EventStream(self, events_topic) if events_topic else None
 
     def _state_columns(self, types: Mapping[str, str]) -> dict[str, Column]:
         found = columns_of(self.decider.state, "state", types)
@@ -245,10 +245,19 @@ class DeciderStore(Generic[C, S, E]):
     def _state(self, row: Any) -> S | None:
         if row.deleted:
             return None
-        values = {c: self.state_columns[c].from_cql(getattr(row, c)) for c in self._state_order}
+        values = {c: getattr(row, c) for c in self._state_order}
+        return self.state_from_columns(getattr(row, self.key_field, None), values)
+
+    def state_columns_of(self, state: S) -> dict[str, Any]:
+        """The state's columns (but the key) as the driver takes them."""
+        return {c: col.to_cql(getattr(state, c)) for c, col in self.state_columns.items() if c != self.key_field}
+
+    def state_from_columns(self, entity: Any, values: Mapping[str, Any]) -> S:
+        """The state of ``entity`` whose columns (but the key) are ``values``."""
+        made = {c: col.from_cql(values.get(c)) for c, col in self.state_columns.items() if c != self.key_field}
         if self.key_field in self.state_columns:
-            values[self.key_field] = getattr(row, self.key_field)
-        return self.decider.state(**values)
+            made[self.key_field] = entity
+        return self.decider.state(**made)
 
     def _event(self, logged: LoggedEvent) -> E:
         return self.event_from_payload(logged.entity_id, logged.payload)
@@ -334,8 +343,13 @@ class DeciderStore(Generic[C, S, E]):
         records = [self.log.insert(self.session, entity, ids[i], when, self.payload(event), meta)
                    for i, event in enumerate(answer)]
         stream = self.stream
-        published = [stream.record(entity, ids[i], i, event, meta) for i, event in enumerate(answer)] if stream else ()
-        return Applied(self.decider.fold(answer, state), records, published)
+        if stream is None:
+            return Applied(self.decider.fold(answer, state), records)
+        published = []
+        for i, event in enumerate(answer):
+            before, state = state, self.decider.evolve(state, event)
+            published.append(stream.record(entity, ids[i], i, event, meta, before, state))
+        return Applied(state, records, published)
 
     def write(self, key: Any, state: S | None, applied: dict[int, int], timestamp: int) -> Any:
         self._prepare()

@@ -13,6 +13,11 @@ their order, and its value is one raw binary Avro record of the schema :meth:`Ev
     source_offset     long
     event_index       int                           its place among the command's events
     <field>           ["null", <type>], default null   each field of the event types (as the log's columns)
+    before, after     ["null", <Name>State]         the entity's state before and after the event (null:
+                                                    none, or deleted); <Name>State has the state's columns
+
+A projection needs no state of its own: what an event changed is the difference of ``before`` and ``after``
+(a deletion carries what it deleted).
 
 CQL types map to Avro as: text string, bigint long, int int, double double, float float, boolean boolean,
 uuid string/uuid, timestamp long/timestamp-millis, date int/date, decimal string, blob bytes, map map (keys
@@ -38,6 +43,7 @@ from rxcqrs.messages import OutgoingRecord, RecordMetadata
 __all__ = ["EventStream", "StreamEvent", "avro_type"]
 
 E = TypeVar("E")
+S = TypeVar("S")
 
 _SCALARS: dict[str, Any] = {
     "text": "string", "varchar": "string", "ascii": "string", "bigint": "long", "counter": "long", "varint": "long",
@@ -130,8 +136,8 @@ def _key(cql: str) -> Callable[[str], Any]:
 
 
 @dataclass(frozen=True)
-class StreamEvent(Generic[E]):
-    """An event as the stream carries it."""
+class StreamEvent(Generic[E, S]):
+    """An event as the stream carries it, with its entity's state before and after it."""
 
     event_id: uuid.UUID
     entity: Any
@@ -141,6 +147,8 @@ class StreamEvent(Generic[E]):
     source_partition: int
     source_offset: int
     event_index: int
+    before: S | None = None
+    after: S | None = None
 
     @property
     def position(self) -> int:
@@ -150,7 +158,7 @@ class StreamEvent(Generic[E]):
         return (self.source_offset << 16) | self.event_index
 
 
-class EventStream(Generic[E]):
+class EventStream(Generic[E, S]):
     """The stream of ``store``'s events on ``topic`` (a :class:`~rxcqrs.cassandra.decider_store.DeciderStore`:
     its event columns are the stream's fields)."""
 
@@ -166,6 +174,9 @@ class EventStream(Generic[E]):
         self._from = {name: _from_avro(cql) for name, cql in columns.items()}
         self._key_to = _to_avro(store.key_column.cql)
         self._key_from = _from_avro(store.key_column.cql)
+        self._state_columns = {name: col.cql for name, col in store.state_columns.items() if name != self.key_field}
+        self._state_to = {name: _to_avro(cql) for name, cql in self._state_columns.items()}
+        self._state_from = {name: _from_avro(cql) for name, cql in self._state_columns.items()}
         self.codec: AvroCodec[dict[str, Any]] = AvroCodec.from_schema(self.schema(), dict, dict)
 
     def schema(self) -> dict[str, Any]:
@@ -182,22 +193,40 @@ class EventStream(Generic[E]):
         ]
         fields += [{"name": name, "type": ["null", avro_type(cql)], "default": None}
                    for name, cql in self._columns.items()]
-        name = "".join(part.capitalize() for part in self.store.name.split("_")) + "Event"
-        return {"type": "record", "name": name, "namespace": "rxcqrs.events", "fields": fields}
+        name = "".join(part.capitalize() for part in self.store.name.split("_"))
+        state = {"type": "record", "name": f"{name}State",
+                 "fields": [{"name": n, "type": ["null", avro_type(cql)], "default": None}
+                            for n, cql in self._state_columns.items()]}
+        fields += [{"name": "before", "type": ["null", state], "default": None},
+                   {"name": "after", "type": ["null", f"{name}State"], "default": None}]
+        return {"type": "record", "name": f"{name}Event", "namespace": "rxcqrs.events", "fields": fields}
 
-    def record(self, entity: Any, event_id: uuid.UUID, index: int, event: Any, meta: RecordMetadata
-               ) -> OutgoingRecord:
-        """The Kafka record of ``event``, the ``index``-th decided for the command at ``meta``."""
+    def _state_value(self, state: Any) -> dict[str, Any] | None:
+        if state is None:
+            return None
+        return {n: None if v is None else self._state_to[n](v) for n, v in self.store.state_columns_of(state).items()}
+
+    def _state_of(self, entity: Any, value: dict[str, Any] | None) -> Any:
+        if value is None:
+            return None
+        return self.store.state_from_columns(entity, {n: None if (v := value.get(n)) is None else self._state_from[n](v)
+                                                      for n in self._state_columns})
+
+    def record(self, entity: Any, event_id: uuid.UUID, index: int, event: Any, meta: RecordMetadata,
+               before: Any = None, after: Any = None) -> OutgoingRecord:
+        """The Kafka record of ``event``, the ``index``-th decided for the command at ``meta``, which took the
+        entity from ``before`` to ``after``."""
         payload = self.store.payload(event)
         value = {"event_id": event_id, self.key_field: self._key_to(entity), "event_type": payload.pop("event_type"),
                  "event_time": meta.timestamp_utc, "source_topic": meta.topic, "source_partition": meta.partition,
-                 "source_offset": meta.offset, "event_index": index}
+                 "source_offset": meta.offset, "event_index": index, "before": self._state_value(before),
+                 "after": self._state_value(after)}
         for name, cql_value in payload.items():
             value[name] = None if cql_value is None else self._to[name](cql_value)
         return OutgoingRecord(self.codec.encode(value), str(entity).encode(), self.topic,
                               (("event_type", value["event_type"].encode()),))
 
-    def decode(self, data: bytes | None) -> StreamEvent[E]:
+    def decode(self, data: bytes | None) -> StreamEvent[E, S]:
         """A stream record's value as a :class:`StreamEvent` (a record that is not one: SerializationError)."""
         value = self.codec.decode(data)
         try:
@@ -205,10 +234,11 @@ class EventStream(Generic[E]):
             payload = {name: None if (v := value.get(name)) is None else self._from[name](v) for name in self._columns}
             payload["event_type"] = value["event_type"]
             event = self.store.event_from_payload(entity, payload)
+            before, after = self._state_of(entity, value.get("before")), self._state_of(entity, value.get("after"))
         except SerializationError:
             raise
         except Exception as exc:
             raise SerializationError(f"an event-stream record of {self.topic} is not an event of "
                                      f"{self.store.name}: {exc}") from exc
         return StreamEvent(value["event_id"], entity, event, value["event_time"], value["source_topic"],
-                           value["source_partition"], value["source_offset"], value["event_index"])
+                           value["source_partition"], value["source_offset"], value["event_index"], before, after)

@@ -45,7 +45,7 @@ class Shop:
 
 shops = Decider("shop", command=Open, state=Shop, event=(Open, Stocked), key="shop",
                 decide=lambda s, c: c, evolve=lambda s, e: Shop(e.name) if isinstance(e, Open) else s)
-STREAM: EventStream[Any] = EventStream(DeciderStore(None, "ks", shops), "shop.events")
+STREAM: EventStream[Any, Any] = EventStream(DeciderStore(None, "ks", shops), "shop.events")
 
 
 def meta(partition: int, offset: int) -> RecordMetadata:
@@ -59,7 +59,8 @@ def test_the_schema_names_every_field_and_parses() -> None:
     assert schema["name"] == "ShopEvent" and names[:8] == [
         "event_id", "shop", "event_type", "event_time", "source_topic", "source_partition", "source_offset",
         "event_index"]
-    assert set(names[8:]) == {"name", "counts", "tags", "prices", "at", "open", "ratio"}
+    assert set(names[8:-2]) == {"name", "counts", "tags", "prices", "at", "open", "ratio"}
+    assert names[-2:] == ["before", "after"]
     assert all(f["type"][0] == "null" and f["default"] is None for f in schema["fields"][8:])
 
 
@@ -75,13 +76,15 @@ stocked = st.builds(Stocked, uuids, st.dictionaries(uuids, st.integers(-2**63, 2
 @given(stocked, st.integers(0, 100), st.integers(0, 2**40), st.integers(0, 5))
 def test_a_record_decodes_to_the_same_event_entity_and_position(event: Stocked, partition: int, offset: int,
                                                                  index: int) -> None:
-    record = STREAM.record(event.shop, event_id(meta(partition, offset), index), index, event, meta(partition, offset))
+    record = STREAM.record(event.shop, event_id(meta(partition, offset), index), index, event, meta(partition, offset),
+                           None if index % 2 else Shop("before"), Shop("after"))
     assert record.key == str(event.shop).encode() and record.topic == "shop.events"
     back = STREAM.decode(record.value)
     assert back.event == event and back.entity == event.shop and back.event_index == index
     assert (back.source_partition, back.source_offset) == (partition, offset)
     assert back.event_id == event_id(meta(partition, offset), index)
     assert back.position == (offset << 16) | index
+    assert back.before == (None if index % 2 else Shop("before")) and back.after == Shop("after")
 
 
 def test_positions_order_an_entitys_events() -> None:
