@@ -412,6 +412,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     k.add_argument("--topic", default=DEFAULT_TOPIC, type=topic, help="the command topic whose fence the rebuild takes")
     k.set_defaults(run=compensate)
 
+    from rxcqrs.examples.shoppingcart.query_cli import register_query
+
+    register_query(sub, common, fmt, keyspace, DEFAULT_KEYSPACE, SECONDS, CART)
+
 
 def execute(args: argparse.Namespace, prog: str) -> int:
     """Run a parsed command: quiet client loggers, settings from the config, errors as one line."""

@@ -1,0 +1,420 @@
+"""Projections: an aggregate's event stream (:mod:`rxcqrs.cassandra.event_stream`) folded into read-model
+tables, exact after any fault. Two kinds of read model, each with its own exactness mechanism:
+
+* :class:`EntityView` - **idempotent rows**: every row belongs to one entity and is a function of its state
+  (``rows(entity, state)``). An event replaces the rows of its ``before`` state by those of its ``after``
+  state, each written (or deleted) ``USING TIMESTAMP`` the event's position: a repeat writes the same cells at
+  the same timestamp and an older event replayed after a newer one loses, so any redelivery ends the same.
+  Pick it for per-entity lists and lookups (``carts_by_owner``).
+* :class:`TotalsView` - **offsets with the read model**: rows that sum over many entities (counters, totals).
+  ``deltas(event)`` says what an event adds to which rows. The rows of one stream partition, each entity's
+  last applied position and the partition's next offset are written together in one logged batch, so a
+  crash lands all or none of them; a record below the stored offset, and an event at or below its entity's
+  stored position (a repeat on the stream), add nothing. The rows are per stream partition
+  (``PRIMARY KEY ((<key>), stream_partition)``: one writer each); a total is their sum (:meth:`Projection.totals`,
+  or ``SELECT sum(...) ... WHERE <key> = ?``). The batch is fenced (``USING TIMESTAMP epoch * 2^40 +
+  offset``, an epoch per assignment from the fence row of the projection's group): a projection member that
+  stalled past its session timeout and wakes up loses every write to the member that took its partitions.
+
+Tables: each view's, ``<name>_offsets`` (stream_topic, stream_partition, next_offset) and ``<name>_seen``
+(entity, position) for the totals views, and the fence tables.
+
+Threads: ``on_next`` (the poll thread) only queues; one worker thread takes what is queued, per stream
+partition in offset order, reads what it has not cached (the cache of a partition is dropped on every
+assignment and revoke), writes, and acks once every write of the records succeeded; transient errors and
+unknown outcomes are retried with the backoff (every write is idempotent), a permanent one nacks the records.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from rxcqrs.backoff import Backoff
+from rxcqrs.cassandra.event_stream import EventStream, StreamEvent
+from rxcqrs.cassandra.fence import Fence, create_fence_tables, write_timestamp
+from rxcqrs.cassandra.identifiers import identifier, qualified
+from rxcqrs.cassandra.outcomes import Outcome, classify
+from rxcqrs.cassandra.schema import create_keyspace, create_table, prepare
+from rxcqrs.exceptions import ConfigError, PermanentStageError, StageError
+from rxcqrs.messages import Envelope, TopicPartition
+from rxcqrs.sink import SinkBase
+
+__all__ = ["EntityView", "TotalsView", "Projection", "ProjectionSink"]
+
+log = logging.getLogger(__name__)
+Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class EntityView:
+    """A table whose rows each belong to one entity: ``columns`` (name -> CQL type), the ``key`` (primary key
+    columns, the first ``partition`` of them the partition key) and ``rows(entity, state)``: the entity's rows
+    in that state (``state`` is ``None`` for no entity, or a deleted one: usually no rows)."""
+
+    table: str
+    columns: Mapping[str, str]
+    key: Sequence[str]
+    rows: Callable[[Any, Any], Iterable[Row]]
+    partition: int = 1
+
+
+@dataclass(frozen=True)
+class TotalsView:
+    """A table of sums over entities: ``key`` (its columns and CQL types), ``values`` (bigint sums) and
+    ``deltas(event)``: ``{key tuple: {value: amount}}`` the event adds (a :class:`StreamEvent`, with the
+    entity's ``before`` and ``after``)."""
+
+    table: str
+    key: Mapping[str, str]
+    values: Sequence[str]
+    deltas: Callable[[StreamEvent[Any, Any]], Mapping[tuple[Any, ...], Mapping[str, int]]]
+
+
+class Projection:
+    """The read models ``views`` of ``stream`` in ``keyspace``; ``name`` prefixes its bookkeeping tables."""
+
+    def __init__(self, session: Any, keyspace: str, name: str, stream: EventStream[Any, Any],
+                 views: Sequence[EntityView | TotalsView]) -> None:
+        self.session = session
+        self.keyspace = identifier(keyspace, "keyspace")
+        self.name = identifier(name, "projection name")
+        self.stream = stream
+        if not views:
+            raise ConfigError(f"projection {name!r} needs at least one view")
+        self.views = list(views)
+        for view in self.views:
+            identifier(view.table, "view table")
+            if isinstance(view, EntityView) and not set(view.key) <= set(view.columns):
+                raise ConfigError(f"view {view.table}: its key {list(view.key)} must be among its columns")
+        self.entity_views = [v for v in self.views if isinstance(v, EntityView)]
+        self.totals_views = [v for v in self.views if isinstance(v, TotalsView)]
+        self.offsets_table = qualified(self.keyspace, f"{self.name}_offsets")
+        self.seen_table = qualified(self.keyspace, f"{self.name}_seen")
+        self._prepared: dict[str, Any] = {}
+
+    # -- schema -------------------------------------------------------------------------------------------
+    def create_schema(self, replication: int = 1) -> None:
+        """Create the keyspace and every table that is missing."""
+        s, ks = self.session, self.keyspace
+        create_keyspace(s, ks, replication)
+        for view in self.entity_views:
+            key = list(view.key)
+            create_table(s, ks, view.table, dict(view.columns), key[:view.partition],
+                         [(c, "ASC") for c in key[view.partition:]])
+        for totals in self.totals_views:
+            create_table(s, ks, totals.table, {**totals.key, "stream_partition": "int",
+                                               **{v: "bigint" for v in totals.values}},
+                         list(totals.key), [("stream_partition", "ASC")])
+        create_table(s, ks, f"{self.name}_offsets", {"stream_topic": "text", "stream_partition": "int",
+                                                     "next_offset": "bigint"}, ["stream_topic"],
+                     [("stream_partition", "ASC")])
+        create_table(s, ks, f"{self.name}_seen", {"entity": self.stream.store.key_column.cql, "position": "bigint"},
+                     ["entity"])
+        create_fence_tables(s, ks)
+
+    def _statement(self, query: str) -> Any:
+        found = self._prepared.get(query)
+        if found is None:
+            found = self._prepared[query] = prepare(self.session, query)
+        return found
+
+    # -- reads --------------------------------------------------------------------------------------------
+    def totals(self, view: TotalsView, key: tuple[Any, ...]) -> dict[str, int]:
+        """The totals of ``key`` (the sum of its rows over the stream partitions; 0 where none)."""
+        where = " AND ".join(f"{k} = ?" for k in view.key)
+        rows = self.session.execute(self._statement(
+            f"SELECT {', '.join(view.values)} FROM {qualified(self.keyspace, view.table)} WHERE {where}"), key)
+        out = {v: 0 for v in view.values}
+        for row in rows:
+            for v in view.values:
+                out[v] += getattr(row, v) or 0
+        return out
+
+    def all_totals(self, view: TotalsView) -> dict[tuple[Any, ...], dict[str, int]]:
+        """Every key's totals (a paged scan), keys whose totals are all 0 left out."""
+        from cassandra.query import SimpleStatement
+
+        out: dict[tuple[Any, ...], dict[str, int]] = defaultdict(lambda: {v: 0 for v in view.values})
+        columns = ", ".join([*view.key, *view.values])
+        for row in self.session.execute(SimpleStatement(
+                f"SELECT {columns} FROM {qualified(self.keyspace, view.table)}", fetch_size=1000)):
+            key = tuple(getattr(row, k) for k in view.key)
+            for v in view.values:
+                out[key][v] += getattr(row, v) or 0
+        return {k: dict(v) for k, v in out.items() if any(v.values())}
+
+    def sink(self, **options: Any) -> ProjectionSink:
+        """The stage that folds the stream's records into the views (run it after a KafkaSource of the stream:
+        ``rxcqrs.run(source, projection.sink())``)."""
+        return ProjectionSink(self, **options)
+
+
+@dataclass
+class _Partition:
+    """What the worker knows of one assigned stream partition (dropped on every assignment and revoke)."""
+
+    epoch: int | None = None
+    next_offset: int | None = None
+    totals: dict[tuple[str, tuple[Any, ...]], dict[str, int]] = field(default_factory=dict)
+    seen: dict[Any, int] = field(default_factory=dict)
+
+
+class ProjectionSink(SinkBase):
+    """Folds envelopes of stream records into the projection's views (see the module for the guarantees)."""
+
+    def __init__(self, projection: Projection, *, group: str | None = None, backoff: Backoff | None = None,
+                 max_records: int = 100, fence_timeout: float = 30.0) -> None:
+        super().__init__()
+        self.projection = projection
+        self.group = group
+        self.backoff = backoff or Backoff(0.05, 5.0)
+        self.max_records = max_records
+        self.fence_timeout = fence_timeout
+        self._lock = threading.Lock()
+        self._queue: deque[Envelope[Any]] = deque()
+        self._wake = threading.Event()
+        self._stopped = False
+        self._abandoned = False
+        self._partitions: dict[TopicPartition, _Partition] = {}
+        self._fences: dict[str, Fence] = {}
+        self.applied = 0
+        self.skipped = 0
+        self._worker = threading.Thread(target=self._loop, name=f"rxcqrs-{projection.name}-project", daemon=True)
+        self._worker.start()
+
+    # -- partitions (the client's rebalance thread) ---------------------------------------------------------
+    def watch_partitions(self, source: Any) -> None:
+        """Called by :func:`~rxcqrs.run`: the group and its assignments come from the source."""
+        if self.group is None:
+            self.group = source.group_id
+        source.on_assign(self._forget)
+        source.on_revoke(self._forget)
+
+    def _forget(self, tps: list[TopicPartition]) -> None:
+        with self._lock:
+            for tp in tps:
+                self._partitions.pop(tp, None)
+
+    # -- the poll thread ----------------------------------------------------------------------------------
+    def on_next(self, env: Envelope[Any]) -> None:
+        self._begin()
+        with self._lock:
+            self._queue.append(env)
+        self._wake.set()
+
+    def close(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    def abandon(self) -> None:
+        self._abandoned = True
+        with self._lock:
+            waiting, self._queue = list(self._queue), deque()
+        for env in waiting:
+            env.nack(StageError(f"projection {self.projection.name}: abandoned at shutdown"))
+            self._end()
+        self._wake.set()
+
+    # -- the worker ---------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stopped:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            while True:
+                with self._lock:
+                    taken = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_records))]
+                if not taken:
+                    break
+                by_partition: dict[TopicPartition, list[Envelope[Any]]] = defaultdict(list)
+                for env in taken:
+                    by_partition[env.meta.tp].append(env)
+                for tp, envelopes in by_partition.items():
+                    live = self._drop_stale(envelopes)
+                    if not live:
+                        continue
+                    try:
+                        self._project(tp, live)
+                    except Exception as exc:  # never let one partition's failure stop the worker
+                        log.warning("projection %s: %s failed: %r", self.projection.name, tp, exc)
+                        error = exc if isinstance(exc, StageError) else PermanentStageError(
+                            f"projection {self.projection.name}: {exc!r} on {live[0].meta}")
+                        self._settle(tp, live, error)
+
+    def _settle(self, tp: TopicPartition, envelopes: list[Envelope[Any]], error: BaseException | None) -> None:
+        if error is not None:
+            self._forget([tp])  # the cache may hold what was not written
+        for env in envelopes:
+            if error is None:
+                env.ack()
+            else:
+                env.nack(error)
+        self._end(len(envelopes))
+
+    def _drop_stale(self, envelopes: list[Envelope[Any]]) -> list[Envelope[Any]]:
+        """The records of a current assignment; the others are nacked (they are delivered again)."""
+        live: list[Envelope[Any]] = []
+        for env in envelopes:
+            if env.ticket.live():
+                live.append(env)
+            else:
+                env.nack(StageError(f"projection {self.projection.name}: {env.meta} belongs to a revoked "
+                                    "assignment"))
+                self._end()
+        return live
+
+    def _project(self, tp: TopicPartition, live: list[Envelope[Any]]) -> None:
+        p = self.projection
+        events = [p.stream.decode(env.value) for env in live]
+        with self._lock:
+            part = self._partitions.setdefault(tp, _Partition())
+        statements = [s for event in events for view in p.entity_views for s in self._entity_rows(view, event)]
+        batch = self._totals_batch(tp, part, live, events) if p.totals_views else None
+        self._execute([*statements, *([batch] if batch is not None else [])], live[0])
+        part.next_offset = live[-1].meta.offset + 1
+        self._settle(tp, live, None)
+
+    def _entity_rows(self, view: EntityView, event: StreamEvent[Any, Any]) -> list[Any]:
+        """The view's writes for ``event``: the rows of ``after`` in, those of ``before`` only out, at the
+        event's position."""
+        table = qualified(self.projection.keyspace, view.table)
+        key = list(view.key)
+        after = {tuple(row[k] for k in key): row for row in view.rows(event.entity, event.after)}
+        before = [tuple(row[k] for k in key) for row in view.rows(event.entity, event.before)]
+        out = []
+        where = " AND ".join(f"{k} = ?" for k in key)
+        for gone in before:
+            if gone not in after:
+                delete = self.projection._statement(f"DELETE FROM {table} USING TIMESTAMP ? WHERE {where}")
+                out.append(_idempotent(delete.bind([event.position, *gone])))
+        for row in after.values():
+            columns = list(view.columns)
+            insert = self.projection._statement(f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+                                                f"({', '.join('?' * len(columns))}) USING TIMESTAMP ?")
+            out.append(_idempotent(insert.bind([*(row.get(c) for c in columns), event.position])))
+        return out
+
+    def _totals_batch(self, tp: TopicPartition, part: _Partition, envelopes: list[Envelope[Any]],
+                      events: list[StreamEvent[Any, Any]]) -> Any:
+        """One logged batch: the changed totals rows of this partition, the entities' positions and the next
+        offset, fenced; ``None`` when every record was applied before."""
+        from cassandra.query import BatchStatement, BatchType
+
+        p = self.projection
+        self._ensure_epoch(tp, part)
+        if part.next_offset is None:
+            row = self.projection.session.execute(p._statement(
+                f"SELECT next_offset FROM {p.offsets_table} WHERE stream_topic = ? AND stream_partition = ?"),
+                (tp.topic, tp.partition)).one()
+            part.next_offset = 0 if row is None else int(row.next_offset)
+        changed: set[tuple[str, tuple[Any, ...]]] = set()
+        positions: dict[Any, int] = {}
+        for env, event in zip(envelopes, events, strict=True):
+            if env.meta.offset < part.next_offset:
+                self.skipped += 1
+                continue
+            seen = self._seen(part, event.entity)
+            if event.position <= seen:
+                self.skipped += 1  # a repeat on the stream (the command side decided it again)
+                continue
+            for view in p.totals_views:
+                for key, amounts in view.deltas(event).items():
+                    values = self._total(tp, part, view, key)
+                    for name, amount in amounts.items():
+                        values[name] += amount
+                    changed.add((view.table, key))
+            part.seen[event.entity] = positions[event.entity] = event.position
+            self.applied += 1
+        last = envelopes[-1].meta.offset
+        if last < part.next_offset:
+            return None
+        assert part.epoch is not None
+        stamp = write_timestamp(part.epoch, last)
+        batch = BatchStatement(BatchType.LOGGED)
+        views = {v.table: v for v in p.totals_views}
+        for table, key in sorted(changed, key=repr):
+            view = views[table]
+            values = part.totals[(table, key)]
+            columns = [*view.key, "stream_partition", *view.values]
+            insert = p._statement(f"INSERT INTO {qualified(p.keyspace, table)} ({', '.join(columns)}) VALUES "
+                                  f"({', '.join('?' * len(columns))}) USING TIMESTAMP ?")
+            batch.add(insert, [*key, tp.partition, *(values[v] for v in view.values), stamp])
+        seen = p._statement(f"INSERT INTO {p.seen_table} (entity, position) VALUES (?, ?) USING TIMESTAMP ?")
+        for entity, position in positions.items():
+            batch.add(seen, (entity, position, stamp))
+        offsets = p._statement(f"INSERT INTO {p.offsets_table} (stream_topic, stream_partition, next_offset) "
+                               "VALUES (?, ?, ?) USING TIMESTAMP ?")
+        batch.add(offsets, (tp.topic, tp.partition, last + 1, stamp))
+        batch.is_idempotent = True
+        return batch
+
+    def _ensure_epoch(self, tp: TopicPartition, part: _Partition) -> None:
+        if part.epoch is not None:
+            return
+        if self.group is None:
+            raise ConfigError(f"projection {self.projection.name}: fenced totals need the consumer group (run the "
+                              "sink from a KafkaSource with rxcqrs.run, or pass group=...)")
+        fence = self._fences.get(tp.topic)
+        if fence is None:
+            fence = self._fences[tp.topic] = Fence(self.projection.session, self.projection.keyspace,
+                                                   f"{self.group}/{self.projection.name}", tp.topic)
+        part.epoch = fence.take(deadline=time.monotonic() + self.fence_timeout)
+
+    def _seen(self, part: _Partition, entity: Any) -> int:
+        found = part.seen.get(entity)
+        if found is None:
+            p = self.projection
+            row = p.session.execute(p._statement(f"SELECT position FROM {p.seen_table} WHERE entity = ?"),
+                                    (entity,)).one()
+            found = part.seen[entity] = -1 if row is None else int(row.position)
+        return found
+
+    def _total(self, tp: TopicPartition, part: _Partition, view: TotalsView, key: tuple[Any, ...]) -> dict[str, int]:
+        found = part.totals.get((view.table, key))
+        if found is None:
+            p = self.projection
+            where = " AND ".join(f"{k} = ?" for k in view.key)
+            row = p.session.execute(p._statement(
+                f"SELECT {', '.join(view.values)} FROM {qualified(p.keyspace, view.table)} WHERE {where} AND "
+                "stream_partition = ?"), (*key, tp.partition)).one()
+            found = part.totals[(view.table, key)] = {v: (getattr(row, v) or 0) if row is not None else 0
+                                                      for v in view.values}
+        return found
+
+    def _execute(self, statements: list[Any], first: Envelope[Any]) -> None:
+        """Every statement succeeded, or raise: transient errors and unknown outcomes retried (idempotent)."""
+        pending = statements
+        attempt = 0
+        while pending:
+            futures = [(s, self.projection.session.execute_async(s)) for s in pending]
+            failed: list[Any] = []
+            error: BaseException | None = None
+            for statement, future in futures:
+                try:
+                    future.result()
+                except Exception as exc:
+                    if classify(exc) is Outcome.PERMANENT:
+                        raise PermanentStageError(f"projection {self.projection.name}: {exc!r} on {first.meta}"
+                                                  ) from exc
+                    failed.append(statement)
+                    error = exc
+            if not failed:
+                return
+            delay = self.backoff.delay(attempt)
+            if delay is None or self._abandoned:
+                raise StageError(f"projection {self.projection.name}: gave up after {attempt + 1} attempts: "
+                                 f"{error!r} on {first.meta}")
+            attempt += 1
+            log.info("projection %s: %d writes failed (%r); retry %d in %.2fs", self.projection.name, len(failed),
+                     error, attempt, delay)
+            time.sleep(delay)  # the worker's own thread
+            pending = failed
+
+
+def _idempotent(bound: Any) -> Any:
+    bound.is_idempotent = True
+    return bound

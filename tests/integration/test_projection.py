@@ -1,0 +1,121 @@
+"""The query side on real Kafka and Cassandra: the carts' event stream projected into carts_by_owner
+(idempotent rows) and item_totals (offsets with the read model), exact with repeats on the stream and after
+the projection's process is SIGKILLed three times."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from rxcqrs.examples.shoppingcart.generator import generate, reference
+from rxcqrs.examples.shoppingcart.pipeline import publish_commands, start_pipeline
+from rxcqrs.examples.shoppingcart.read_models import cart_views, expected_views, stored_views
+from rxcqrs.examples.shoppingcart.store import CartStore
+from rxcqrs.flow import run
+from rxcqrs.kafka import ConsumerSettings, KafkaSink, KafkaSource, ProducerSettings, create_topics
+from rxcqrs.kafka.admin import committed_offsets, end_offsets, read_topic
+from rxcqrs.messages import OutgoingRecord
+from rxcqrs.operators import DeadLetters
+from tests.helpers import wait_until
+
+
+def command_side(kafka_bootstrap: str, topic: str, group: str, session: Any, keyspace: str, commands: list[Any],
+                 partitions: int) -> str:
+    """Run the cart commands through the batched engine, publishing the stream; return the stream's topic."""
+    events = f"{topic}.events"
+    create_topics({events: partitions}, bootstrap_servers=kafka_bootstrap)
+    store = CartStore(session, keyspace, events_topic=events)
+    store.create()
+    publish_commands(commands, topic, partitions, ProducerSettings(bootstrap_servers=kafka_bootstrap))
+    source = KafkaSource(topic, ConsumerSettings(group_id=group, bootstrap_servers=kafka_bootstrap))
+    dead = KafkaSink(producer=ProducerSettings(bootstrap_servers=kafka_bootstrap))
+    flow = start_pipeline(source, store, dead_letters=DeadLetters(dead),
+                          producer=ProducerSettings(bootstrap_servers=kafka_bootstrap))
+    ends = end_offsets(topic, bootstrap_servers=kafka_bootstrap)
+    wait_until(lambda: committed_offsets(group, topic, bootstrap_servers=kafka_bootstrap) == ends, 120,
+               "the commands committed")
+    flow.stop_and_wait()
+    return events
+
+
+def repeat_on_the_stream(kafka_bootstrap: str, events: str, count: int) -> int:
+    """Publish the stream's first ``count`` records again (what a crash of the command side before its state
+    write does: the same events, ids and source offsets, later on the stream)."""
+    records = read_topic(events, bootstrap_servers=kafka_bootstrap)[:count]
+    sink = KafkaSink(events, ProducerSettings(bootstrap_servers=kafka_bootstrap))
+    for record in records:
+        sink.on_next(OutgoingRecord(record.value, record.key, events, partition=record.partition))
+    sink.on_completed()
+    return len(records)
+
+
+def assert_views_exact(session: Any, keyspace: str, events: str, commands: list[Any]) -> None:
+    live = [(cid, cart) for cid, cart in reference(commands).items() if cart is not None]
+    expected_owners, expected_totals = expected_views(live)
+    owners, totals = stored_views(cart_views(session, keyspace, events), keyspace)
+    assert owners == expected_owners
+    assert totals == expected_totals
+
+
+def test_both_read_models_are_exact_with_repeats_on_the_stream(topic_factory: Any, kafka_bootstrap: str,
+                                                               group_id: str, cassandra_session: Any,
+                                                               keyspace: str) -> None:
+    topic = topic_factory(4)
+    commands = generate(40, 3000, seed=5)
+    events = command_side(kafka_bootstrap, topic, group_id, cassandra_session, keyspace, commands, 4)
+    assert repeat_on_the_stream(kafka_bootstrap, events, 400) == 400
+    views = cart_views(cassandra_session, keyspace, events)
+    views.create_schema()
+    group = f"{group_id}.views"
+    source = KafkaSource(events, ConsumerSettings(group_id=group, bootstrap_servers=kafka_bootstrap))
+    sink = views.sink()
+    flow = run(source, sink)
+    ends = end_offsets(events, bootstrap_servers=kafka_bootstrap)
+    wait_until(lambda: committed_offsets(group, events, bootstrap_servers=kafka_bootstrap) == ends, 120,
+               "the stream projected")
+    flow.stop_and_wait()
+    assert sink.skipped >= 400, "the repeats were applied"
+    assert_views_exact(cassandra_session, keyspace, events, commands)
+
+
+def test_the_read_models_stay_exact_through_three_projection_kills(topic_factory: Any, kafka_bootstrap: str,
+                                                                   group_id: str, cassandra_session: Any,
+                                                                   keyspace: str, services_settings: Any) -> None:
+    topic = topic_factory(4)
+    commands = generate(60, 6000, seed=9)
+    events = command_side(kafka_bootstrap, topic, group_id, cassandra_session, keyspace, commands, 4)
+    repeat_on_the_stream(kafka_bootstrap, events, 500)
+    group = f"{group_id}.views"
+    env = {**os.environ, "RXCQRS_KAFKA_BOOTSTRAP": kafka_bootstrap,
+           "RXCQRS_CASSANDRA_HOSTS": services_settings.host,
+           "RXCQRS_CASSANDRA_PORT": str(services_settings.cassandra_port)}
+    command = [sys.executable, "-m", "rxcqrs.cli", "cart", "project", "--events-topic", events, "--keyspace",
+               keyspace, "--group", group, "--create-schema"]
+    ends = end_offsets(events, bootstrap_servers=kafka_bootstrap)
+    total = sum(ends.values())
+
+    def progress() -> int:
+        return sum(v or 0 for v in committed_offsets(group, events, bootstrap_servers=kafka_bootstrap).values())
+
+    kills = 0
+    for threshold in (total // 10, total // 3, total * 2 // 3):
+        projector = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(lambda t=threshold, p=projector: progress() >= t or p.poll() is not None,  # type: ignore[misc]
+                       180, f"the projection committing {threshold} events")
+            assert projector.poll() is None, projector.stderr.read() if projector.stderr else ""
+            if progress() < total:
+                projector.send_signal(signal.SIGKILL)  # rows written past the committed offsets
+                kills += 1
+        finally:
+            projector.kill()
+            projector.wait(30)
+    assert kills == 3
+    finished = subprocess.run([*command, "--stop-when-idle", "2"], env=env, capture_output=True, text=True,
+                              timeout=300)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert committed_offsets(group, events, bootstrap_servers=kafka_bootstrap) == ends
+    assert_views_exact(cassandra_session, keyspace, events, commands)
