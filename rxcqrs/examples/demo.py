@@ -6,9 +6,12 @@
    were processed but not committed are delivered again;
 4. query the event log for events logged more than once, and compensate (rebuild the carts that disagree
    with the fold of their distinct logged events);
-5. check every cart against the reference: the same command stream folded in memory.
+5. check every cart against the reference: the same command stream folded in memory;
+6. the query side: the batched engine (idempotent) publishes the carts' event stream, a projection folds it
+   into carts_by_owner and item_totals, is killed (SIGKILL) part way and restarted; both read models are
+   checked against the reference.
 
-Exit 0 only if every cart matches.
+Exit 0 only if every cart and both read models match.
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ def _consumer(topic: str, group: str, keyspace: str, idle: float) -> subprocess.
     return subprocess.Popen([sys.executable, "-m", "rxcqrs.examples.shoppingcart", "consume", "--topic", topic,
                              "--group", group, "--keyspace", keyspace, "--mode", "parallel", "--create-schema",
                              "--no-idempotent", "--stop-when-idle", str(idle)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+
+
+def _projector(events: str, group: str, keyspace: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "rxcqrs.examples.shoppingcart", "project", "--events-topic", events,
+                             "--group", group, "--keyspace", keyspace, "--create-schema", "--stop-when-idle", "3"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
 
 
@@ -177,6 +186,61 @@ def main() -> int:
         print(f"!! {len(wrong)} carts differ from the reference, e.g. {wrong[:3]}", flush=True)
         return 1
     print("== OK: every cart matches", flush=True)
+    return _query_side(topic, group, keyspace, expected)
+
+
+def _query_side(topic: str, group: str, keyspace: str, expected: dict[Any, Any]) -> int:
+    """Step 6: the event stream and both read models, with the projection killed in the middle."""
+    from rxcqrs.cassandra import CassandraSettings, connect
+    from rxcqrs.examples.shoppingcart.read_models import cart_views, expected_views, stored_views
+    from rxcqrs.kafka import committed_offsets, end_offsets
+
+    events, q_group, q_keyspace = f"{topic}.events", f"{group}.q", f"{keyspace}_q"
+    print(f"== the query side: the batched engine publishes every decided event to {events} (into {q_keyspace})",
+          flush=True)
+    consumer = subprocess.Popen([sys.executable, "-m", "rxcqrs.examples.shoppingcart", "consume", "--topic", topic,
+                                 "--group", q_group, "--keyspace", q_keyspace, "--create-schema", "--events-topic",
+                                 events, "--stop-when-idle", "3"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    relay = _relay(consumer.stdout, "   cmds  | ")  # type: ignore[arg-type]
+    if consumer.wait() != 0:
+        print(f"!! the consumer failed (exit {consumer.returncode})", flush=True)
+        return 1
+    relay.join(5)
+    total = sum(end_offsets(events).values())
+    views_group = f"{group}.views"
+    projected = lambda: sum(v or 0 for v in committed_offsets(views_group, events).values())  # noqa: E731
+    first = _projector(events, views_group, q_keyspace)
+    relay = _relay(first.stdout, "   views | ")  # type: ignore[arg-type]
+    while first.poll() is None and projected() < total * CRASH_AT:
+        time.sleep(0.1)
+    if first.poll() is not None:
+        print(f"!! the projection ended before the crash point (exit {first.returncode})", flush=True)
+        return 1
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    relay.join(5)
+    print(f"== CRASH: killed the projection (SIGKILL) with {projected()} of {total} events committed; restarting "
+          "it (again after the dead member's session expires)", flush=True)
+    second = _projector(events, views_group, q_keyspace)
+    relay = _relay(second.stdout, "   views | ")  # type: ignore[arg-type]
+    if second.wait() != 0:
+        print(f"!! the restarted projection failed (exit {second.returncode})", flush=True)
+        return 1
+    relay.join(5)
+    session = connect(CassandraSettings())
+    try:
+        owners, totals = stored_views(cart_views(session, q_keyspace, events), q_keyspace)
+    finally:
+        session.cluster.shutdown()
+    want_owners, want_totals = expected_views((cid, cart) for cid, cart in expected.items() if cart is not None)
+    print(f"   carts_by_owner      {len(owners)} rows, {'exact' if owners == want_owners else 'WRONG'}", flush=True)
+    print(f"   item_totals         {len(totals)} items, {'exact' if totals == want_totals else 'WRONG'}", flush=True)
+    print(f"   inspect             rxcqrs cart query --keyspace {q_keyspace} [--owner ID | --item ID]", flush=True)
+    if owners != want_owners or totals != want_totals:
+        print("!! a read model differs from the reference", flush=True)
+        return 1
+    print("== OK: both read models match", flush=True)
     return 0
 
 

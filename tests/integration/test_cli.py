@@ -32,7 +32,8 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("args", [[], ["cart"], ["cart", "consume"], ["cart", "show"], ["services"], ["demo"]])
+@pytest.mark.parametrize("args", [[], ["cart"], ["cart", "consume"], ["cart", "show"], ["cart", "project"],
+                                  ["cart", "query"], ["services"], ["demo"]])
 def test_every_command_has_help_with_defaults(args: list[str]) -> None:
     result = rxcqrs(*args, "--help")
     assert result.returncode == 0 and "usage: rxcqrs" in result.stdout, result.stderr
@@ -59,6 +60,8 @@ def test_version_and_verbose_anywhere() -> None:
     (["cart", "show", "--keyspace", "x; DROP KEYSPACE y"], "--keyspace"),
     (["cart", "consume", "--topic", "bad topic!"], "--topic"),
     (["cart", "consume", "--kafka-backend", "java"], "--kafka-backend"),
+    (["cart", "query", "--owner", "not-a-uuid"], "--owner"),
+    (["cart", "project", "--keyspace", "bad keyspace"], "--keyspace"),
 ])
 def test_bad_values_are_refused_at_parse_time_naming_the_flag(args: list[str], flag: str) -> None:
     result = rxcqrs(*args)
@@ -93,6 +96,12 @@ def test_a_missing_topic_ends_the_consumer_with_one_line(servers: object, keyspa
     line = one_line_error(rxcqrs("cart", "consume", "--topic", topic, "--keyspace", keyspace, "--create-schema",
                                  "--stop-when-idle", "1"))
     assert f"'{topic}' does not exist" in line
+
+
+def test_projecting_a_missing_stream_is_one_line(servers: object, keyspace: str) -> None:
+    topic = f"missing.{uuid.uuid4().hex}"
+    line = one_line_error(rxcqrs("cart", "project", "--events-topic", topic, "--keyspace", keyspace))
+    assert f"'{topic}' does not exist" in line and "--events-topic" in line
 
 
 def test_a_closed_pipe_is_not_an_error(servers: object, keyspace: str) -> None:

@@ -281,6 +281,7 @@ NON_NEGATIVE = _checked(int, lambda v: v >= 0, "a whole number, 0 or more")
 SECONDS = _checked(float, lambda v: v >= 0, "a number of seconds, 0 or more")
 INTERVAL = _checked(float, lambda v: v > 0, "a number of seconds above 0")
 CART = _checked(uuid.UUID, lambda v: True, "a cart id (a UUID such as 4f1c2e9a-...)")
+ID = _checked(uuid.UUID, lambda v: True, "an id (a UUID such as 4f1c2e9a-...)")
 
 
 def _name(kind: str) -> Callable[[str], str]:
@@ -414,7 +415,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     from rxcqrs.examples.shoppingcart.query_cli import register_query
 
-    register_query(sub, common, fmt, keyspace, DEFAULT_KEYSPACE, SECONDS, CART)
+    register_query(sub, common, fmt, keyspace, DEFAULT_KEYSPACE, SECONDS, ID)
 
 
 def execute(args: argparse.Namespace, prog: str) -> int:
