@@ -1,7 +1,8 @@
 """rxcqrs: CQRS, Event Sourcing and Event Logging streams from Kafka to Cassandra with ReactiveX.
 
 The common case in a few lines: :func:`publish`, :class:`Table`, :func:`cqrs` (see :mod:`rxcqrs.quick`), your
-own aggregate as a :class:`Decider` (decide and evolve) with :func:`cqrs` and :func:`store`. Or
+own aggregate as a :class:`Decider` (decide and evolve) with :func:`cqrs` and :func:`store`, its read models
+with :func:`project`. Or
 compose a :class:`~rxcqrs.kafka.KafkaSource` (pull-based, commits gated by acks), envelope-aware
 operators (:mod:`rxcqrs.operators`), a broadcast into a command sink and an event-log sink, and
 :func:`run` it to get a :class:`Flow` handle.
@@ -15,7 +16,7 @@ from rxcqrs.exceptions import RxCqrsError
 from rxcqrs.flow import Flow, run
 from rxcqrs.messages import Batch, Envelope, OutgoingRecord, RecordMetadata, TopicPartition
 from rxcqrs.metrics import Metrics
-from rxcqrs.quick import Table, cqrs, publish, store
+from rxcqrs.quick import Table, cqrs, project, publish, store
 
 #: the rest of the public API, importable from here too (``from rxcqrs import KafkaSource, connect``);
 #: loaded on first use, so ``import rxcqrs`` does not import the Kafka and Cassandra clients
@@ -24,7 +25,7 @@ _LAZY = {
                      "SourceSettings", "create_topics", "delete_topics", "committed_offsets", "end_offsets"),
     "rxcqrs.cassandra": ("Aggregate", "AggregateSink", "CassandraQuery", "CassandraRetrySink", "CassandraSettings",
                          "CassandraSink", "Compensator", "EventLog", "Rebuilder", "cassandra_conditional", "connect",
-                         "create_keyspace", "create_table", "prepare"),
+                         "create_keyspace", "create_table", "prepare", "EntityView", "TotalsView", "Projection"),
     "rxcqrs.operators": ("AckAll", "DeadLetters", "branch", "broadcast", "decode", "filter_value", "map_async",
                          "map_envelope", "map_value", "route_either", "tap", "unbatch"),
     "rxcqrs.avro": ("AvroCodec",),
@@ -34,8 +35,8 @@ _LAZY = {
 _HOME = {name: module for module, names in _LAZY.items() for name in names}
 
 __all__ = ["Backoff", "Batch", "CommitGate", "Decider", "Envelope", "Flow", "Metrics", "OutgoingRecord",
-           "RecordMetadata", "Reject", "RxCqrsError", "Table", "Ticket", "TopicPartition", "cqrs", "publish", "run",
-           "store", *_HOME]
+           "RecordMetadata", "Reject", "RxCqrsError", "Table", "Ticket", "TopicPartition", "cqrs", "project", "publish",
+           "run", "store", *_HOME]
 __version__ = "0.1.0"
 
 

@@ -4,7 +4,8 @@
 :class:`~rxcqrs.decider.Decider`: decide and evolve, no CQL); ``cqrs(topic, Model, command=..., log=...,
 event=...)`` builds the broadcast pipeline of stateless upserts (source -> decode with dead letters -> command
 stage + event log, offsets committed once both are written). Both take the settings of :mod:`rxcqrs.config`
-and return the running :class:`~rxcqrs.flow.Flow`.
+and return the running :class:`~rxcqrs.flow.Flow`. ``project(events_topic, aggregate, views, keyspace=...)`` is
+the query side: the aggregate's event stream folded into read models.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ if TYPE_CHECKING:  # the Cassandra driver is imported only when a flow needs it
     from rxcqrs.cassandra.decider_store import DeciderStore
     from rxcqrs.cassandra.eventlog import EventLog
 
-__all__ = ["publish", "Table", "cqrs", "store"]
+__all__ = ["publish", "Table", "cqrs", "store", "project"]
 
 _sessions: dict[Any, Any] = {}
 
@@ -137,6 +138,30 @@ def store(aggregate: Decider[Any, Any, Any], keyspace: str, *, config: Config | 
     config = config or load_config()
     return DeciderStore(_session(config), keyspace, aggregate, write_protocol=config.write_protocol,  # type: ignore[arg-type]
                         events_topic=events_topic)
+
+
+def project(events_topic: str, aggregate: Decider[Any, Any, Any], views: Sequence[Any], *, keyspace: str,
+            name: str | None = None, group: str | None = None, create_schema: bool = False,
+            config: Config | None = None, source: Any = None) -> Flow:
+    """Fold ``aggregate``'s event stream ``events_topic`` (as ``cqrs(..., events=...)`` publishes it) into
+    ``views`` (:class:`~rxcqrs.cassandra.projection.EntityView` and ``TotalsView``) in ``keyspace``, as
+    consumer group ``group`` (default ``<events_topic>.<name>``); ``name`` (default ``<aggregate>_views``)
+    prefixes the projection's own tables. Returns the running flow."""
+    from rxcqrs.cassandra.decider_store import DeciderStore
+    from rxcqrs.cassandra.projection import Projection
+    from rxcqrs.flow import run
+    from rxcqrs.kafka import KafkaSource
+
+    config = config or load_config()
+    session = _session(config)
+    stream = DeciderStore(session, keyspace, aggregate, events_topic=events_topic).stream
+    assert stream is not None
+    name = name or f"{aggregate.name}_views"
+    projection = Projection(session, keyspace, name, stream, views)
+    if create_schema:
+        projection.create_schema()
+    source = source or KafkaSource(events_topic, config.consumer(group or f"{events_topic}.{name}"))
+    return run(source, projection.sink())
 
 
 def _aggregate_flow(topic: str, model: Any, aggregate: Decider[Any, Any, Any], keyspace: str | None,

@@ -13,6 +13,7 @@ from rxcqrs.cassandra.compensation import CompensationReport, Compensator, Rebui
 from rxcqrs.cassandra.eventlog import Duplicate, EventLog, LoggedEvent
 from rxcqrs.cassandra.executor import CassandraExecutor, is_transient, was_applied
 from rxcqrs.cassandra.identifiers import cql_type, identifier, qualified
+from rxcqrs.cassandra.projection import EntityView, Projection, TotalsView
 from rxcqrs.cassandra.query import CassandraQuery
 from rxcqrs.cassandra.results import cassandra_bound_query, cassandra_conditional
 from rxcqrs.cassandra.retry_sink import CassandraRetrySink, cassandra_retry_flow
@@ -22,7 +23,8 @@ from rxcqrs.cassandra.sink import CassandraSink
 
 __all__ = ["Aggregate", "AggregateSink", "Applied", "Rejection", "Stored",
            "CassandraExecutor", "CassandraQuery", "CassandraRetrySink", "CassandraSettings", "CassandraSink",
-           "CompensationReport", "Compensator", "Duplicate", "EventLog", "LoggedEvent", "RebuildReport", "Rebuilder",
+           "CompensationReport", "Compensator", "Duplicate", "EntityView", "EventLog", "LoggedEvent", "Projection",
+           "RebuildReport", "Rebuilder", "TotalsView",
            "cassandra_bind", "cassandra_bound_query", "cassandra_conditional", "cassandra_retry_flow", "connect",
            "cql_type", "create_keyspace", "create_table", "drop_keyspace", "identifier", "is_transient", "prepare",
            "qualified", "was_applied"]
