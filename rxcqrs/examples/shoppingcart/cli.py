@@ -415,7 +415,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     from rxcqrs.examples.shoppingcart.query_cli import register_query
 
-    register_query(sub, common, fmt, keyspace, DEFAULT_KEYSPACE, SECONDS, ID)
+    register_query(sub, common, fmt, keyspace, DEFAULT_KEYSPACE, SECONDS, INTERVAL, ID)
 
 
 def execute(args: argparse.Namespace, prog: str) -> int:

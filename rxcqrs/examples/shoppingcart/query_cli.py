@@ -27,6 +27,7 @@ def project(args: argparse.Namespace) -> int:
     from rxcqrs.flow import run
     from rxcqrs.kafka import KafkaSource, SourceSettings
     from rxcqrs.kafka.admin import topic_partitions
+    from rxcqrs.progress import Progress
 
     topic = _events_topic(args)
     if topic_partitions(topic, bootstrap_servers=args.config.kafka_bootstrap) is None:
@@ -39,8 +40,8 @@ def project(args: argparse.Namespace) -> int:
         elif session.cluster.metadata.keyspaces.get(args.keyspace) is None or \
                 "carts_by_owner" not in session.cluster.metadata.keyspaces[args.keyspace].tables:
             raise SchemaError(f"the read models are not in keyspace {args.keyspace!r}: run with --create-schema")
-        source = KafkaSource(topic, args.config.consumer(args.group),
-                             SourceSettings(drain_timeout=args.drain_timeout))
+        settings = SourceSettings(drain_timeout=args.drain_timeout)
+        source = KafkaSource(topic, args.config.consumer(args.group), settings)
         sink = views.sink()
         flow = run(source, sink)
         print(f"projecting {topic} as group {args.group} into {args.keyspace}.carts_by_owner and "
@@ -54,9 +55,15 @@ def project(args: argparse.Namespace) -> int:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        while not flow.wait_quietly(0.5):
-            if args.stop_when_idle is not None and source.idle_seconds() >= args.stop_when_idle:
-                flow.stop()
+        progress = Progress(flow, settings.max_in_flight)
+        try:
+            while not flow.wait_quietly(args.progress_every):
+                progress.show()
+                if args.stop_when_idle is not None and source.idle_seconds() >= args.stop_when_idle:
+                    progress.message(f"idle for {args.stop_when_idle:g}s: draining")
+                    flow.stop()
+        finally:
+            progress.close()
         m = flow.metrics.snapshot()
         print(f"done: {m.get('records_in', 0)} events, {m.get('acked', 0)} acked, {sink.applied} applied to the "
               f"totals, {sink.skipped} skipped (below the stored offset, or a repeat)", flush=True)
@@ -89,7 +96,7 @@ def query(args: argparse.Namespace) -> int:
 
 
 def register_query(sub: Any, common: argparse.ArgumentParser, fmt: Any, keyspace: Any, default_keyspace: str,
-                   seconds: Any, uuid_type: Any) -> None:
+                   seconds: Any, interval: Any, uuid_type: Any) -> None:
     p = sub.add_parser("project", parents=[common], formatter_class=fmt,
                        help="fold the carts' event stream into the read models carts_by_owner and item_totals")
     p.add_argument("--keyspace", default=default_keyspace, type=keyspace, help="where the read models live")
@@ -99,6 +106,9 @@ def register_query(sub: Any, common: argparse.ArgumentParser, fmt: Any, keyspace
                    help="drain, commit and exit once idle for SECONDS (the stream read to its end)")
     p.add_argument("--drain-timeout", type=seconds, default=60.0, metavar="SECONDS",
                    help="on SIGTERM/idle, how long to wait for events in flight")
+    p.add_argument("--progress-every", type=interval, default=1.0, metavar="SECONDS",
+                   help="progress interval (a rebuild into a new --keyspace with a new --group reads the stream from "
+                        "its beginning: this shows how far it is)")
     p.set_defaults(run=project)
     q = sub.add_parser("query", parents=[common], formatter_class=fmt, help="read the read models")
     q.add_argument("--keyspace", default=default_keyspace, type=keyspace, help="where the read models live")
