@@ -150,7 +150,7 @@ def project(events_topic: str, aggregate: Decider[Any, Any, Any], views: Sequenc
     from rxcqrs.cassandra.decider_store import DeciderStore
     from rxcqrs.cassandra.projection import Projection
     from rxcqrs.flow import run
-    from rxcqrs.kafka import KafkaSource
+    from rxcqrs.kafka import KafkaSource, SourceSettings
 
     config = config or load_config()
     session = _session(config)
@@ -160,7 +160,8 @@ def project(events_topic: str, aggregate: Decider[Any, Any, Any], views: Sequenc
     projection = Projection(session, keyspace, name, stream, views)
     if create_schema:
         projection.create_schema()
-    source = source or KafkaSource(events_topic, config.consumer(group or f"{events_topic}.{name}"))
+    source = source or KafkaSource(events_topic, config.consumer(group or f"{events_topic}.{name}"),
+                                   SourceSettings(failure_policy="rewind"))  # a failed write: back off, again
     return run(source, projection.sink())
 
 

@@ -13,8 +13,9 @@ tables, exact after any fault. Two kinds of read model, each with its own exactn
   stored position (a repeat on the stream), add nothing. The rows are per stream partition
   (``PRIMARY KEY ((<key>), stream_partition)``: one writer each); a total is their sum (:meth:`Projection.totals`,
   or ``SELECT sum(...) ... WHERE <key> = ?``). The batch is fenced (``USING TIMESTAMP epoch * 2^40 +
-  offset``, an epoch per assignment from the fence row of the projection's group): a projection member that
-  stalled past its session timeout and wakes up loses every write to the member that took its partitions.
+  offset``, an epoch per assignment from the fence row of the projection's group, used once the group confirms
+  that this member still owns the partition): a projection member that stalled past its session timeout and
+  wakes up loses every write to the member that took its partitions.
 
 Tables: each view's, ``<name>_offsets`` (stream_topic, stream_partition, next_offset) and ``<name>_seen``
 (entity, position) for the totals views, and the fence tables.
@@ -182,6 +183,7 @@ class ProjectionSink(SinkBase):
         self._abandoned = False
         self._partitions: dict[TopicPartition, _Partition] = {}
         self._fences: dict[str, Fence] = {}
+        self._source: Any = None
         self.applied = 0
         self.skipped = 0
         self._worker = threading.Thread(target=self._loop, name=f"rxcqrs-{projection.name}-project", daemon=True)
@@ -192,6 +194,7 @@ class ProjectionSink(SinkBase):
         """Called by :func:`~rxcqrs.run`: the group and its assignments come from the source."""
         if self.group is None:
             self.group = source.group_id
+        self._source = source
         source.on_assign(self._forget)
         source.on_revoke(self._forget)
 
@@ -362,7 +365,37 @@ class ProjectionSink(SinkBase):
         if fence is None:
             fence = self._fences[tp.topic] = Fence(self.projection.session, self.projection.keyspace,
                                                    f"{self.group}/{self.projection.name}", tp.topic)
-        part.epoch = fence.take(deadline=time.monotonic() + self.fence_timeout)
+        epoch = fence.take(deadline=time.monotonic() + self.fence_timeout)
+        self._confirm(tp)
+        part.epoch = epoch
+
+    def _confirm(self, tp: TopicPartition) -> None:
+        """Use a new epoch only once the group confirms this member still owns ``tp``: a member that woke up
+        after its partitions moved on must not outrank their new owner with an epoch taken afterwards."""
+        source = self._source
+        if source is None:
+            return
+        deadline = time.monotonic() + self.fence_timeout
+        attempt = 0
+        while True:
+            answered = threading.Event()
+            answer: list[bool | None] = [None]
+
+            def heard(confirmed: bool | None, answer: list[bool | None] = answer, answered: threading.Event = answered
+                      ) -> None:
+                answer[0] = confirmed
+                answered.set()
+
+            source.confirm_ownership([tp], heard)
+            answered.wait(max(0.0, deadline - time.monotonic()))
+            if answer[0] is True:
+                return
+            delay = self.backoff.delay(attempt)
+            if answer[0] is False or delay is None or time.monotonic() + delay > deadline:
+                raise StageError(f"projection {self.projection.name}: the group did not confirm that this member "
+                                 f"owns {tp} (it may have been fenced out); its records are delivered again")
+            attempt += 1
+            time.sleep(delay)  # unknown (the broker did not answer): ask again
 
     def _seen(self, part: _Partition, entity: Any) -> int:
         found = part.seen.get(entity)

@@ -119,3 +119,100 @@ def test_the_read_models_stay_exact_through_three_projection_kills(topic_factory
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert committed_offsets(group, events, bootstrap_servers=kafka_bootstrap) == ends
     assert_views_exact(cassandra_session, keyspace, events, commands)
+
+
+def test_a_rebuild_into_fresh_tables_equals_the_incremental_read_models(topic_factory: Any, kafka_bootstrap: str,
+                                                                        group_id: str, cassandra_session: Any,
+                                                                        keyspace: str, services_settings: Any) -> None:
+    """``cart project`` with a new keyspace and group reads the stream from its beginning: the same rows."""
+    import uuid
+
+    topic = topic_factory(3)
+    commands = generate(30, 1500, seed=3)
+    events = command_side(kafka_bootstrap, topic, group_id, cassandra_session, keyspace, commands, 3)
+    env = {**os.environ, "RXCQRS_KAFKA_BOOTSTRAP": kafka_bootstrap, "RXCQRS_CASSANDRA_HOSTS": services_settings.host,
+           "RXCQRS_CASSANDRA_PORT": str(services_settings.cassandra_port)}
+    fresh = f"rebuilt_{uuid.uuid4().hex[:10]}"
+    try:
+        for target, group in ((keyspace, f"{group_id}.views"), (fresh, f"{group_id}.rebuild")):
+            done = subprocess.run([sys.executable, "-m", "rxcqrs.cli", "cart", "project", "--events-topic", events,
+                                   "--keyspace", target, "--group", group, "--create-schema", "--stop-when-idle", "2",
+                                   "--progress-every", "0.5"], env=env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0 and "committed" in done.stdout, done.stdout + done.stderr
+        incremental = stored_views(cart_views(cassandra_session, keyspace, events), keyspace)
+        assert stored_views(cart_views(cassandra_session, fresh, events), fresh) == incremental
+        assert_views_exact(cassandra_session, fresh, events, commands)
+    finally:
+        cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {fresh}", timeout=120)
+
+
+def test_a_frozen_projection_thawed_after_its_partitions_moved_on_changes_nothing(
+        topic_factory: Any, kafka_bootstrap: str, group_id: str, cassandra_session: Any, keyspace: str,
+        services_settings: Any) -> None:
+    """Two projection processes in one group while the command side streams events in; one is frozen
+    (SIGSTOP) past its session timeout, the other takes its partitions over and progresses, then it thaws
+    (SIGCONT) with its cached totals and its work in flight. Both read models exact, without repair."""
+    import threading
+
+    from rxcqrs.kafka.admin import group_size
+
+    topic = topic_factory(4)
+    commands = generate(80, 8000, seed=13)
+    events = f"{topic}.events"
+    create_topics({events: 4}, bootstrap_servers=kafka_bootstrap)
+    store = CartStore(cassandra_session, keyspace, events_topic=events)
+    store.create()
+    cart_views(cassandra_session, keyspace, events).create_schema()
+    producer = ProducerSettings(bootstrap_servers=kafka_bootstrap)
+    publish_commands(commands[:1000], topic, 4, producer)
+    source = KafkaSource(topic, ConsumerSettings(group_id=group_id, bootstrap_servers=kafka_bootstrap))
+    dead = KafkaSink(producer=producer)
+    flow = start_pipeline(source, store, dead_letters=DeadLetters(dead), producer=producer)
+    env = {**os.environ, "RXCQRS_KAFKA_BOOTSTRAP": kafka_bootstrap, "RXCQRS_CASSANDRA_HOSTS": services_settings.host,
+           "RXCQRS_CASSANDRA_PORT": str(services_settings.cassandra_port)}
+    group = f"{group_id}.views"
+    projectors = [subprocess.Popen([sys.executable, "-m", "rxcqrs.cli", "cart", "project", "--events-topic", events,
+                                    "--keyspace", keyspace, "--group", group], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True) for _ in range(2)]
+
+    def projected() -> dict[int, int | None]:
+        return committed_offsets(group, events, bootstrap_servers=kafka_bootstrap)
+
+    def alive() -> bool:
+        return all(p.poll() is None for p in projectors)
+
+    def every_partition_past(mark: dict[int, int | None]) -> bool:
+        now, ends = projected(), end_offsets(events, bootstrap_servers=kafka_bootstrap)
+        return all((now[p] or 0) > (mark[p] or 0) or (now[p] or 0) >= ends[p] for p in ends)
+
+    stream = threading.Thread(target=lambda: [publish_commands(commands[i:i + 100], topic, 4, producer)
+                                              for i in range(1000, len(commands), 100)])
+    try:
+        wait_until(lambda: group_size(group, bootstrap_servers=kafka_bootstrap) == 2 or not alive(), 120,
+                   "both projection members in the group")
+        stream.start()  # commands keep coming, so events keep coming and the members have work in flight
+        wait_until(lambda: sum(v or 0 for v in projected().values()) >= 1500 or not alive(), 120,
+                   "the stream being projected")
+        zombie, other = projectors
+        os.kill(zombie.pid, signal.SIGSTOP)
+        try:
+            threading.Event().wait(ConsumerSettings(group_id="x").session_timeout_ms / 1000 + 2)  # past the timeout
+            taken_over = projected()
+            wait_until(lambda: every_partition_past(taken_over) or other.poll() is not None, 300,
+                       "the other member progressing on every partition")
+            assert other.poll() is None, other.stderr.read() if other.stderr else ""
+        finally:
+            os.kill(zombie.pid, signal.SIGCONT)
+        stream.join(300)
+        ends = end_offsets(topic, bootstrap_servers=kafka_bootstrap)
+        wait_until(lambda: committed_offsets(group_id, topic, bootstrap_servers=kafka_bootstrap) == ends, 300,
+                   "every command committed")
+        stream_ends = end_offsets(events, bootstrap_servers=kafka_bootstrap)
+        wait_until(lambda: projected() == stream_ends or not alive(), 300, "every event projected")
+        assert alive(), [p.stderr.read() for p in projectors if p.poll() is not None and p.stderr]
+    finally:
+        flow.stop_and_wait()
+        for p in projectors:
+            p.kill()
+            p.wait(30)
+    assert_views_exact(cassandra_session, keyspace, events, commands)

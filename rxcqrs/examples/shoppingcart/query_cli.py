@@ -40,7 +40,7 @@ def project(args: argparse.Namespace) -> int:
         elif session.cluster.metadata.keyspaces.get(args.keyspace) is None or \
                 "carts_by_owner" not in session.cluster.metadata.keyspaces[args.keyspace].tables:
             raise SchemaError(f"the read models are not in keyspace {args.keyspace!r}: run with --create-schema")
-        settings = SourceSettings(drain_timeout=args.drain_timeout)
+        settings = SourceSettings(drain_timeout=args.drain_timeout, failure_policy="rewind")
         source = KafkaSource(topic, args.config.consumer(args.group), settings)
         sink = views.sink()
         flow = run(source, sink)
