@@ -14,7 +14,7 @@ from rxcqrs.messages import Envelope
 from rxcqrs.operators import batch_aware
 from rxcqrs.testing import FakeBroker, fake_consumers, wait_until
 
-__all__ = ["Collect", "fake_source", "free_port_run", "free_ports", "wait_until"]
+__all__ = ["Collect", "fake_source", "free_port_run", "free_ports", "freeze_while_taken_over", "wait_until"]
 
 
 def free_ports(n: int, hosts: Sequence[str] = ("127.0.0.1",)) -> list[int]:
@@ -91,3 +91,21 @@ class Collect:
 def tap_batches(seen: list[Any]) -> Callable[[Observable[Any]], Observable[Any]]:
     """An operator that takes batches and records every item that passes it (a batch stays whole)."""
     return batch_aware(ops.do_action(seen.append))
+
+
+def freeze_while_taken_over(zombie: Any, other: Any, position: Callable[[], dict[int, int | None]],
+                            moved_past: Callable[[dict[int, int | None]], bool]) -> None:
+    """The zombie scenario: SIGSTOP ``zombie`` (a process) past its session timeout, wait until ``other``
+    progressed past ``position()`` (``moved_past``: on every partition), then SIGCONT it."""
+    import os
+    import signal
+
+    os.kill(zombie.pid, signal.SIGSTOP)
+    try:
+        threading.Event().wait(ConsumerSettings(group_id="x").session_timeout_ms / 1000 + 2)  # past the timeout
+        taken_over = position()
+        wait_until(lambda: moved_past(taken_over) or other.poll() is not None, 300,
+                   "the other member progressing on every partition")
+        assert other.poll() is None, other.stderr.read() if other.stderr else ""
+    finally:
+        os.kill(zombie.pid, signal.SIGCONT)

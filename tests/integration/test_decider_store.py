@@ -32,7 +32,7 @@ from rxcqrs.messages import Envelope
 from rxcqrs.quick import publish
 from tests.counters import TOTALS as counters
 from tests.counters import Add, Added, Total, envelopes
-from tests.helpers import wait_until
+from tests.helpers import freeze_while_taken_over, wait_until
 from tests.integration.test_readme import example
 
 MARKER = "# -- ten accounts"
@@ -194,7 +194,6 @@ def test_a_frozen_bank_consumer_thawed_after_its_partitions_moved_on_changes_not
     """Two consumers in one group; one is frozen (SIGSTOP) past its session timeout while commands stream in,
     the other takes its partitions over and progresses; then it thaws (SIGCONT) with its cached accounts and
     its work in flight. Every balance exact, without repair."""
-    from rxcqrs.kafka import ConsumerSettings
     from rxcqrs.kafka.admin import group_size
 
     bank = domain()
@@ -231,17 +230,7 @@ def test_a_frozen_bank_consumer_thawed_after_its_partitions_moved_on_changes_not
         stream.start()  # the rest as a stream of small publishes, so the members have records in flight
         wait_until(lambda: sum(v or 0 for v in committed().values()) >= first_part + 200 or not alive(), 120,
                    "the stream being consumed")
-        zombie, other = consumers
-        os.kill(zombie.pid, signal.SIGSTOP)
-        try:
-            pause = threading.Event()
-            pause.wait(ConsumerSettings(group_id="x").session_timeout_ms / 1000 + 2)  # the freeze: past the timeout
-            taken_over = committed()
-            wait_until(lambda: every_partition_past(taken_over) or other.poll() is not None, 300,
-                       "the other member progressing on every partition")
-            assert other.poll() is None, other.stderr.read() if other.stderr else ""
-        finally:
-            os.kill(zombie.pid, signal.SIGCONT)
+        freeze_while_taken_over(*consumers, committed, every_partition_past)
         stream.join(300)
         ends = end_offsets(topic, bootstrap_servers=bootstrap)
         wait_until(lambda: committed() == ends or not alive(), 300, "every record committed")

@@ -19,7 +19,7 @@ from rxcqrs.kafka import ConsumerSettings, KafkaSink, KafkaSource, ProducerSetti
 from rxcqrs.kafka.admin import committed_offsets, end_offsets, read_topic
 from rxcqrs.messages import OutgoingRecord
 from rxcqrs.operators import DeadLetters
-from tests.helpers import wait_until
+from tests.helpers import freeze_while_taken_over, wait_until
 
 
 def command_side(kafka_bootstrap: str, topic: str, group: str, session: Any, keyspace: str, commands: list[Any],
@@ -50,6 +50,17 @@ def repeat_on_the_stream(kafka_bootstrap: str, events: str, count: int) -> int:
         sink.on_next(OutgoingRecord(record.value, record.key, events, partition=record.partition))
     sink.on_completed()
     return len(records)
+
+
+def projector_env(kafka_bootstrap: str, services_settings: Any) -> dict[str, str]:
+    return {**os.environ, "RXCQRS_KAFKA_BOOTSTRAP": kafka_bootstrap, "RXCQRS_CASSANDRA_HOSTS": services_settings.host,
+            "RXCQRS_CASSANDRA_PORT": str(services_settings.cassandra_port)}
+
+
+def project_command(events: str, keyspace: str, group: str, *more: str) -> list[str]:
+    """``rxcqrs cart project`` of ``events`` into ``keyspace`` as ``group``."""
+    return [sys.executable, "-m", "rxcqrs.cli", "cart", "project", "--events-topic", events, "--keyspace", keyspace,
+            "--group", group, *more]
 
 
 def assert_views_exact(session: Any, keyspace: str, events: str, commands: list[Any]) -> None:
@@ -89,11 +100,8 @@ def test_the_read_models_stay_exact_through_three_projection_kills(topic_factory
     events = command_side(kafka_bootstrap, topic, group_id, cassandra_session, keyspace, commands, 4)
     repeat_on_the_stream(kafka_bootstrap, events, 500)
     group = f"{group_id}.views"
-    env = {**os.environ, "RXCQRS_KAFKA_BOOTSTRAP": kafka_bootstrap,
-           "RXCQRS_CASSANDRA_HOSTS": services_settings.host,
-           "RXCQRS_CASSANDRA_PORT": str(services_settings.cassandra_port)}
-    command = [sys.executable, "-m", "rxcqrs.cli", "cart", "project", "--events-topic", events, "--keyspace",
-               keyspace, "--group", group, "--create-schema"]
+    env = projector_env(kafka_bootstrap, services_settings)
+    command = project_command(events, keyspace, group, "--create-schema")
     ends = end_offsets(events, bootstrap_servers=kafka_bootstrap)
     total = sum(ends.values())
 
@@ -130,14 +138,13 @@ def test_a_rebuild_into_fresh_tables_equals_the_incremental_read_models(topic_fa
     topic = topic_factory(3)
     commands = generate(30, 1500, seed=3)
     events = command_side(kafka_bootstrap, topic, group_id, cassandra_session, keyspace, commands, 3)
-    env = {**os.environ, "RXCQRS_KAFKA_BOOTSTRAP": kafka_bootstrap, "RXCQRS_CASSANDRA_HOSTS": services_settings.host,
-           "RXCQRS_CASSANDRA_PORT": str(services_settings.cassandra_port)}
+    env = projector_env(kafka_bootstrap, services_settings)
     fresh = f"rebuilt_{uuid.uuid4().hex[:10]}"
     try:
         for target, group in ((keyspace, f"{group_id}.views"), (fresh, f"{group_id}.rebuild")):
-            done = subprocess.run([sys.executable, "-m", "rxcqrs.cli", "cart", "project", "--events-topic", events,
-                                   "--keyspace", target, "--group", group, "--create-schema", "--stop-when-idle", "2",
-                                   "--progress-every", "0.5"], env=env, capture_output=True, text=True, timeout=300)
+            done = subprocess.run(project_command(events, target, group, "--create-schema", "--stop-when-idle", "2",
+                                                  "--progress-every", "0.5"),
+                                  env=env, capture_output=True, text=True, timeout=300)
             assert done.returncode == 0 and "committed" in done.stdout, done.stdout + done.stderr
         incremental = stored_views(cart_views(cassandra_session, keyspace, events), keyspace)
         assert stored_views(cart_views(cassandra_session, fresh, events), fresh) == incremental
@@ -168,11 +175,9 @@ def test_a_frozen_projection_thawed_after_its_partitions_moved_on_changes_nothin
     source = KafkaSource(topic, ConsumerSettings(group_id=group_id, bootstrap_servers=kafka_bootstrap))
     dead = KafkaSink(producer=producer)
     flow = start_pipeline(source, store, dead_letters=DeadLetters(dead), producer=producer)
-    env = {**os.environ, "RXCQRS_KAFKA_BOOTSTRAP": kafka_bootstrap, "RXCQRS_CASSANDRA_HOSTS": services_settings.host,
-           "RXCQRS_CASSANDRA_PORT": str(services_settings.cassandra_port)}
+    env = projector_env(kafka_bootstrap, services_settings)
     group = f"{group_id}.views"
-    projectors = [subprocess.Popen([sys.executable, "-m", "rxcqrs.cli", "cart", "project", "--events-topic", events,
-                                    "--keyspace", keyspace, "--group", group], env=env, stdout=subprocess.DEVNULL,
+    projectors = [subprocess.Popen(project_command(events, keyspace, group), env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True) for _ in range(2)]
 
     def projected() -> dict[int, int | None]:
@@ -193,16 +198,7 @@ def test_a_frozen_projection_thawed_after_its_partitions_moved_on_changes_nothin
         stream.start()  # commands keep coming, so events keep coming and the members have work in flight
         wait_until(lambda: sum(v or 0 for v in projected().values()) >= 1500 or not alive(), 120,
                    "the stream being projected")
-        zombie, other = projectors
-        os.kill(zombie.pid, signal.SIGSTOP)
-        try:
-            threading.Event().wait(ConsumerSettings(group_id="x").session_timeout_ms / 1000 + 2)  # past the timeout
-            taken_over = projected()
-            wait_until(lambda: every_partition_past(taken_over) or other.poll() is not None, 300,
-                       "the other member progressing on every partition")
-            assert other.poll() is None, other.stderr.read() if other.stderr else ""
-        finally:
-            os.kill(zombie.pid, signal.SIGCONT)
+        freeze_while_taken_over(*projectors, projected, every_partition_past)
         stream.join(300)
         ends = end_offsets(topic, bootstrap_servers=kafka_bootstrap)
         wait_until(lambda: committed_offsets(group_id, topic, bootstrap_servers=kafka_bootstrap) == ends, 300,

@@ -68,14 +68,21 @@ def engine(counters: Counters, publisher: HeldPublisher, protocol: str) -> Aggre
 COMMANDS = [(f"e{i % 4}", -1 if i % 6 == 5 else i) for i in range(40)]
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_events_are_published_before_any_write_and_gate_the_acks(protocol: str) -> None:
+def started(protocol: str, commands: list[tuple[str, int]]
+            ) -> tuple[Publishing, HeldPublisher, AggregateSink[Any, Any, Any], dict[Any, Any]]:
+    """An engine with a held publisher, fed ``commands``: the aggregate, the publisher, the sink, the fates."""
     counters = Publishing()
     publisher = HeldPublisher(counters)
     sink = engine(counters, publisher, protocol)
     results: dict[Any, Any] = {}
-    for env in envelopes(COMMANDS, results=results):
+    for env in envelopes(commands, results=results):
         sink.on_next(env)
+    return counters, publisher, sink, results
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_events_are_published_before_any_write_and_gate_the_acks(protocol: str) -> None:
+    counters, publisher, sink, results = started(protocol, COMMANDS)
     wait_until(lambda: publisher.waiting and sink.quiet(), 10, "the first publishes waiting")
     assert not results, "a record was acked before its events were published"
     assert counters.executed.count("write") + counters.executed.count("update") == 0, "written before publishing"
@@ -92,12 +99,7 @@ def test_events_are_published_before_any_write_and_gate_the_acks(protocol: str) 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_publish_that_fails_fails_its_batch_with_nothing_written(protocol: str) -> None:
-    counters = Publishing()
-    publisher = HeldPublisher(counters)
-    sink = engine(counters, publisher, protocol)
-    results: dict[Any, Any] = {}
-    for env in envelopes([("e", 1), ("e", 2)], results=results):
-        sink.on_next(env)
+    counters, publisher, sink, results = started(protocol, [("e", 1), ("e", 2)])
     wait_until(lambda: publisher.waiting, 10, "the publish")
     publisher.answer(DeliveryError("sending to t.events failed with a non-retriable error"))
     wait_until(lambda: len(results) == 2, 10, "the records settled")

@@ -126,17 +126,7 @@ def _consume(args: argparse.Namespace, session: Any) -> int:
     progress = Progress(flow, window)
     server = serve_metrics(args.metrics_port, source) if args.metrics_port else None
 
-    def stop(signum: int, _frame: Any) -> None:
-        progress.message(f"signal {signum}: draining (at most {args.drain_timeout:g}s)")
-        flow.stop()
-        # the process ends within the drain timeout and a few seconds, whatever the clients do after it:
-        # nothing that is not done was committed, so leaving loses nothing (it is delivered again)
-        deadline = threading.Timer(args.drain_timeout + EXIT_MARGIN, _leave_now, args=(args.drain_timeout,))
-        deadline.daemon = True
-        deadline.start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    drain_on_signals(flow, args.drain_timeout, progress.message)
     try:
         while not flow.wait_quietly(args.progress_every):
             progress.show()
@@ -150,6 +140,22 @@ def _consume(args: argparse.Namespace, session: Any) -> int:
             server.shutdown()
     dead_letter_sink.on_completed()
     return _report(flow, source, store)
+
+
+def drain_on_signals(flow: Any, drain_timeout: float, say: Callable[[str], None]) -> None:
+    """On SIGTERM or SIGINT: drain ``flow``, and leave at the latest ``drain_timeout`` + a margin later."""
+
+    def stop(signum: int, _frame: Any) -> None:
+        say(f"signal {signum}: draining (at most {drain_timeout:g}s)")
+        flow.stop()
+        # the process ends within the drain timeout and a few seconds, whatever the clients do after it:
+        # nothing that is not done was committed, so leaving loses nothing (it is delivered again)
+        deadline = threading.Timer(drain_timeout + EXIT_MARGIN, _leave_now, args=(drain_timeout,))
+        deadline.daemon = True
+        deadline.start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 def _leave_now(drain_timeout: float) -> None:

@@ -8,8 +8,6 @@ reads them back.
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from typing import Any
 
 DEFAULT_EVENTS_GROUP = "shoppingcart-views"
@@ -21,7 +19,7 @@ def _events_topic(args: argparse.Namespace) -> str:
 
 
 def project(args: argparse.Namespace) -> int:
-    from rxcqrs.examples.shoppingcart.cli import EXIT_MARGIN, _leave_now, _session
+    from rxcqrs.examples.shoppingcart.cli import _session, drain_on_signals
     from rxcqrs.examples.shoppingcart.read_models import cart_views
     from rxcqrs.exceptions import SchemaError, TopicNotFoundError
     from rxcqrs.flow import run
@@ -47,15 +45,8 @@ def project(args: argparse.Namespace) -> int:
         print(f"projecting {topic} as group {args.group} into {args.keyspace}.carts_by_owner and "
               f"{args.keyspace}.item_totals", flush=True)
 
-        def stop(signum: int, _frame: Any) -> None:
-            flow.stop()
-            deadline = threading.Timer(args.drain_timeout + EXIT_MARGIN, _leave_now, args=(args.drain_timeout,))
-            deadline.daemon = True
-            deadline.start()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
         progress = Progress(flow, settings.max_in_flight)
+        drain_on_signals(flow, args.drain_timeout, progress.message)
         try:
             while not flow.wait_quietly(args.progress_every):
                 progress.show()
