@@ -118,8 +118,12 @@ class Consumer:
     lines: list[str] = field(default_factory=list)
 
     @classmethod
-    def start(cls, servers: Servers, topic: str, group: str, keyspace: str, *args: str) -> "Consumer":
-        proc = subprocess.Popen([sys.executable, "-m", "rxcqrs.examples.shoppingcart", "consume", "--topic", topic,
+    def start(cls, servers: Servers, topic: str, group: str, keyspace: str, *args: str,
+              command: str = "consume") -> "Consumer":
+        """``rxcqrs cart <command>`` (``consume`` of the commands ``topic``; ``project`` of the event stream
+        ``topic``)."""
+        where = ["--topic", topic] if command == "consume" else ["--events-topic", topic]
+        proc = subprocess.Popen([sys.executable, "-m", "rxcqrs.examples.shoppingcart", command, *where,
                                  "--group", group, "--keyspace", keyspace, "--progress-every", "1", *args],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=servers.env,
                                 start_new_session=True)

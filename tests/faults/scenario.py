@@ -23,7 +23,7 @@ from rxcqrs.messages import OutgoingRecord
 from tests.faults.conftest import CARTS, COMMANDS, PARTITIONS, Consumer, Figures, Servers, names
 from tests.helpers import free_ports, wait_until
 
-__all__ = ["Scenario", "fold_topic", "pause", "zombie"]
+__all__ = ["Scenario", "fold_topic", "pause", "projection_through", "zombie"]
 
 
 def pause(seconds: float) -> None:
@@ -249,3 +249,43 @@ def _in_flight(port: int) -> int:
     except OSError:  # not serving yet, or a slow answer: the caller's wait asks again until its deadline
         return 0
     return int(float(found.group(1))) if found else 0
+
+
+def projection_through(servers: Servers, run: Scenario, fault: str) -> Figures:
+    """The query side through a fault: the command side publishes the event stream and is SIGKILLed once on the
+    way (its redelivery puts repeats on the stream); then the projection runs, ``fault`` ("cassandra" or
+    "kafka") is SIGKILLed and restarted while it works, and it finishes. Both read models must equal what the
+    fold of the command topic gives, without repair."""
+    from rxcqrs.examples.shoppingcart.read_models import cart_views, expected_views, stored_views
+
+    events = f"{run.topic}.events"
+    first = run.consumer("--events-topic", events)
+    run.wait_committed(0.3, first)
+    first.kill()
+    run.finish(run.consumer("--events-topic", events, "--stop-when-idle", "3"))
+    total = sum(end_offsets(events, bootstrap_servers=servers.bootstrap).values())
+    group = f"{run.group}.views"
+
+    def projected() -> int:
+        return sum(o or 0 for o in committed_offsets(group, events, bootstrap_servers=servers.bootstrap).values())
+
+    projector = Consumer.start(servers, events, group, run.keyspace, "--create-schema", "--stop-when-idle", "5",
+                               "--drain-timeout", "10", command="project")
+    wait_until(lambda: projected() >= total // 4 or projector.proc.poll() is not None, 300,
+               "a quarter of the stream projected")
+    assert projector.proc.poll() is None, projector.output[-3000:]
+    servers.kill(fault)
+    servers.start(fault)
+    run.finish(projector)
+    assert projected() == total, f"{projected()} of {total} events committed"
+    figures = run.verify(events=total, fault=fault)
+    session = servers.session()
+    try:
+        owners, totals = stored_views(cart_views(session, run.keyspace, events), run.keyspace)
+    finally:
+        session.cluster.shutdown()
+    live = [(cid, cart) for cid, cart in fold_topic(servers.bootstrap, run.topic).items() if cart is not None]
+    want_owners, want_totals = expected_views(live)
+    assert owners == want_owners, "carts_by_owner differs from the fold of the topic"
+    assert totals == want_totals, "item_totals differs from the fold of the topic"
+    return figures

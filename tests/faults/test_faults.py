@@ -32,7 +32,7 @@ from rxcqrs.kafka import (
 from rxcqrs.kafka.admin import read_topic
 from rxcqrs.operators import map_value
 from tests.faults.conftest import CARTS, COMMANDS, PARTITIONS, Figures, Servers, names
-from tests.faults.scenario import Scenario, pause, zombie
+from tests.faults.scenario import Scenario, pause, projection_through, zombie
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
@@ -169,6 +169,11 @@ def test_a_group_of_two_a_third_joins_and_one_leaves(thawed: Servers, idempotent
 def test_a_zombie_member_thawed_after_its_partitions_moved_on_changes_nothing(thawed: Servers, mode: str,
                                                                                protocol: str) -> None:
     zombie(thawed, Scenario(thawed, "zombie", True, published=0.2, protocol=protocol, mode=mode))
+
+
+@pytest.mark.parametrize("fault", ["cassandra", "kafka"])
+def test_both_read_models_stay_exact_through_a_server_kill_under_the_projection(thawed: Servers, fault: str) -> None:
+    projection_through(thawed, Scenario(thawed, f"views-{fault}", True), fault)
 
 
 @pytest.mark.parametrize("idempotent", MODES)
