@@ -6,7 +6,8 @@ cart-batched loops with a conditional and with a fenced write, on 200 and on 20,
 serial, not idempotent, a hand-written per-command loop and a naive loop), carts (rate as commands per
 cart fall), sustained (200,000 commands over 2,000 carts: the batched contenders, and memory), scale
 (1..N consumer processes in one group; ``make bench-cluster`` runs it with 1, 2, 3 on a 3-node cluster,
-replication 3), ceiling (Cassandra alone), insert (decode -> INSERT), kafka (Kafka -> Kafka per backend).
+replication 3), ceiling (Cassandra alone), insert (decode -> INSERT), kafka (Kafka -> Kafka per backend),
+projection (events/s into each read model of the carts, beside a hand-written loop doing the same writes).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("cart", "carts", "sustained", "scale", "ceiling", "insert", "kafka")
+SECTIONS = ("cart", "carts", "sustained", "scale", "ceiling", "insert", "kafka", "projection")
 ROWS: list[dict[str, Any]] = []
 
 
@@ -292,6 +293,10 @@ def main() -> int:
                 ceiling(session)
             elif section == "insert":
                 insert(session, args.commands, args.rounds)
+            elif section == "projection":
+                from benchmarks.projection import projection_section
+
+                projection_section(session, args.commands, args.rounds, row, produce, drop)
             else:
                 kafka(args.kafka_records, args.rounds)
     finally:
