@@ -22,8 +22,10 @@ Tables: each view's, ``<name>_offsets`` (stream_topic, stream_partition, next_of
 
 Threads: ``on_next`` (the poll thread) only queues; one worker thread takes what is queued, per stream
 partition in offset order, reads what it has not cached (the cache of a partition is dropped on every
-assignment and revoke), writes, and acks once every write of the records succeeded; transient errors and
-unknown outcomes are retried with the backoff (every write is idempotent), a permanent one nacks the records.
+assignment and revoke), writes, and acks once every write of the records succeeded. Transient errors and
+unknown outcomes are retried with the backoff (every write is idempotent), the records projected again from
+what Cassandra holds; past the backoff they are nacked as transient (the source rewinds and delivers them
+again); a permanent error (a record that is not an event, a refused request) nacks them as permanent.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from rxcqrs.cassandra.fence import Fence, create_fence_tables, write_timestamp
 from rxcqrs.cassandra.identifiers import identifier, qualified
 from rxcqrs.cassandra.outcomes import Outcome, classify
 from rxcqrs.cassandra.schema import create_keyspace, create_table, prepare
-from rxcqrs.exceptions import ConfigError, PermanentStageError, StageError
+from rxcqrs.exceptions import ConfigError, PermanentStageError, SerializationError, StageError
 from rxcqrs.messages import Envelope, TopicPartition
 from rxcqrs.sink import SinkBase
 
@@ -173,7 +175,7 @@ class ProjectionSink(SinkBase):
         super().__init__()
         self.projection = projection
         self.group = group
-        self.backoff = backoff or Backoff(0.05, 5.0)
+        self.backoff = backoff or Backoff(0.05, 10.0)
         self.max_records = max_records
         self.fence_timeout = fence_timeout
         self._lock = threading.Lock()
@@ -244,9 +246,7 @@ class ProjectionSink(SinkBase):
                         self._project(tp, live)
                     except Exception as exc:  # never let one partition's failure stop the worker
                         log.warning("projection %s: %s failed: %r", self.projection.name, tp, exc)
-                        error = exc if isinstance(exc, StageError) else PermanentStageError(
-                            f"projection {self.projection.name}: {exc!r} on {live[0].meta}")
-                        self._settle(tp, live, error)
+                        self._settle(tp, live, self._as_stage_error(exc, live[0]))
 
     def _settle(self, tp: TopicPartition, envelopes: list[Envelope[Any]], error: BaseException | None) -> None:
         if error is not None:
@@ -270,7 +270,36 @@ class ProjectionSink(SinkBase):
                 self._end()
         return live
 
+    def _as_stage_error(self, exc: BaseException, first: Envelope[Any]) -> StageError:
+        """A failure as the source's failure policy sees it: permanent (a bad record, a refused request, a bug)
+        or not (an outage outlasting the retries: the source rewinds and delivers the records again)."""
+        if isinstance(exc, StageError):
+            return exc
+        text = f"projection {self.projection.name}: {exc!r} on {first.meta}"
+        transient = not isinstance(exc, SerializationError) and classify(exc) is not Outcome.PERMANENT
+        error = StageError(text) if transient else PermanentStageError(text)
+        error.__cause__ = exc
+        return error
+
     def _project(self, tp: TopicPartition, live: list[Envelope[Any]]) -> None:
+        """Project the records, again from what Cassandra holds after a transient failure (the cache of the
+        partition is dropped: it may hold what was not written), until the backoff ends."""
+        attempt = 0
+        while True:
+            try:
+                self._project_once(tp, live)
+                return
+            except Exception as exc:
+                error = self._as_stage_error(exc, live[0])
+                delay = self.backoff.delay(attempt)
+                if isinstance(error, PermanentStageError) or delay is None or self._abandoned or self._stopped:
+                    raise error from exc
+                self._forget([tp])
+                attempt += 1
+                log.info("projection %s: %s failed (%r); again in %.2fs", self.projection.name, tp, exc, delay)
+                time.sleep(delay)  # the worker's own thread
+
+    def _project_once(self, tp: TopicPartition, live: list[Envelope[Any]]) -> None:
         p = self.projection
         events = [p.stream.decode(env.value) for env in live]
         with self._lock:
@@ -439,8 +468,8 @@ class ProjectionSink(SinkBase):
                 return
             delay = self.backoff.delay(attempt)
             if delay is None or self._abandoned:
-                raise StageError(f"projection {self.projection.name}: gave up after {attempt + 1} attempts: "
-                                 f"{error!r} on {first.meta}")
+                assert error is not None
+                raise error  # the caller projects the records again from what Cassandra holds
             attempt += 1
             log.info("projection %s: %d writes failed (%r); retry %d in %.2fs", self.projection.name, len(failed),
                      error, attempt, delay)

@@ -173,7 +173,7 @@ def test_a_zombie_member_thawed_after_its_partitions_moved_on_changes_nothing(th
 
 @pytest.mark.parametrize("fault", ["cassandra", "kafka"])
 def test_both_read_models_stay_exact_through_a_server_kill_under_the_projection(thawed: Servers, fault: str) -> None:
-    projection_through(thawed, Scenario(thawed, f"views-{fault}", True), fault)
+    projection_through(thawed, Scenario(thawed, f"views_{fault}", True), fault)
 
 
 @pytest.mark.parametrize("idempotent", MODES)
