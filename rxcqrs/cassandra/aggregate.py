@@ -169,7 +169,6 @@ class _Batch:
     redelivered: set[int] | None = None
     decisions: list[Any] = field(default_factory=list)
     state_write: Any = None
-    published: list[Any] = field(default_factory=list)
 
     @property
     def tp(self) -> TopicPartition:
