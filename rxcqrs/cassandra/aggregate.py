@@ -13,7 +13,9 @@ over the entity's state, and the result is written in four steps, each only afte
      unknown outcome is resolved by a serial read of whether the entity recorded the batch's offsets;
 3. **events**: every delivery logged (redeliveries included), as unlogged batches per partition;
 4. **index**: what the event log's readers need to find the events (its bucket index). Steps 3 and 4 are
-   idempotent and written again on every delivery, so they need no order between them.
+   idempotent and written again on every delivery, so they need no order between them. When the decisions
+   carry the events (a decider's), their index goes with step 1 instead (an index row before its events is
+   harmless): a batch then takes two round trips, not three.
 
 A crash after any step leaves the records uncommitted; their redelivery finds them applied (``applied``),
 skips the decision and writes steps 3 and 4 again; the rows of step 1 were written before the state that
@@ -169,6 +171,8 @@ class _Batch:
     redelivered: set[int] | None = None
     decisions: list[Any] = field(default_factory=list)
     state_write: Any = None
+    #: the decisions carry the batch's events (a decider's): its index rows go with them, before the state
+    index_early: bool = False
 
     @property
     def tp(self) -> TopicPartition:
@@ -740,6 +744,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         """Decide every command of the batch over the state; then the steps, from the decisions on."""
         stored: Stored[Any] = batch.stored
         state, applied = stored.state, dict(stored.applied)
+        batch.index_early = False
         rejected: list[tuple[Any, RecordMetadata, str]] = []
         records: list[Any] = []
         published: list[Any] = []
@@ -787,6 +792,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 batch.after = Stored(state, (stored.seq or 0) + 1, applied)
                 batch.state_write = self.aggregate.update(batch.key, stored, state, applied)
             batch.decisions = (self.aggregate.record_rejections(batch.key, rejected) if rejected else []) + records
+            batch.index_early = bool(records)
         except Exception as exc:  # a bug in decide/write: retrying cannot help
             self._finish(batch, PermanentStageError(f"{self.name}: {exc!r}{batch.where()}"))
             return
@@ -879,13 +885,14 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
 
     def _statements(self, batch: _Batch, steps: list[str]) -> list[Any]:
         """The statements of ``steps`` (sent together)."""
-        if steps == ["decisions"]:
-            return group_statements(batch.decisions, self.batch_rows, self.batch_bytes)
         records = [(env.value, env.meta) for env in batch.envelopes]
+        if steps == ["decisions"]:  # with the index of the events they carry: one round trip less per batch
+            early = self.aggregate.index(batch.key, records) if batch.index_early else []
+            return group_statements(batch.decisions, self.batch_rows, self.batch_bytes) + early
         out: list[Any] = []
         if "events" in steps:
             out += group_statements(self.aggregate.events(batch.key, records), self.batch_rows, self.batch_bytes)
-        if "index" in steps:
+        if "index" in steps and not batch.index_early:
             out += self.aggregate.index(batch.key, records)
         return out
 

@@ -3,7 +3,7 @@
 batched (the default)::
 
     source -> decode -> AggregateSink(store): per entity, its waiting commands decided over the cached state;
-                        the rejections and the decided events, then one state write, then the bucket index
+                        the rejections, the decided events and their bucket index, then one state write
 
 parallel (the mission's broadcast: command branch and event-log branch jointly gate the commit)::
 
