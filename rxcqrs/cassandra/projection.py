@@ -171,12 +171,13 @@ class ProjectionSink(SinkBase):
     """Folds envelopes of stream records into the projection's views (see the module for the guarantees)."""
 
     def __init__(self, projection: Projection, *, group: str | None = None, backoff: Backoff | None = None,
-                 max_records: int = 100, fence_timeout: float = 30.0) -> None:
+                 max_records: int = 2000, partition_records: int = 200, fence_timeout: float = 30.0) -> None:
         super().__init__()
         self.projection = projection
         self.group = group
         self.backoff = backoff or Backoff(0.05, 10.0)
         self.max_records = max_records
+        self.partition_records = partition_records
         self.fence_timeout = fence_timeout
         self._lock = threading.Lock()
         self._queue: deque[Envelope[Any]] = deque()
@@ -230,23 +231,43 @@ class ProjectionSink(SinkBase):
         while not self._stopped:
             self._wake.wait(0.5)
             self._wake.clear()
-            while True:
-                with self._lock:
-                    taken = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_records))]
-                if not taken:
-                    break
-                by_partition: dict[TopicPartition, list[Envelope[Any]]] = defaultdict(list)
-                for env in taken:
-                    by_partition[env.meta.tp].append(env)
-                for tp, envelopes in by_partition.items():
-                    live = self._drop_stale(envelopes)
-                    if not live:
-                        continue
-                    try:
-                        self._project(tp, live)
-                    except Exception as exc:  # never let one partition's failure stop the worker
-                        log.warning("projection %s: %s failed: %r", self.projection.name, tp, exc)
-                        self._settle(tp, live, self._as_stage_error(exc, live[0]))
+            while self._turn():
+                pass
+
+    def _turn(self) -> bool:
+        """One turn: up to ``max_records`` queued records, at most ``partition_records`` of each stream
+        partition (the rest go back, in order), every partition's writes sent at once; after a failure each
+        partition again on its own, with its retries. False: nothing was queued."""
+        with self._lock:
+            taken = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_records))]
+            by_partition: dict[TopicPartition, list[Envelope[Any]]] = defaultdict(list)
+            later: list[Envelope[Any]] = []
+            for env in taken:
+                mine = by_partition[env.meta.tp]
+                (mine if len(mine) < self.partition_records else later).append(env)
+            self._queue.extendleft(reversed(later))
+        if not taken:
+            return False
+        groups = [(tp, live) for tp, envelopes in by_partition.items() if (live := self._drop_stale(envelopes))]
+        if not groups:
+            return True
+        try:
+            built = [(tp, live, *self._build(tp, live)) for tp, live in groups]
+            self._execute([s for *_x, statements in built for s in statements], groups[0][1][0])
+        except Exception as exc:
+            log.info("projection %s: a turn failed (%r); each partition again on its own", self.projection.name, exc)
+            for tp, live in groups:
+                self._forget([tp])
+                try:
+                    self._project(tp, live)
+                except Exception as error:  # never let one partition's failure stop the worker
+                    log.warning("projection %s: %s failed: %r", self.projection.name, tp, error)
+                    self._settle(tp, live, self._as_stage_error(error, live[0]))
+            return True
+        for tp, live, part, _statements in built:
+            part.next_offset = live[-1].meta.offset + 1
+            self._settle(tp, live, None)
+        return True
 
     def _settle(self, tp: TopicPartition, envelopes: list[Envelope[Any]], error: BaseException | None) -> None:
         if error is not None:
@@ -300,15 +321,20 @@ class ProjectionSink(SinkBase):
                 time.sleep(delay)  # the worker's own thread
 
     def _project_once(self, tp: TopicPartition, live: list[Envelope[Any]]) -> None:
+        part, statements = self._build(tp, live)
+        self._execute(statements, live[0])
+        part.next_offset = live[-1].meta.offset + 1
+        self._settle(tp, live, None)
+
+    def _build(self, tp: TopicPartition, live: list[Envelope[Any]]) -> tuple[_Partition, list[Any]]:
+        """The writes of a partition's records (reading what the partition's cache lacks)."""
         p = self.projection
         events = [p.stream.decode(env.value) for env in live]
         with self._lock:
             part = self._partitions.setdefault(tp, _Partition())
         statements = [s for event in events for view in p.entity_views for s in self._entity_rows(view, event)]
         batch = self._totals_batch(tp, part, live, events) if p.totals_views else None
-        self._execute([*statements, *([batch] if batch is not None else [])], live[0])
-        part.next_offset = live[-1].meta.offset + 1
-        self._settle(tp, live, None)
+        return part, [*statements, *([batch] if batch is not None else [])]
 
     def _entity_rows(self, view: EntityView, event: StreamEvent[Any, Any]) -> list[Any]:
         """The view's writes for ``event``: the rows of ``after`` in, those of ``before`` only out, at the
