@@ -41,6 +41,14 @@ def command_side(kafka_bootstrap: str, topic: str, group: str, session: Any, key
     return events
 
 
+def streamed(topic_factory: Any, kafka_bootstrap: str, group_id: str, session: Any, keyspace: str, carts: int,
+             count: int, seed: int, partitions: int = 4) -> tuple[str, list[Any], str]:
+    """Commands on a topic of their own, run through the command side: the topic, the commands, the stream."""
+    topic = topic_factory(partitions)
+    commands = generate(carts, count, seed=seed)
+    return topic, commands, command_side(kafka_bootstrap, topic, group_id, session, keyspace, commands, partitions)
+
+
 def repeat_on_the_stream(kafka_bootstrap: str, events: str, count: int) -> int:
     """Publish the stream's first ``count`` records again (what a crash of the command side before its state
     write does: the same events, ids and source offsets, later on the stream)."""
@@ -74,9 +82,8 @@ def assert_views_exact(session: Any, keyspace: str, events: str, commands: list[
 def test_both_read_models_are_exact_with_repeats_on_the_stream(topic_factory: Any, kafka_bootstrap: str,
                                                                group_id: str, cassandra_session: Any,
                                                                keyspace: str) -> None:
-    topic = topic_factory(4)
-    commands = generate(40, 3000, seed=5)
-    events = command_side(kafka_bootstrap, topic, group_id, cassandra_session, keyspace, commands, 4)
+    topic, commands, events = streamed(topic_factory, kafka_bootstrap, group_id, cassandra_session, keyspace,
+                                       40, 3000, 5)
     assert repeat_on_the_stream(kafka_bootstrap, events, 400) == 400
     views = cart_views(cassandra_session, keyspace, events)
     views.create_schema()
@@ -95,9 +102,8 @@ def test_both_read_models_are_exact_with_repeats_on_the_stream(topic_factory: An
 def test_the_read_models_stay_exact_through_three_projection_kills(topic_factory: Any, kafka_bootstrap: str,
                                                                    group_id: str, cassandra_session: Any,
                                                                    keyspace: str, services_settings: Any) -> None:
-    topic = topic_factory(4)
-    commands = generate(60, 6000, seed=9)
-    events = command_side(kafka_bootstrap, topic, group_id, cassandra_session, keyspace, commands, 4)
+    topic, commands, events = streamed(topic_factory, kafka_bootstrap, group_id, cassandra_session, keyspace,
+                                       60, 6000, 9)
     repeat_on_the_stream(kafka_bootstrap, events, 500)
     group = f"{group_id}.views"
     env = projector_env(kafka_bootstrap, services_settings)
@@ -135,9 +141,8 @@ def test_a_rebuild_into_fresh_tables_equals_the_incremental_read_models(topic_fa
     """``cart project`` with a new keyspace and group reads the stream from its beginning: the same rows."""
     import uuid
 
-    topic = topic_factory(3)
-    commands = generate(30, 1500, seed=3)
-    events = command_side(kafka_bootstrap, topic, group_id, cassandra_session, keyspace, commands, 3)
+    topic, commands, events = streamed(topic_factory, kafka_bootstrap, group_id, cassandra_session, keyspace,
+                                       30, 1500, 3, 3)
     env = projector_env(kafka_bootstrap, services_settings)
     fresh = f"rebuilt_{uuid.uuid4().hex[:10]}"
     try:
