@@ -125,9 +125,10 @@ def test_the_kafka_broker_killed_and_restarted(thawed: Servers, idempotent: bool
 @pytest.mark.parametrize("idempotent", MODES)
 def test_sigterm_while_cassandra_is_frozen_exits_in_time_and_a_restart_finishes(thawed: Servers,
                                                                                 idempotent: bool) -> None:
-    run = Scenario(thawed, "termfrozen", idempotent)
+    run = Scenario(thawed, "termfrozen", idempotent, published=0.3)
     consumer = run.consumer()
     run.wait_committed(0.25, consumer)
+    stream = run.trickle(per_second=300)  # the rest keeps coming: a fast consumer would otherwise be done
     thawed.signal("cassandra", signal.SIGSTOP)
     try:
         pause(2)  # records are in flight against the frozen node
@@ -139,6 +140,7 @@ def test_sigterm_while_cassandra_is_frozen_exits_in_time_and_a_restart_finishes(
         thawed.signal("cassandra", signal.SIGCONT)
     assert code != 0 and took < 10 + 5, f"exit {code} after {took:.1f}s:\n{consumer.output[-3000:]}"  # drain + 5 s
     assert "records not done" in consumer.output or "records in flight" in consumer.output, consumer.output[-3000:]
+    stream.join(300)
     run.finish(run.consumer("--stop-when-idle", "3"))
     run.verify(sigterm_exit_s=round(took, 1), sigterm_exit_code=code)
 
