@@ -338,17 +338,14 @@ class DeciderStore(Generic[C, S, E]):
         answer = self.decider.decided(state, command)
         if isinstance(answer, Reject):
             return Rejection(answer.reason)
-        entity, when = self.decider.key_of(command), meta.timestamp_utc
-        ids = [event_id(meta, i) for i in range(len(answer))]
-        records = [self.log.insert(self.session, entity, ids[i], when, self.payload(event), meta)
-                   for i, event in enumerate(answer)]
-        stream = self.stream
-        if stream is None:
-            return Applied(self.decider.fold(answer, state), records)
-        published = []
+        entity, when, stream = self.decider.key_of(command), meta.timestamp_utc, self.stream
+        records, published = [], []
         for i, event in enumerate(answer):
+            ident, payload = event_id(meta, i), self.payload(event)
+            records.append(self.log.insert(self.session, entity, ident, when, payload, meta))
             before, state = state, self.decider.evolve(state, event)
-            published.append(stream.record(entity, ids[i], i, event, meta, before, state))
+            if stream is not None:
+                published.append(stream.record(entity, ident, i, event, meta, before, state, payload))
         return Applied(state, records, published)
 
     def write(self, key: Any, state: S | None, applied: dict[int, int], timestamp: int) -> Any:

@@ -34,7 +34,7 @@ import decimal
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Mapping, TypeVar
 
 from rxcqrs.avro.codec import AvroCodec
 from rxcqrs.exceptions import ConfigError, SerializationError
@@ -213,10 +213,10 @@ class EventStream(Generic[E, S]):
                                                       for n in self._state_columns})
 
     def record(self, entity: Any, event_id: uuid.UUID, index: int, event: Any, meta: RecordMetadata,
-               before: Any = None, after: Any = None) -> OutgoingRecord:
+               before: Any = None, after: Any = None, payload: Mapping[str, Any] | None = None) -> OutgoingRecord:
         """The Kafka record of ``event``, the ``index``-th decided for the command at ``meta``, which took the
-        entity from ``before`` to ``after``."""
-        payload = self.store.payload(event)
+        entity from ``before`` to ``after`` (``payload``: its log columns, when the caller has them)."""
+        payload = dict(self.store.payload(event) if payload is None else payload)
         value = {"event_id": event_id, self.key_field: self._key_to(entity), "event_type": payload.pop("event_type"),
                  "event_time": meta.timestamp_utc, "source_topic": meta.topic, "source_partition": meta.partition,
                  "source_offset": meta.offset, "event_index": index, "before": self._state_value(before),
