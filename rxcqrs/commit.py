@@ -86,10 +86,14 @@ class CommitGate:
         self._wake_in_flight = in_flight
         self._wake_done = done
 
-    def assign(self, tp: TopicPartition, committed: int | None = None) -> int:
-        """Start tracking ``tp`` under a new epoch (a new assignment or a rewind)."""
+    def assign(self, tp: TopicPartition, committed: int | None = None, start: int | None = None) -> int:
+        """Start tracking ``tp`` under a new epoch (a new assignment or a rewind); with ``start`` (where the
+        consumer was told to begin, not a committed offset) that offset is the first watermark to commit."""
         with self._lock:
-            return self._new_track(tp, committed)
+            epoch = self._new_track(tp, committed)
+            if start is not None:
+                self._tracks[tp].watermark = start
+            return epoch
 
     def _new_track(self, tp: TopicPartition, committed: int | None) -> int:
         old = self._tracks.get(tp)

@@ -7,18 +7,23 @@ assignment and revoke of the source's partitions. Such a stage says so with a ``
 (:class:`Assignments`, which :class:`~rxcqrs.kafka.KafkaSource` implements).
 
 Listeners run on the client's rebalance thread (see :mod:`rxcqrs.kafka`): they must be quick and
-thread-safe, and never call the consumer.
+thread-safe, and never call the consumer. A stage that keeps its input offsets outside Kafka (a projection
+whose offsets live with its read model) gives the source :data:`StartPositions` too: the source starts each
+newly assigned partition there, the way a Kafka consumer seeks in ``onPartitionsAssigned``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 from rxcqrs.messages import TopicPartition
 
-__all__ = ["Assignments", "PartitionListener", "Confirmed", "watchers", "attach_watchers"]
+__all__ = ["Assignments", "PartitionListener", "StartPositions", "Confirmed", "watchers", "attach_watchers"]
 
 PartitionListener = Callable[[list[TopicPartition]], None]
+#: where assigned partitions start (``{partition: offset}``, an offset <= 0 the beginning; partitions left out
+#: start at the group's committed offsets); called on the client's rebalance thread, so it must be bounded
+StartPositions = Callable[[list[TopicPartition]], Mapping[TopicPartition, int]]
 #: the answer of :meth:`Assignments.confirm_ownership`: True (still a member of the current generation),
 #: False (the group moved on: the partitions are being taken away), None (could not tell now: ask again)
 Confirmed = Callable[[bool | None], None]
@@ -36,6 +41,10 @@ class Assignments(Protocol):
 
     def on_revoke(self, listener: PartitionListener) -> None:
         """Call ``listener(partitions)`` when partitions are revoked or lost."""
+
+    def start_at(self, positions: StartPositions) -> None:
+        """Start newly assigned partitions where ``positions(partitions)`` says (offsets kept outside Kafka,
+        e.g. with a read model), not at the group's committed offsets."""
 
     def confirm_ownership(self, tps: Sequence[TopicPartition], then: Confirmed) -> None:
         """Ask the group coordinator, after this call, whether this member still belongs to the group's current

@@ -20,19 +20,20 @@ __all__ = ["bind_fast"]
 Serializer = Callable[[Any, int], bytes]
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _NAIVE_EPOCH = datetime(1970, 1, 1)
-_MILLISECOND = timedelta(milliseconds=1)
+_ZERO = timedelta(0)
 _int64 = struct.Struct(">q").pack
 
 
 def _timestamp(serialize: Serializer) -> Serializer:
-    """A ``timestamp`` column's serializer: exact integer milliseconds for a datetime since the epoch (the
-    driver's own result, without its time tuple); anything else goes to the driver's ``serialize``."""
+    """A ``timestamp`` column's serializer: the driver's own result for a datetime since the epoch (its
+    arithmetic, ``seconds * 1e3 + microseconds / 1e3`` in doubles, which rounds far-future values to the nearest
+    millisecond) without its time tuple; anything else goes to the driver's ``serialize``."""
 
     def fast(value: Any, protocol: int) -> bytes:
         if type(value) is datetime:
             since = value - (_NAIVE_EPOCH if value.tzinfo is None else _EPOCH)
-            if since >= timedelta(0):
-                return _int64(since // _MILLISECOND)
+            if since >= _ZERO:
+                return _int64(int((since.days * 86400 + since.seconds) * 1e3 + since.microseconds / 1e3))
         return serialize(value, protocol)
 
     return fast

@@ -9,13 +9,14 @@ tables, exact after any fault. Two kinds of read model, each with its own exactn
 * :class:`TotalsView` - **offsets with the read model**: rows that sum over many entities (counters, totals).
   ``deltas(event)`` says what an event adds to which rows. The rows of one stream partition, each entity's
   last applied position and the partition's next offset are written together in one logged batch, so a
-  crash lands all or none of them; a record below the stored offset, and an event at or below its entity's
-  stored position (a repeat on the stream), add nothing. The rows are per stream partition
-  (``PRIMARY KEY ((<key>), stream_partition)``: one writer each); a total is their sum (:meth:`Projection.totals`,
-  or ``SELECT sum(...) ... WHERE <key> = ?``). The batch is fenced (``USING TIMESTAMP epoch * 2^40 +
-  offset``, an epoch per assignment from the fence row of the projection's group, used once the group confirms
-  that this member still owns the partition): a projection member that stalled past its session timeout and
-  wakes up loses every write to the member that took its partitions.
+  crash lands all or none of them. On every assignment the source resumes a stream partition at its stored
+  offset (the beginning without one), not at the group's Kafka offsets; a record below the stored offset,
+  and an event at or below its entity's stored position (a repeat on the stream), add nothing. The rows are
+  per stream partition (``PRIMARY KEY ((<key>), stream_partition)``: one writer each); a total is their sum
+  (:meth:`Projection.totals`, or ``SELECT sum(...) ... WHERE <key> = ?``). The batch is fenced
+  (``USING TIMESTAMP epoch * 2^40 + offset``, an epoch per assignment from the fence row of the projection's
+  group, used once the group confirms that this member still owns the partition): a projection member that
+  stalled past its session timeout and wakes up loses every write to the member that took its partitions.
 
 Tables: each view's, ``<name>_offsets`` (stream_topic, stream_partition, next_offset) and ``<name>_seen``
 (entity, position) for the totals views, and the fence tables.
@@ -42,6 +43,7 @@ from rxcqrs.cassandra.event_stream import EventStream, StreamEvent
 from rxcqrs.cassandra.fence import Fence, create_fence_tables, write_timestamp
 from rxcqrs.cassandra.identifiers import identifier, qualified
 from rxcqrs.cassandra.outcomes import Outcome, classify
+from rxcqrs.cassandra.retrying import exhausted
 from rxcqrs.cassandra.schema import create_keyspace, create_table, prepare
 from rxcqrs.exceptions import ConfigError, PermanentStageError, SerializationError, StageError
 from rxcqrs.messages import Envelope, TopicPartition
@@ -120,6 +122,16 @@ class Projection:
                      ["entity"])
         create_fence_tables(s, ks)
 
+    def truncate(self) -> None:
+        """Empty every view and the bookkeeping tables (the fence stays): the next run replays the stream from
+        its beginning, since its totals views resume at stored offsets and none are left. Stop every member of
+        the projection's group first. Without a totals view nothing stores offsets: rebuild with a new group."""
+        if not self.totals_views:
+            raise ConfigError(f"projection {self.name}: without a totals view the stream resumes at the group's "
+                              "Kafka offsets; rebuild into fresh tables with a new consumer group instead")
+        for table in [*(v.table for v in self.views), f"{self.name}_offsets", f"{self.name}_seen"]:
+            self.session.execute(f"TRUNCATE {qualified(self.keyspace, table)}", timeout=120)
+
     def _statement(self, query: str) -> Any:
         found = self._prepared.get(query)
         if found is None:
@@ -184,6 +196,7 @@ class ProjectionSink(SinkBase):
         self._wake = threading.Event()
         self._stopped = False
         self._abandoned = False
+        self._halt = threading.Event()  # set by abandon(): cuts a retry's wait short
         self._partitions: dict[TopicPartition, _Partition] = {}
         self._fences: dict[str, Fence] = {}
         self._source: Any = None
@@ -200,6 +213,23 @@ class ProjectionSink(SinkBase):
         self._source = source
         source.on_assign(self._forget)
         source.on_revoke(self._forget)
+        if self.projection.totals_views:
+            source.start_at(self._stored_offsets)
+
+    def _stored_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Where newly assigned stream partitions resume (the client's rebalance thread): the next offsets
+        stored with the totals, the beginning for a partition without one; not Kafka's committed offsets,
+        which may be behind (a crash before the commit) or ahead (offsets lost and reset to the latest)."""
+        p = self.projection
+        query = p._statement(f"SELECT stream_partition, next_offset FROM {p.offsets_table} WHERE stream_topic = ? "
+                             "AND stream_partition IN ?")
+        out: dict[TopicPartition, int] = {}
+        for topic in sorted({tp.topic for tp in tps}):
+            mine = [tp for tp in tps if tp.topic == topic]
+            rows = p.session.execute(query, (topic, [tp.partition for tp in mine]), timeout=self.fence_timeout)
+            stored = {int(row.stream_partition): int(row.next_offset) for row in rows}
+            out.update({tp: stored.get(tp.partition, 0) for tp in mine})
+        return out
 
     def _forget(self, tps: list[TopicPartition]) -> None:
         with self._lock:
@@ -219,6 +249,7 @@ class ProjectionSink(SinkBase):
 
     def abandon(self) -> None:
         self._abandoned = True
+        self._halt.set()
         with self._lock:
             waiting, self._queue = list(self._queue), deque()
         for env in waiting:
@@ -303,8 +334,9 @@ class ProjectionSink(SinkBase):
         return error
 
     def _project(self, tp: TopicPartition, live: list[Envelope[Any]]) -> None:
-        """Project the records, again from what Cassandra holds after a transient failure (the cache of the
-        partition is dropped: it may hold what was not written), until the backoff ends."""
+        """Project the records; after a transient error or an unknown outcome (every write is idempotent) again
+        from what Cassandra holds (the partition's cache may hold what was not written), until the backoff
+        gives up or the sink stops."""
         attempt = 0
         while True:
             try:
@@ -313,12 +345,15 @@ class ProjectionSink(SinkBase):
             except Exception as exc:
                 error = self._as_stage_error(exc, live[0])
                 delay = self.backoff.delay(attempt)
-                if isinstance(error, PermanentStageError) or delay is None or self._abandoned or self._stopped:
+                if isinstance(error, PermanentStageError) or self._abandoned or self._stopped:
                     raise error from exc
+                if delay is None:
+                    raise exhausted(f"projection {self.projection.name}", f" on {tp}", attempt, exc,
+                                    self.backoff) from exc
                 self._forget([tp])
                 attempt += 1
                 log.info("projection %s: %s failed (%r); again in %.2fs", self.projection.name, tp, exc, delay)
-                time.sleep(delay)  # the worker's own thread
+                self._halt.wait(delay)  # the worker's own thread; abandon() cuts it short
 
     def _project_once(self, tp: TopicPartition, live: list[Envelope[Any]]) -> None:
         part, statements = self._build(tp, live)
@@ -474,33 +509,22 @@ class ProjectionSink(SinkBase):
         return found
 
     def _execute(self, statements: list[Any], first: Envelope[Any]) -> None:
-        """Every statement succeeded, or raise: transient errors and unknown outcomes retried (idempotent)."""
-        pending = statements
-        attempt = 0
-        while pending:
-            futures = [(s, self.projection.session.execute_async(s)) for s in pending]
-            failed: list[Any] = []
-            error: BaseException | None = None
-            for statement, future in futures:
-                try:
-                    future.result()
-                except Exception as exc:
-                    if classify(exc) is Outcome.PERMANENT:
-                        raise PermanentStageError(f"projection {self.projection.name}: {exc!r} on {first.meta}"
-                                                  ) from exc
-                    failed.append(statement)
-                    error = exc
-            if not failed:
-                return
-            delay = self.backoff.delay(attempt)
-            if delay is None or self._abandoned:
-                assert error is not None
-                raise error  # the caller projects the records again from what Cassandra holds
-            attempt += 1
-            log.info("projection %s: %d writes failed (%r); retry %d in %.2fs", self.projection.name, len(failed),
-                     error, attempt, delay)
-            time.sleep(delay)  # the worker's own thread
-            pending = failed
+        """Send every statement at once; return once all succeeded, or raise the first error (a permanent one
+        before the others: it decides how the records are nacked). Each wait is bounded by the driver's
+        request timeout."""
+        futures = [self.projection.session.execute_async(s) for s in statements]
+        errors: list[BaseException] = []
+        for future in futures:
+            try:
+                future.result()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            permanent = [e for e in errors if classify(e) is Outcome.PERMANENT]
+            if permanent:
+                raise PermanentStageError(f"projection {self.projection.name}: {permanent[0]!r} on {first.meta}"
+                                          ) from permanent[0]
+            raise errors[0]
 
 
 def _idempotent(bound: Any) -> Any:

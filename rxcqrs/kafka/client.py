@@ -43,8 +43,9 @@ class RebalanceHandler(Protocol):
     def revoke_committed(self, offsets: dict[TopicPartition, int], error: BaseException | None) -> None:
         """The result of committing what :meth:`revoked` returned."""
 
-    def assigned(self, tps: list[TopicPartition]) -> None:
-        """Partitions were added to this member."""
+    def assigned(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Partitions were added to this member: return where some of them start instead of the group's
+        committed offsets (the client applies it before fetching them; an offset <= 0 is the beginning)."""
 
     def lost(self, tps: list[TopicPartition]) -> None:
         """Partitions were lost without a revoke (the member was dropped): nothing can be committed."""

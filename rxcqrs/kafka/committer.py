@@ -29,6 +29,7 @@ from rxcqrs.kafka.client import ConsumerClient
 from rxcqrs.kafka.settings import SourceSettings
 from rxcqrs.messages import TopicPartition
 from rxcqrs.metrics import Metrics
+from rxcqrs.partitions import StartPositions
 
 __all__ = ["Committer"]
 
@@ -58,6 +59,7 @@ class Committer:
         self.stopping_now = False
         self._revoke_listeners: list[Callable[[list[TopicPartition]], None]] = []
         self._assign_listeners: list[Callable[[list[TopicPartition]], None]] = []
+        self._start_positions: list[StartPositions] = []
 
     def on_revoke(self, listener: Callable[[list[TopicPartition]], None]) -> None:
         """Call ``listener(partitions)`` when partitions are revoked or lost (from the client's thread: it
@@ -68,6 +70,12 @@ class Committer:
         """Call ``listener(partitions)`` when partitions are assigned, before any of their records is emitted
         (from the client's thread, like :meth:`on_revoke`)."""
         self._assign_listeners.append(listener)
+
+    def start_at(self, positions: StartPositions) -> None:
+        """Start newly assigned partitions where ``positions(partitions)`` says (from the client's thread,
+        before any of their records is fetched; with several, each partition starts at the lowest offset).
+        A failing ``positions`` leaves its partitions at the committed offsets (logged, ``start_failures``)."""
+        self._start_positions.append(positions)
 
     def _tell(self, listeners: list[Callable[[list[TopicPartition]], None]], tps: list[TopicPartition],
               what: str) -> None:
@@ -192,12 +200,32 @@ class Committer:
             self.metrics.incr("commit_failures")
             log.warning("%s: commit on revoke failed: %r", self.name, error)
 
-    def assigned(self, tps: list[TopicPartition]) -> None:
+    def assigned(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        starts = self._starts(tps)
+        with self._lock:
+            self._committed.update(starts)  # records before a start are not this source's to count
         for tp in tps:
-            self.gate.assign(tp)
+            self.gate.assign(tp, start=starts.get(tp))  # a start is committed like progress
         self._tell(self._assign_listeners, tps, "an assign")
         self.metrics.incr("assigned", len(tps))
-        log.info("%s: assigned %s", self.name, sorted(tps))
+        log.info("%s: assigned %s%s", self.name, sorted(tps), f", starting at {_show(starts)}" if starts else "")
+        return starts
+
+    def _starts(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        starts: dict[TopicPartition, int] = {}
+        for positions in self._start_positions if tps else ():
+            try:
+                found = positions(tps)
+            except Exception:
+                self.metrics.incr("start_failures")
+                log.exception("%s: the start positions of %s are unknown: they start at the committed offsets",
+                              self.name, sorted(tps))
+                continue
+            for tp, offset in found.items():
+                if tp in tps:
+                    start = max(0, offset)
+                    starts[tp] = min(start, starts.get(tp, start))
+        return starts
 
     def lost(self, tps: list[TopicPartition]) -> None:
         self.gate.revoke(tps)

@@ -111,10 +111,22 @@ class ConfluentConsumer:
         return len(found.partitions)
 
     def subscribe(self, topics: list[str], handler: RebalanceHandler) -> None:
-        from confluent_kafka import KafkaException
+        from confluent_kafka import OFFSET_BEGINNING, KafkaException
 
-        def on_assign(_consumer: Any, partitions: list[Any]) -> None:
-            handler.assigned([_tp(p) for p in partitions])
+        cooperative = self._config.get("partition.assignment.strategy") == "cooperative-sticky"
+
+        def on_assign(consumer: Any, partitions: list[Any]) -> None:
+            starts = handler.assigned([_tp(p) for p in partitions])
+            if not starts:
+                return  # confluent-kafka assigns them at the committed offsets
+            for p in partitions:
+                start = starts.get(_tp(p))
+                if start is not None:
+                    p.offset = start if start > 0 else OFFSET_BEGINNING
+            if cooperative:
+                consumer.incremental_assign(partitions)
+            else:
+                consumer.assign(partitions)
 
         def on_revoke(consumer: Any, partitions: list[Any]) -> None:
             tps = [_tp(p) for p in partitions]

@@ -191,7 +191,12 @@ def _listener(handler: RebalanceHandler, consumer: Any) -> Any:
                 handler.revoke_committed(offsets, None)
 
         async def on_partitions_assigned(self, assigned: Any) -> None:
-            handler.assigned([_tp(k) for k in assigned])
+            starts = handler.assigned([_tp(k) for k in assigned])
+            for tp, start in starts.items():  # fetch positions only: nothing blocks on the IO thread
+                if start > 0:
+                    consumer.seek(_ktp(tp), start)
+                else:
+                    consumer.seek_to_beginning(_ktp(tp))
 
         async def on_partitions_lost(self, lost: Any) -> None:
             handler.lost([_tp(k) for k in lost])

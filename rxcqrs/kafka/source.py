@@ -41,7 +41,7 @@ from rxcqrs.kafka.ownership import OwnershipChecks
 from rxcqrs.kafka.settings import ConsumerSettings, SourceSettings
 from rxcqrs.messages import Batch, Envelope, RecordMetadata, TopicPartition
 from rxcqrs.metrics import Metrics
-from rxcqrs.partitions import Confirmed
+from rxcqrs.partitions import Confirmed, StartPositions
 
 __all__ = ["KafkaSource", "consumer_client"]
 
@@ -186,6 +186,10 @@ class KafkaSource:
     def on_assign(self, listener: Callable[[list[TopicPartition]], None]) -> None:
         """Call ``listener(partitions)`` when partitions are assigned, before any of their records is emitted."""
         self.committer.on_assign(listener)
+
+    def start_at(self, positions: StartPositions) -> None:
+        """Start newly assigned partitions where ``positions(partitions)`` says (see :class:`Committer`)."""
+        self.committer.start_at(positions)
 
     def confirm_ownership(self, tps: Sequence[TopicPartition], then: Confirmed) -> None:
         """Ask whether this member is still in the group's current generation (see
@@ -595,9 +599,11 @@ class KafkaSource:
             return
         group = {tp: committed[tp] if committed.get(tp) is not None else starts.get(tp, ends[tp])
                  for tp in unknown if tp in ends}
+        marks = self.gate.watermarks()  # before the first fetch: a start position given on assignment, if any
         for tp in assigned:
             if positions[tp] is None:
-                positions[tp] = group[tp]
+                mark = marks.get(tp)
+                positions[tp] = mark if mark is not None else group[tp]
         self._unfetched = {tp: max(0, ends[tp] - positions[tp]) for tp in assigned}
         self._lag = {tp: max(0, ends[tp] - self._next_offset(tp, positions[tp], ends[tp])) for tp in assigned}
         self._backlog = sum(self._lag.values()) + sum(max(0, ends[tp] - group[tp]) for tp in every

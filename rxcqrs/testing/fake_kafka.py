@@ -319,6 +319,10 @@ class FakeConsumer:
             raise ValueError(f"{tp} is not assigned")
         self._positions[tp] = offset
 
+    def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        for tp in tps:
+            self.seek(tp, 0)
+
     def position(self, tp: TopicPartition, timeout_ms: int | None = None) -> int:
         return self._positions[TopicPartition(*tp)]
 

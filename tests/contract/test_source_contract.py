@@ -14,7 +14,7 @@ import pytest
 from rxcqrs import run
 from rxcqrs.backoff import Backoff
 from rxcqrs.exceptions import FlowError, PermanentStageError, RetriesExhaustedError, TopicNotFoundError
-from rxcqrs.messages import Batch, Envelope, OutgoingRecord
+from rxcqrs.messages import Batch, Envelope, OutgoingRecord, TopicPartition
 from rxcqrs.operators import DeadLetters, decode, map_value
 from tests.contract.conftest import Harness
 from tests.helpers import Collect, tap_batches, wait_until
@@ -228,6 +228,42 @@ def test_a_member_joining_takes_partitions_and_nothing_is_lost(kafka: Harness) -
     seen = {(e.meta.partition, e.meta.offset) for e in a.items + b.items}
     assert seen == {(p, o) for p in range(4) for o in range(50)}
     assert first.metrics.get("revoked") >= 1 and second.metrics.get("assigned") >= 1
+
+
+def test_start_positions_given_on_assignment_beat_the_committed_offsets(kafka: Harness) -> None:
+    """Offsets kept outside Kafka: a group that committed everything starts partition 0 at 7, partition 1
+    from the beginning and partition 2 at its end (committed, though nothing follows), as its start positions
+    say; partition 3 (left out) at its committed offset; a failing provider leaves them at the committed
+    offsets. The lag counts from the start positions."""
+    topic = kafka.topic(4)
+    kafka.fill(topic, 10, 4)
+    first = kafka.source(topic)
+    flow = run(first, Collect())
+    wait_until(lambda: kafka.committed(topic) == {p: 10 for p in range(4)}, 60, "everything committed")
+    flow.stop_and_wait()
+    asked: list[list[int]] = []
+
+    def positions(tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        asked.append(sorted(tp.partition for tp in tps))
+        return {tp: {0: 7, 1: 0, 2: 12}[tp.partition] for tp in tps if tp.partition < 3}
+
+    def broken(tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        raise RuntimeError("the offsets' store is down")
+
+    kafka.fill(topic, 2, 4)
+    sink = Collect()
+    again = kafka.source(topic, lag_interval=0.1)
+    again.start_at(positions)
+    again.start_at(broken)
+    flow = run(again, sink)
+    wait_until(lambda: len(sink.items) == 5 + 12 + 2, 60, "the records from the start positions on")
+    wait_until(lambda: kafka.committed(topic) == {p: 12 for p in range(4)}, 60, "committed to the end")
+    wait_until(lambda: again.idle_seconds() > 0, 60, "nothing left, the lag 0")
+    flow.stop_and_wait()
+    assert sink.offsets(0) == [7, 8, 9, 10, 11] and sink.offsets(1) == list(range(12))
+    assert sink.offsets(2) == [] and sink.offsets(3) == [10, 11]
+    assert asked == [[0, 1, 2, 3]] and again.metrics.get("start_failures") == 1
+    assert again.committer.records_committed() == 5 + 12 + 2
 
 
 def test_poison_goes_to_the_dead_letter_topic_and_the_stream_goes_on(kafka: Harness) -> None:

@@ -113,3 +113,19 @@ def test_a_topic_is_required_and_an_unmapped_type_is_named() -> None:
         avro_type("duration")
     assert avro_type("frozen<map<uuid, frozen<list<int>>>>") == {"type": "map", "values": {"type": "array",
                                                                                           "items": "int"}}
+
+
+def test_a_projection_without_totals_refuses_a_truncate_that_could_not_replay() -> None:
+    """Only totals views store offsets; an entity-only projection would truncate and resume at the group's
+    Kafka offsets, leaving its views empty: refused in one line, nothing executed."""
+    from rxcqrs.cassandra.projection import EntityView, Projection
+
+    class NoSession:
+        def execute(self, *args: Any, **kwargs: Any) -> None:
+            raise AssertionError("nothing may be executed")
+
+    names = EntityView("shop_names", {"shop": "uuid", "name": "text"}, ["shop"],
+                       lambda shop, state: [] if state is None else [{"shop": shop, "name": state.name}])
+    with pytest.raises(ConfigError, match="rebuild into fresh tables with a new consumer group") as raised:
+        Projection(NoSession(), "ks", "shop_views", STREAM, [names]).truncate()
+    assert "\n" not in str(raised.value)

@@ -38,6 +38,10 @@ def project(args: argparse.Namespace) -> int:
         elif session.cluster.metadata.keyspaces.get(args.keyspace) is None or \
                 "carts_by_owner" not in session.cluster.metadata.keyspaces[args.keyspace].tables:
             raise SchemaError(f"the read models are not in keyspace {args.keyspace!r}: run with --create-schema")
+        if args.replay:
+            views.truncate()
+            print(f"emptied the read models in {args.keyspace}: projecting {topic} again from its beginning",
+                  flush=True)
         settings = SourceSettings(drain_timeout=args.drain_timeout, failure_policy="rewind")
         source = KafkaSource(topic, args.config.consumer(args.group), settings)
         sink = views.sink()
@@ -93,6 +97,9 @@ def register_query(sub: Any, common: argparse.ArgumentParser, fmt: Any, keyspace
     p.add_argument("--keyspace", default=default_keyspace, type=keyspace, help="where the read models live")
     p.add_argument("--group", default=DEFAULT_EVENTS_GROUP, help="the projection's consumer group")
     p.add_argument("--create-schema", action="store_true", help="create the read-model tables if missing")
+    p.add_argument("--replay", action="store_true",
+                   help="empty the read models, then project the stream again from its beginning, in the same "
+                        "group (stop the group's other projectors first)")
     p.add_argument("--stop-when-idle", type=seconds, default=None, metavar="SECONDS",
                    help="drain, commit and exit once idle for SECONDS (the stream read to its end)")
     p.add_argument("--drain-timeout", type=seconds, default=60.0, metavar="SECONDS",
