@@ -56,10 +56,12 @@ def _build() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     svc = sub.add_parser("services", parents=[common], formatter_class=fmt,
-                         help="local Apache Kafka 4.x + Apache Cassandra 5.0 (from Maven Central)")
+                         help="local Apache Kafka 4.x + Apache Cassandra 5.0 (+ a schema registry), from Maven Central")
     svc.add_argument("action", choices=["up", "down", "status", "fetch"])
-    svc.add_argument("names", nargs="*", choices=[[], "kafka", "cassandra"], metavar="kafka|cassandra",
-                     help="which servers (default: both)")
+    svc.add_argument("names", nargs="*", choices=[[], "kafka", "cassandra", "registry", "all"],
+                     metavar="kafka|cassandra|registry|all",
+                     help="which servers (default: Kafka and Cassandra; the schema registry only when named, or "
+                          "with all)")
     svc.add_argument("--nodes", type=_nodes, default=None,
                      help="with up: 3 runs a three-node Kafka and Cassandra on 127.0.0.1-3, same ports (default "
                           "$RXCQRS_NODES or 1); status and down always cover every node in the home")

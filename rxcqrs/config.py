@@ -7,6 +7,7 @@
     bootstrap_servers = "broker1:9092,broker2:9092"
     backend = "confluent"                 # or "kafka-python"
     events_topic = "carts.events"         # publish every decided event of the aggregate here (default: none)
+    schema_registry = "http://127.0.0.1:8081/apis/ccompat/v7"  # Confluent wire format (default: raw Avro)
     security_protocol = "SASL_SSL"        # anything else is passed to the client as is
     [cassandra]
     contact_points = "10.0.0.1,10.0.0.2:9142"
@@ -21,9 +22,10 @@
 Environment: ``RXCQRS_KAFKA_BOOTSTRAP``, ``RXCQRS_KAFKA_BACKEND``, ``RXCQRS_CASSANDRA_HOSTS``,
 ``RXCQRS_CASSANDRA_PORT``, ``RXCQRS_CASSANDRA_LOCAL_DC``, ``RXCQRS_CASSANDRA_CONSISTENCY``,
 ``RXCQRS_CASSANDRA_SERIAL_CONSISTENCY``, ``RXCQRS_WRITE_PROTOCOL``, ``RXCQRS_MERGE_PARTITIONS``,
-``RXCQRS_ATOMIC_BATCHES``, ``RXCQRS_EVENTS_TOPIC``. Flags: ``--bootstrap-servers``, ``--kafka-backend``,
-``--contact-points``, ``--local-dc``, ``--consistency``, ``--serial-consistency``, ``--write-protocol``,
-``--merge-partitions``, ``--atomic-batches`` / ``--no-atomic-batches``, ``--events-topic``.
+``RXCQRS_ATOMIC_BATCHES``, ``RXCQRS_EVENTS_TOPIC``, ``RXCQRS_SCHEMA_REGISTRY``. Flags: ``--bootstrap-servers``,
+``--kafka-backend``, ``--contact-points``, ``--local-dc``, ``--consistency``, ``--serial-consistency``,
+``--write-protocol``, ``--merge-partitions``, ``--atomic-batches`` / ``--no-atomic-batches``, ``--events-topic``,
+``--schema-registry``.
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ class Config:
     atomic_batches: bool = True
     #: the aggregate's event stream: every decided event published here before its command's writes
     events_topic: str | None = None
+    #: the schema registry's Confluent-compatible URL: commands in the Confluent wire format (None: raw Avro)
+    schema_registry: str | None = None
     source: str = "defaults"
 
     __repr__ = redacted_repr
@@ -137,7 +141,7 @@ def load_config(path: str | None = None, *, bootstrap_servers: str | None = None
                 serial_consistency: str | None = None, local_dc: str | None = None,
                 write_protocol: str | None = None, merge_partitions: int | None = None,
                 atomic_batches: bool | None = None, events_topic: str | None = None,
-                environ: Mapping[str, str] | None = None) -> Config:
+                schema_registry: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """The file (``path`` or ``$RXCQRS_CONFIG``), then the environment, then these explicit values."""
     env = os.environ if environ is None else environ
     file = path or env.get("RXCQRS_CONFIG")
@@ -158,6 +162,12 @@ def load_config(path: str | None = None, *, bootstrap_servers: str | None = None
         where = ("--events-topic" if events_topic else "RXCQRS_EVENTS_TOPIC" if env.get("RXCQRS_EVENTS_TOPIC")
                  else f"[kafka] events_topic in {file}")
         raise ConfigError(f"{where}: {events!r} is not a Kafka topic name (1-249 of [a-zA-Z0-9._-])")
+    registry = schema_registry or env.get("RXCQRS_SCHEMA_REGISTRY") or kafka.pop("schema_registry", None)
+    kafka.pop("schema_registry", None)
+    if registry is not None and (not isinstance(registry, str) or not registry.startswith(("http://", "https://"))):
+        where = ("--schema-registry" if schema_registry else "RXCQRS_SCHEMA_REGISTRY"
+                 if env.get("RXCQRS_SCHEMA_REGISTRY") else f"[kafka] schema_registry in {file}")
+        raise ConfigError(f"{where}: {registry!r} is not an http(s) URL (e.g. http://127.0.0.1:8081/apis/ccompat/v7)")
     hosts: tuple[str, ...] | None = None
     port: int | None = None
     points = contact_points or env.get("RXCQRS_CASSANDRA_HOSTS") or cassandra.pop("contact_points", None)
@@ -192,7 +202,8 @@ def load_config(path: str | None = None, *, bootstrap_servers: str | None = None
     merge = _merge_partitions(merge_partitions, env, cassandra.pop("merge_partitions", None), file)
     atomic = _atomic_batches(atomic_batches, env, cassandra.pop("atomic_batches", None), file)
     return Config(bootstrap, backend, kafka, hosts, port, cassandra, write_protocol=protocol,
-                  merge_partitions=merge, atomic_batches=atomic, events_topic=events, source=file or "defaults")
+                  merge_partitions=merge, atomic_batches=atomic, events_topic=events, schema_registry=registry,
+                  source=file or "defaults")
 
 
 def _atomic_batches(flag: bool | None, env: Mapping[str, str], in_file: Any, file: str | None) -> bool:

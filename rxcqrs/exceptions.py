@@ -17,6 +17,10 @@ __all__ = [
     "ServiceStartError",
     "SerializationError",
     "PoisonRecordError",
+    "FramingError",
+    "UnknownSchemaError",
+    "SchemaResolutionError",
+    "SchemaRegistryError",
     "CommitError",
     "GroupMovedOnError",
     "OffsetOrderError",
@@ -90,6 +94,28 @@ class PoisonRecordError(SerializationError):
     """A consumed record cannot be turned into a command: bad Avro, bad key, unknown action."""
 
     permanent = True
+
+
+class FramingError(SerializationError):
+    """A value is not in the Confluent wire format (magic byte 0, a 4-byte schema id, the Avro body)."""
+
+
+class UnknownSchemaError(SerializationError):
+    """A value's schema id is not in the schema registry."""
+
+
+class SchemaResolutionError(SerializationError):
+    """A value's writer schema cannot be resolved to the reader schema (an evolution Avro does not allow)."""
+
+
+class SchemaRegistryError(RxCqrsError):
+    """The schema registry refused a request (``status`` 4xx: permanent) or did not answer in time."""
+
+    def __init__(self, message: str, status: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.permanent = status is not None and 400 <= status < 500
 
 
 class CommitError(RxCqrsError):

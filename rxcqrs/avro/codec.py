@@ -7,8 +7,15 @@ Two flavours:
   record (a dict) and your object.
 
 Raw binary Avro (no container, no framing) is what a producer in any language writes with a plain
-``BinaryEncoder``. Schema evolution needs the writer's schema: pass ``writer_schema`` (raw) or use Confluent
-framing (magic byte 0 + 4-byte big-endian schema id) with an id -> schema map.
+``BinaryEncoder``. Schema evolution needs the writer's schema: pass ``writer_schema`` (raw), or use Confluent
+framing (magic byte 0 + 4-byte big-endian schema id) with an id -> schema map or a schema registry
+(``schema_registry=URL``, :mod:`rxcqrs.avro.registry`): encoding registers the schema under ``subject`` when
+the codec is made (an incompatible schema fails there, in one line); decoding fetches each writer schema once
+by its id and resolves it to the reader schema (Avro's rules: an added field needs a default, a removed one
+is ignored, int widens to long, float or double). Decoding failures say which: :class:`FramingError`,
+:class:`UnknownSchemaError`, :class:`SchemaResolutionError` (each a :class:`SerializationError`, so a poison
+record); a registry that does not answer raises :class:`SchemaRegistryError` (not poison: the record is nacked
+and delivered again).
 """
 
 from __future__ import annotations
@@ -25,7 +32,14 @@ from typing import Any, Callable, Generic, Literal, Mapping, TypeVar
 import fastavro
 from fastavro.types import Schema
 
-from rxcqrs.exceptions import ConfigError, SerializationError
+from rxcqrs.avro.registry import SchemaRegistry
+from rxcqrs.exceptions import (
+    ConfigError,
+    FramingError,
+    SchemaResolutionError,
+    SerializationError,
+    UnknownSchemaError,
+)
 
 __all__ = ["AvroCodec", "load_schema", "Framing"]
 
@@ -108,8 +122,12 @@ class AvroCodec(Generic[T]):
     def __init__(self, schema: str | Path | Mapping[str, Any], *,
                  from_record: Callable[[dict[str, Any]], T] | None = None,
                  to_record: Callable[[T], Mapping[str, Any]] | None = None,
-                 framing: Framing = "raw", writer_schema: str | Path | Mapping[str, Any] | None = None,
-                 schema_id: int | None = None, registry: Mapping[int, Any] | None = None) -> None:
+                 framing: Framing | None = None, writer_schema: str | Path | Mapping[str, Any] | None = None,
+                 schema_id: int | None = None, registry: Mapping[int, Any] | None = None,
+                 schema_registry: SchemaRegistry | str | None = None, subject: str | None = None) -> None:
+        if schema_registry is not None and framing == "raw":
+            raise ConfigError("a schema registry frames values in the Confluent wire format: leave framing out")
+        framing = framing or ("confluent" if schema_registry is not None else "raw")
         if framing not in ("raw", "confluent"):
             raise ConfigError(f"framing must be 'raw' or 'confluent', got {framing!r}")
         self.schema = load_schema(schema)
@@ -123,11 +141,18 @@ class AvroCodec(Generic[T]):
         self._registry: dict[int, Schema] = {}
         for sid, writer in (registry or {}).items():
             self._registry[int(sid)] = _parse(load_schema(writer))
+        self.schema_registry = SchemaRegistry(schema_registry) if isinstance(schema_registry, str) else schema_registry
+        self.subject = subject
+        if self.schema_registry is not None and subject is not None:
+            if schema_id is not None:
+                raise ConfigError("schema_id comes from the registry when a subject is given: leave it out")
+            schema_id = self.schema_id = self.schema_registry.register(subject, self.schema)
         if framing == "confluent":
             if schema_id is not None:
                 self._registry.setdefault(schema_id, self.parsed)
-            if not self._registry:
-                raise ConfigError("Confluent framing needs a registry (schema id -> writer schema) or a schema_id")
+            if not self._registry and self.schema_registry is None:
+                raise ConfigError("Confluent framing needs a registry (schema id -> writer schema), a schema_id or "
+                                  "schema_registry=URL")
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -168,13 +193,13 @@ class AvroCodec(Generic[T]):
         writer = self._writer
         if self.framing == "confluent":
             if len(data) < 5:
-                raise SerializationError(f"{len(data)} bytes are too short for Confluent framing (5-byte header)")
+                raise FramingError(f"{len(data)} bytes are too short for Confluent framing (5-byte header)")
             magic, schema_id = _HEADER.unpack_from(data)
             if magic != _MAGIC:
-                raise SerializationError(f"unknown magic byte {magic} (Confluent framing starts with 0)")
+                raise FramingError(f"unknown magic byte {magic} (Confluent framing starts with 0)")
             writer = self._registry.get(schema_id)
             if writer is None:
-                raise SerializationError(f"unknown writer schema id {schema_id}; known: {sorted(self._registry)}")
+                writer = self._writer_of(schema_id)
             view = view[5:]
         stream = io.BytesIO(view)
         try:
@@ -182,6 +207,9 @@ class AvroCodec(Generic[T]):
                 record = fastavro.schemaless_reader(stream, self.parsed, None)
             else:
                 record = fastavro.schemaless_reader(stream, writer, self.parsed)
+        except fastavro.read.SchemaResolutionError as exc:
+            raise SchemaResolutionError(f"the writer schema cannot be resolved to {self.schema.get('name')}: "
+                                        f"{exc}") from exc
         except Exception as exc:
             raise SerializationError(f"bytes do not decode with schema {self.schema.get('name')}: {exc!r}") from exc
         if stream.tell() != len(view):
@@ -194,6 +222,17 @@ class AvroCodec(Generic[T]):
         except Exception as exc:
             raise SerializationError(f"decoded record rejected by {self.schema.get('name')}: {exc!r}") from exc
 
+    def _writer_of(self, schema_id: int) -> Schema:
+        """The parsed writer schema of ``schema_id`` from the schema registry (then cached)."""
+        if self.schema_registry is None:
+            raise UnknownSchemaError(f"unknown writer schema id {schema_id}; known: {sorted(self._registry)}")
+        try:
+            writer = _parse(self.schema_registry.schema(schema_id))
+        except ConfigError as exc:
+            raise SchemaResolutionError(f"writer schema id {schema_id} does not parse: {exc}") from exc
+        self._registry[schema_id] = writer
+        return writer
+
     def encode(self, obj: T) -> bytes:
         """Object -> raw (or Confluent-framed) Avro bytes; naive datetimes and non-UUID strings are refused."""
         try:
@@ -204,7 +243,7 @@ class AvroCodec(Generic[T]):
         stream = io.BytesIO()
         if self.framing == "confluent":
             if self.schema_id is None:
-                raise ConfigError("encoding with Confluent framing needs schema_id")
+                raise ConfigError("encoding with Confluent framing needs schema_id (or schema_registry= with subject=)")
             stream.write(_HEADER.pack(_MAGIC, self.schema_id))
         try:
             fastavro.schemaless_writer(stream, self.parsed, record, strict_allow_default=True)

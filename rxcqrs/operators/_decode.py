@@ -5,7 +5,7 @@ from typing import Any, Callable, Literal, Protocol, TypeVar
 
 from reactivex import Observable, abc
 
-from rxcqrs.exceptions import ConfigError, PoisonRecordError
+from rxcqrs.exceptions import ConfigError, PoisonRecordError, SchemaRegistryError
 from rxcqrs.messages import Batch, Envelope, OutgoingRecord
 from rxcqrs.operators._envelope import emit, envelope_operator
 
@@ -21,7 +21,9 @@ class Decoder(Protocol[T]):  # type: ignore[misc]
 
 class DeadLetters:
     """Sends poison records to ``<source topic><suffix>`` with their key, value and headers, plus headers naming
-    the error and the source topic/partition/offset; the record is acked only once that send was delivered."""
+    the error (``rxcqrs.error.type``, ``.message``, and ``.cause``: what the decoder raised, e.g.
+    ``UnknownSchemaError``) and the source topic/partition/offset; the record is acked only once that send was
+    delivered."""
 
     def __init__(self, sink: abc.ObserverBase[Any], suffix: str = ".dlq") -> None:
         self.sink = sink
@@ -32,6 +34,7 @@ class DeadLetters:
         headers = (*meta.headers,
                    ("rxcqrs.error.type", type(error).__name__.encode()),
                    ("rxcqrs.error.message", str(error).encode("utf-8", "replace")[:4000]),
+                   *((("rxcqrs.error.cause", type(error.__cause__).__name__.encode()),) if error.__cause__ else ()),
                    ("rxcqrs.source.topic", meta.topic.encode()),
                    ("rxcqrs.source.partition", str(meta.partition).encode()),
                    ("rxcqrs.source.offset", str(meta.offset).encode()))
@@ -57,6 +60,9 @@ def decode_(decoder: Decoder[T] | Callable[[bytes | None], T], *, require_uuid_k
             if require_uuid_key:
                 env.meta.key_uuid  # noqa: B018  (raises PoisonRecordError)
             value = decode(env.value)
+        except SchemaRegistryError as exc:  # the registry, not the record: nacked (delivered again, or a stop)
+            env.nack(exc)
+            return
         except Exception as exc:
             poison = exc if isinstance(exc, PoisonRecordError) else PoisonRecordError(
                 f"record {env.meta} is poison: {exc}")

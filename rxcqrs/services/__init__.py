@@ -1,4 +1,5 @@
-"""Real Apache Kafka 4.x and Apache Cassandra 5.0 on 127.0.0.1, fetched from Maven Central and started by rxcqrs.
+"""Real Apache Kafka 4.x and Apache Cassandra 5.0 (and, when asked for, a schema registry) on 127.0.0.1, fetched
+from Maven Central and started by rxcqrs.
 
 ``up()`` is idempotent: healthy servers that rxcqrs started (from any checkout: the home is per user) are
 reused; a port held by anything else is refused with a clear error. ``down()`` stops by recorded PID.
@@ -15,16 +16,16 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 from rxcqrs.exceptions import ServiceError, ServiceStartError
-from rxcqrs.services.jars import fetch_jars, file_lock, pinned_version
-from rxcqrs.services.java import find_java17
+from rxcqrs.services.jars import file_lock
 from rxcqrs.services.process import ServerState, check_ports_free, launch, terminate, wait_ready
-from rxcqrs.services.servers import SERVERS, CassandraServer, KafkaServer, Server
+from rxcqrs.services.servers import SERVERS, CassandraServer, KafkaServer, RegistryServer, Server
 from rxcqrs.services.settings import ServicesSettings
 
 __all__ = ["ServicesSettings", "ServerStatus", "up", "down", "status", "fetch", "KafkaServer", "CassandraServer",
-           "wait_until_cluster_ready"]
+           "RegistryServer", "wait_until_cluster_ready"]
 
-ALL = ("cassandra", "kafka")  # Cassandra first: it takes longest, Kafka starts meanwhile on a second core
+DEFAULT = ("cassandra", "kafka")  # what ``up`` starts unless asked: Cassandra first, it takes longest
+ALL = ("cassandra", "kafka", "registry")  # ``all``; the registry only when named
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,19 @@ def _servers(names: Iterable[str] | None, settings: ServicesSettings, *, found: 
 
     ``found``: the nodes that have a state file in the home, if any (``status`` and ``down`` see a cluster
     even when asked without ``--nodes``)."""
-    chosen = list(names or ALL)
+    chosen = list(names or DEFAULT)
+    if "all" in chosen:
+        chosen = list(ALL)
     unknown = [n for n in chosen if n not in SERVERS]
     if unknown:
-        raise ServiceError(f"unknown server(s) {unknown}; choose from {list(SERVERS)}")
+        raise ServiceError(f"unknown server(s) {unknown}; choose from {list(SERVERS)} or all")
+    if found and not names and (settings.home / "registry" / "server.json").exists():
+        chosen.append("registry")  # status and down see a registry that was started
     result = []
     for kind in (n for n in ALL if n in chosen):
+        if kind == "registry":  # one registry, whatever the cluster
+            result.append(SERVERS[kind](settings, 0))
+            continue
         nodes = set(settings.node_numbers)
         if found:
             on_disk = {0} if (settings.home / kind / "server.json").exists() else set()
@@ -76,7 +84,7 @@ def fetch(names: Iterable[str] | None = None, settings: ServicesSettings | None 
     """Download the jars (once per pinned version) without starting anything."""
     settings = settings or ServicesSettings.from_env()
     for server in _servers(names, settings):
-        fetch_jars(server.name, settings.jar_cache)
+        server.fetch()
 
 
 def _probe_status(server: Server, state: ServerState, *, whole_cluster: bool = False) -> ServerStatus:
@@ -128,9 +136,9 @@ def _reuse(server: Server, state: ServerState, say: Callable[[str], None]) -> Se
 def _launch(server: Server, settings: ServicesSettings, say: Callable[[str], None], grace: float = 0.0
             ) -> tuple[subprocess.Popen[bytes], ServerState]:
     check_ports_free(server.label, server.host, server.ports, grace)
-    java = find_java17(settings.java)
-    say(f"{server.label}: fetching jars for {pinned_version(server.name)} (cached after the first time)")
-    lib = fetch_jars(server.name, settings.jar_cache)
+    java = server.find_java()
+    say(f"{server.label}: fetching {server.version} (cached after the first time)")
+    lib = server.fetch()
     server.prepare(java, lib)
     say(f"{server.label}: starting on {server.host} ports {sorted(server.ports.values())}, log {server.log}")
     proc = launch(server.command(java, lib), server.log, cwd=server.dir)
@@ -214,7 +222,7 @@ def up(names: Iterable[str] | None = None, settings: ServicesSettings | None = N
     kinds = [group for group in kinds if group]
 
     def up_kind(group: list[Server]) -> list[ServerStatus]:
-        return _up_cluster(group, settings, say) if settings.nodes > 1 else [_up_one(group[0], settings, say)]
+        return _up_cluster(group, settings, say) if len(group) > 1 else [_up_one(group[0], settings, say)]
 
     if len(kinds) == 1:
         return up_kind(kinds[0])

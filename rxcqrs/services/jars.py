@@ -21,7 +21,7 @@ from typing import Iterator
 
 from rxcqrs.exceptions import MavenError
 
-__all__ = ["fetch_jars", "pom_text", "pinned_version", "file_lock"]
+__all__ = ["fetch_jars", "fetch_app", "pom_text", "pinned_version", "file_lock"]
 
 _COMPLETE = ".complete"
 
@@ -58,6 +58,57 @@ def _failed_artifacts(output: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _run_maven(cmd: list[str], what: str) -> None:
+    """Run ``mvn`` (once more after a failure that names no artifact: a network hiccup); raise
+    :class:`MavenError` with the failed artifacts and the output's tail."""
+    env = {**os.environ, "MAVEN_OPTS": "-Xmx512m"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0 and not _failed_artifacts(proc.stdout + proc.stderr):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        output = proc.stdout + proc.stderr
+        missing = _failed_artifacts(output)
+        reason = f"could not resolve {', '.join(missing)}" if missing else "failed"
+        tail = "\n".join(output.strip().splitlines()[-15:])
+        raise MavenError(f"Maven {reason} while fetching {what}:\n{tail}")
+
+
+def _maven() -> str:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise MavenError("Maven (mvn) is needed once to fetch the servers from Maven Central; install it (Debian: "
+                         "apt-get install maven) or put a filled jar cache at RXCQRS_JARS")
+    return mvn
+
+
+def fetch_app(name: str, artifact: str, jar_cache: Path) -> Path:
+    """Return the directory of an application published on Maven Central as one archive (``artifact``:
+    ``group:artifact:version:tar.gz:classifier``), fetched and unpacked once into the jar cache."""
+    import tarfile
+
+    home = jar_cache / f"{name}-{artifact.split(':')[2]}"
+    if (home / _COMPLETE).exists():
+        return home
+    mvn = _maven()
+    with file_lock(jar_cache / f".{name}.lock"):
+        if (home / _COMPLETE).exists():
+            return home
+        with tempfile.TemporaryDirectory(prefix=f"{name}-", dir=jar_cache) as work:
+            _run_maven([mvn, "-B", "-q", "dependency:copy", f"-Dartifact={artifact}", f"-DoutputDirectory={work}"],
+                       f"{name} ({artifact})")
+            archives = list(Path(work).glob("*.tar.gz"))
+            if not archives:
+                raise MavenError(f"Maven copied no archive for {name} ({artifact})")
+            staging = Path(work) / "app"
+            with tarfile.open(archives[0]) as archive:
+                archive.extractall(staging, filter="data")
+            (staging / _COMPLETE).write_text(f"{artifact}\n")
+            if home.exists():
+                shutil.rmtree(home)
+            staging.rename(home)
+    return home
+
+
 def fetch_jars(server: str, jar_cache: Path, *, quiet: bool = True) -> Path:
     """Return the lib directory with every jar ``server`` needs, fetching it with Maven if needed."""
     pom = pom_text(server)
@@ -65,10 +116,7 @@ def fetch_jars(server: str, jar_cache: Path, *, quiet: bool = True) -> Path:
     lib = jar_cache / f"{server}-{pinned_version(server)}-{digest}"
     if (lib / _COMPLETE).exists():
         return lib
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise MavenError(f"Maven (mvn) is needed once to fetch the {server} jars from Maven Central; "
-                         "install it (Debian: apt-get install maven) or put a filled jar cache at RXCQRS_JARS")
+    mvn = _maven()
     with file_lock(jar_cache / f".{server}.lock"):
         if (lib / _COMPLETE).exists():
             return lib
@@ -80,16 +128,7 @@ def fetch_jars(server: str, jar_cache: Path, *, quiet: bool = True) -> Path:
                    f"-DoutputDirectory={staging}"]
             if quiet:
                 cmd.insert(2, "-q")
-            env = {**os.environ, "MAVEN_OPTS": "-Xmx512m"}
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if proc.returncode != 0 and not _failed_artifacts(proc.stdout + proc.stderr):
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)  # once more: a network hiccup
-            if proc.returncode != 0:
-                output = proc.stdout + proc.stderr
-                missing = _failed_artifacts(output)
-                what = f"could not resolve {', '.join(missing)}" if missing else "failed"
-                tail = "\n".join(output.strip().splitlines()[-15:])
-                raise MavenError(f"Maven {what} while fetching the {server} jars (pom {server}-{digest}):\n{tail}")
+            _run_maven(cmd, f"the {server} jars (pom {server}-{digest})")
             jars = list(staging.glob("*.jar"))
             if not jars:
                 raise MavenError(f"Maven copied no jars for {server}")

@@ -1,4 +1,5 @@
-"""How to configure, launch and probe each server: Apache Kafka 4.x (KRaft) and Apache Cassandra 5.0."""
+"""How to configure, launch and probe each server: Apache Kafka 4.x (KRaft), Apache Cassandra 5.0 and the schema
+registry (Apicurio Registry 3, in-memory storage, its Confluent-compatible API under ``/apis/ccompat/v7``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from rxcqrs.exceptions import ServiceStartError
 from rxcqrs.services.settings import ServicesSettings
 
-__all__ = ["Server", "KafkaServer", "CassandraServer", "SERVERS"]
+__all__ = ["Server", "KafkaServer", "CassandraServer", "RegistryServer", "SERVERS"]
 
 
 def render(template: str, **values: object) -> str:
@@ -55,6 +56,25 @@ class Server(ABC):
     def marker(self) -> str:
         """A path on the command line that identifies this instance (its conf directory)."""
         return str(self.conf)
+
+    @property
+    def version(self) -> str:
+        """The pinned version that :meth:`fetch` gets."""
+        from rxcqrs.services.jars import pinned_version
+
+        return pinned_version(self.name)
+
+    def find_java(self) -> str:
+        """The ``java`` binary to run it with (a JDK 17 for Kafka and Cassandra)."""
+        from rxcqrs.services.java import find_java17
+
+        return find_java17(self.settings.java)
+
+    def fetch(self) -> Path:
+        """Its jars from Maven Central (once per pinned version, then from the jar cache)."""
+        from rxcqrs.services.jars import fetch_jars
+
+        return fetch_jars(self.name, self.settings.jar_cache)
 
     @abstractmethod
     def prepare(self, java: str, lib: Path) -> None:
@@ -281,4 +301,62 @@ class CassandraServer(Server):
             raise ServiceStartError(f"{self.label}: nodes not NORMAL in the ring yet: {sorted(wanted - normal)}")
 
 
-SERVERS: dict[str, type[Server]] = {"cassandra": CassandraServer, "kafka": KafkaServer}
+class RegistryServer(Server):
+    """Apicurio Registry, the Quarkus application Maven Central publishes as one archive; storage in memory (a
+    restart forgets every schema: a test and development registry). Needs Java 21+."""
+
+    name = "registry"
+    fatal_lines = ("Failed to start application",)
+    ARTIFACT = "io.apicurio:apicurio-registry-app:3.3.3:tar.gz:all"
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {"registry_port": self.settings.registry_port}
+
+    @property
+    def start_timeout(self) -> float:
+        return self.settings.registry_start_timeout
+
+    @property
+    def version(self) -> str:
+        return self.ARTIFACT.split(":")[2]
+
+    @property
+    def marker(self) -> str:
+        return f"-Dquarkus.http.port={self.settings.registry_port}"
+
+    def find_java(self) -> str:
+        from rxcqrs.services.java import find_java21
+
+        return find_java21(self.settings.registry_java)
+
+    def fetch(self) -> Path:
+        from rxcqrs.services.jars import fetch_app
+
+        return fetch_app(self.name, self.ARTIFACT, self.settings.jar_cache)
+
+    def prepare(self, java: str, lib: Path) -> None:
+        self.make_dirs()
+
+    def command(self, java: str, lib: Path) -> list[str]:
+        heap = self.settings.registry_heap
+        return [java, f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                f"-Djava.io.tmpdir={self.tmp}", f"-Dquarkus.http.host={self.host}", self.marker,
+                "-Dquarkus.http.access-log.enabled=false", "-jar", str(lib / "quarkus-run.jar")]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.settings.registry_port}"
+
+    def probe(self) -> str:
+        """The Confluent-compatible API answers, and the registry's own version."""
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/apis/ccompat/v7/subjects", timeout=5) as answer:
+            json.load(answer)
+        with urllib.request.urlopen(f"{self.url}/apis/registry/v3/system/info", timeout=5) as answer:
+            return str(json.load(answer).get("version", "unknown"))
+
+
+SERVERS: dict[str, type[Server]] = {"cassandra": CassandraServer, "kafka": KafkaServer, "registry": RegistryServer}

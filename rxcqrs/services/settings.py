@@ -39,6 +39,10 @@ def _port(value: Any, name: str) -> int:
     return port
 
 
+_PORTS = ("kafka_port", "kafka_controller_port", "cassandra_port", "cassandra_storage_port", "cassandra_jmx_port",
+          "registry_port")
+
+
 @dataclass(frozen=True)
 class ServicesSettings:
     """Everything ``rxcqrs services`` needs; build with :meth:`from_env` to honour ``RXCQRS_*``."""
@@ -52,24 +56,29 @@ class ServicesSettings:
     cassandra_port: int = 9042
     cassandra_storage_port: int = 7000
     cassandra_jmx_port: int = 7199
+    #: the schema registry (Apicurio Registry, Confluent-compatible API): started only when asked for
+    registry_port: int = 8081
     kafka_heap: str = "512m"
     cassandra_heap: str = "1g"
+    registry_heap: str = "256m"
     kafka_start_timeout: float = 120.0
     cassandra_start_timeout: float = 240.0
+    registry_start_timeout: float = 120.0
     stop_timeout: float = 60.0
     #: 1: one server of each kind; 3: a three-node Kafka and a three-node Cassandra on 127.0.0.1-3
     nodes: int = 1
     #: a JDK 17 ``java`` binary; found automatically when ``None``
     java: str | None = None
+    #: a JDK 21+ ``java`` binary for the registry; found automatically when ``None``
+    registry_java: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("kafka_port", "kafka_controller_port", "cassandra_port", "cassandra_storage_port",
-                     "cassandra_jmx_port"):
+        for name in _PORTS:
             object.__setattr__(self, name, _port(getattr(self, name), name))
         ports = [self.kafka_port, self.kafka_controller_port, self.cassandra_port,
-                 self.cassandra_storage_port, self.cassandra_jmx_port]
+                 self.cassandra_storage_port, self.registry_port, self.cassandra_jmx_port]
         if len(set(ports)) != len(ports):
-            raise ConfigError(f"the five service ports must differ, got {ports}")
+            raise ConfigError(f"the six service ports must differ, got {ports}")
         nodes = self.nodes
         if isinstance(nodes, str):
             nodes = int(nodes) if nodes.strip().isdigit() else 0
@@ -118,6 +127,11 @@ class ServicesSettings:
         return ",".join(f"{host}:{self.kafka_port}" for host in self.hosts)
 
     @property
+    def registry_url(self) -> str:
+        """The registry's Confluent-compatible API (what ``--schema-registry`` takes)."""
+        return f"http://{self.host}:{self.registry_port}/apis/ccompat/v7"
+
+    @property
     def contact_points(self) -> str:
         """Every Cassandra node, comma-separated (what ``--contact-points`` takes)."""
         return ",".join(f"{host}:{self.cassandra_port}" for host in self.hosts)
@@ -127,7 +141,8 @@ class ServicesSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "ServicesSettings":
-        """Read ``RXCQRS_HOME``, ``RXCQRS_JARS``, ``RXCQRS_NODES``, ``RXCQRS_KAFKA_PORT``, ... ."""
+        """Read ``RXCQRS_HOME``, ``RXCQRS_JARS``, ``RXCQRS_NODES``, ``RXCQRS_KAFKA_PORT``, ...,
+        ``RXCQRS_REGISTRY_PORT``, ``RXCQRS_REGISTRY_JAVA``, ``RXCQRS_REGISTRY_HEAP``."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         if env.get("RXCQRS_HOME"):
@@ -136,14 +151,15 @@ class ServicesSettings:
             values["jars"] = Path(env["RXCQRS_JARS"])
         if env.get("RXCQRS_JAVA"):
             values["java"] = env["RXCQRS_JAVA"]
-        for name in ("kafka_port", "kafka_controller_port", "cassandra_port", "cassandra_storage_port",
-                     "cassandra_jmx_port"):
+        if env.get("RXCQRS_REGISTRY_JAVA"):
+            values["registry_java"] = env["RXCQRS_REGISTRY_JAVA"]
+        for name in _PORTS:
             key = "RXCQRS_" + name.upper()
             if env.get(key):
                 values[name] = env[key]
         if env.get("RXCQRS_NODES"):
             values["nodes"] = env["RXCQRS_NODES"]
-        for name in ("kafka_heap", "cassandra_heap"):
+        for name in ("kafka_heap", "cassandra_heap", "registry_heap"):
             key = "RXCQRS_" + name.upper()
             if env.get(key):
                 values[name] = env[key]

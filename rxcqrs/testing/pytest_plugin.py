@@ -5,6 +5,8 @@ Fixtures:
 * ``rxcqrs_servers`` (session): the local Kafka and Cassandra, started if needed (``rxcqrs services up``)
   and never skipped: a failure to start is an error of every test that needs them;
 * ``rxcqrs_bootstrap`` (session): their Kafka bootstrap servers;
+* ``rxcqrs_registry`` (session): the schema registry's Confluent-compatible URL, started if needed
+  (``rxcqrs services up registry``; Java 21+), only for the tests that ask for it;
 * ``rxcqrs_topic``: a factory of uniquely named topics (``rxcqrs_topic(partitions=4)``), deleted afterwards
   with their ``.dlq``;
 * ``rxcqrs_group``: a unique consumer group id;
@@ -42,6 +44,15 @@ def rxcqrs_servers(rxcqrs_services_settings: Any) -> Any:
     from rxcqrs import services
 
     return services.up(settings=rxcqrs_services_settings)
+
+
+@pytest.fixture(scope="session")
+def rxcqrs_registry(rxcqrs_services_settings: Any) -> str:
+    """The schema registry, up and answering (started if needed): its ``/apis/ccompat/v7`` URL."""
+    from rxcqrs import services
+
+    services.up(["registry"], settings=rxcqrs_services_settings)
+    return str(rxcqrs_services_settings.registry_url)
 
 
 @pytest.fixture(scope="session")

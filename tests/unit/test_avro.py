@@ -120,3 +120,16 @@ def test_bad_configuration_is_a_config_error() -> None:
         AvroCodec(V1, framing="snappy")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         load_schema("{not json")
+
+
+def test_a_schema_registry_setting_that_cannot_work_is_refused_before_any_request() -> None:
+    with pytest.raises(ConfigError, match="not an http"):
+        AvroCodec(V1, schema_registry="localhost:8081")
+    with pytest.raises(ConfigError, match="leave framing out"):
+        AvroCodec(V1, schema_registry="http://127.0.0.1:9/apis/ccompat/v7", framing="raw")
+    with pytest.raises(ConfigError, match="schema_id comes from the registry"):
+        AvroCodec(V1, schema_registry="http://127.0.0.1:9/apis/ccompat/v7", subject="s-value", schema_id=3)
+    decoding = AvroCodec(V1, schema_registry="http://127.0.0.1:9/apis/ccompat/v7")  # no subject: decode only
+    assert decoding.framing == "confluent"
+    with pytest.raises(ConfigError, match="needs schema_id"):
+        decoding.encode({"name": "x"})

@@ -107,7 +107,9 @@ def test_a_bad_cassandra_setting_names_where_and_what_is_allowed(tmp_path: Path,
     (["--no-atomic-batches", "--merge-partitions", "3", "--write-protocol", "conditional"],
      {"atomic_batches": False, "merge_partitions": 3, "write_protocol": "conditional"}),
     (["--atomic-batches"], {"atomic_batches": True, "events_topic": None}),
-    (["--events-topic", "carts.events"], {"events_topic": "carts.events"}),
+    (["--events-topic", "carts.events"], {"events_topic": "carts.events", "schema_registry": None}),
+    (["--schema-registry", "http://127.0.0.1:8081/apis/ccompat/v7"],
+     {"schema_registry": "http://127.0.0.1:8081/apis/ccompat/v7"}),
 ])
 def test_the_consumer_flags_reach_its_config(monkeypatch: pytest.MonkeyPatch, flags: list[str],
                                              expected: dict[str, object]) -> None:
@@ -138,3 +140,26 @@ def test_a_bad_events_topic_is_one_line_naming_where(tmp_path: Path, source: str
     env = {"RXCQRS_EVENTS_TOPIC": value} if source == "env" else {}
     with pytest.raises(ConfigError, match=f"{where}.*is not a Kafka topic name"):
         load_config(str(path), environ=env)
+
+
+def test_the_schema_registry_comes_from_the_file_the_environment_or_the_flag(tmp_path: Path) -> None:
+    path = tmp_path / "rxcqrs.toml"
+    path.write_text('[kafka]\nschema_registry = "http://file:8081"\n')
+    assert load_config(str(path), environ={}).schema_registry == "http://file:8081"
+    assert "schema_registry" not in load_config(str(path), environ={}).kafka_options  # not a client option
+    assert load_config(str(path), environ={"RXCQRS_SCHEMA_REGISTRY": "https://env"}).schema_registry == "https://env"
+    assert load_config(str(path), environ={}, schema_registry="http://flag").schema_registry == "http://flag"
+    assert load_config(None, environ={}).schema_registry is None
+
+
+@pytest.mark.parametrize(("source", "value", "where"), [("file", '"registry:8081"', r"\[kafka\] schema_registry in"),
+                                                        ("file", "8081", r"\[kafka\] schema_registry in"),
+                                                        ("env", "ftp://x", "RXCQRS_SCHEMA_REGISTRY"),
+                                                        ("flag", "localhost", "--schema-registry")])
+def test_a_bad_schema_registry_is_one_line_naming_where(tmp_path: Path, source: str, value: str, where: str) -> None:
+    path = tmp_path / "rxcqrs.toml"
+    path.write_text(f"[kafka]\nschema_registry = {value}\n" if source == "file" else "")
+    env = {"RXCQRS_SCHEMA_REGISTRY": value} if source == "env" else {}
+    with pytest.raises(ConfigError, match=f"{where}.*is not an http\\(s\\) URL") as raised:
+        load_config(str(path), environ=env, schema_registry=value if source == "flag" else None)
+    assert "\n" not in str(raised.value)

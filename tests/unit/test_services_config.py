@@ -12,7 +12,7 @@ import pytest
 from rxcqrs.exceptions import ConfigError, JavaNotFoundError, MavenError
 from rxcqrs.services import ServicesSettings
 from rxcqrs.services.jars import fetch_jars, pinned_version
-from rxcqrs.services.java import find_java17
+from rxcqrs.services.java import find_java17, find_java21
 
 
 def test_ports_are_validated() -> None:
@@ -32,6 +32,36 @@ def test_a_java_that_is_not_17_is_refused(tmp_path: Path) -> None:
         find_java17(str(fake))
     with pytest.raises(JavaNotFoundError, match="not runnable"):
         find_java17(str(tmp_path / "missing"))
+
+
+def test_the_registry_needs_java_21_and_says_what_it_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = tmp_path / "java"
+    old.write_text('#!/bin/sh\necho \'openjdk version "17.0.12" 2024-07-16\' >&2\n')
+    old.chmod(0o755)
+    with pytest.raises(JavaNotFoundError, match=r"Java 21 or newer; found: .*java \(Java 17\).*RXCQRS_REGISTRY_JAVA"):
+        find_java21(str(old))
+    new = tmp_path / "java25"
+    new.write_text('#!/bin/sh\necho \'openjdk version "25.0.1" 2025-10-21\' >&2\n')
+    new.chmod(0o755)
+    assert find_java21(str(new)) == str(new)
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "nowhere"))
+    if Path("/usr/lib/jvm/temurin-25-jdk-amd64/bin/java").exists():  # this machine's image: the JDK beside 17
+        assert "25" in find_java21()
+
+
+def test_the_registry_is_started_only_when_asked_for() -> None:
+    from rxcqrs.services import _servers
+
+    settings = ServicesSettings(home=Path("/nonexistent-rxcqrs-home"))
+    assert [s.name for s in _servers(None, settings)] == ["cassandra", "kafka"]
+    assert [s.name for s in _servers(["all"], settings)] == ["cassandra", "kafka", "registry"]
+    assert [s.name for s in _servers(["registry"], settings.with_(nodes=3))] == ["registry"]
+    assert ServicesSettings.from_env({"RXCQRS_REGISTRY_PORT": "8095"}).registry_url == \
+        "http://127.0.0.1:8095/apis/ccompat/v7"
+    with pytest.raises(ConfigError, match="must differ"):
+        ServicesSettings(registry_port=9092)
+    with pytest.raises(ConfigError, match="registry_port"):
+        ServicesSettings.from_env({"RXCQRS_REGISTRY_PORT": "x"})
 
 
 def test_missing_maven_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

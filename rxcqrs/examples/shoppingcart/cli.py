@@ -54,10 +54,15 @@ def produce(args: argparse.Namespace) -> int:
     from rxcqrs.examples.shoppingcart.pipeline import publish_commands
     from rxcqrs.kafka import create_topics
 
+    if args.config.schema_registry:  # registered before anything is created: an incompatible schema stops here
+        from rxcqrs.examples.shoppingcart.codec import command_codec
+
+        command_codec(args.config.schema_registry, args.topic)
     create_topics({args.topic: args.partitions}, bootstrap_servers=args.config.kafka_bootstrap)
     commands = generate(args.carts, args.commands, args.seed)
     started = time.monotonic()
-    sent = publish_commands(commands, args.topic, args.partitions, args.config.producer())
+    sent = publish_commands(commands, args.topic, args.partitions, args.config.producer(),
+                            schema_registry=args.config.schema_registry)
     took = time.monotonic() - started
     print(f"produced {sent} commands for {args.carts} carts to {args.topic} ({args.partitions} partitions, "
           f"seed {args.seed}) in {took:.1f}s ({sent / max(took, 1e-9):.0f}/s)", flush=True)
@@ -117,11 +122,12 @@ def _consume(args: argparse.Namespace, session: Any) -> int:
     dead_letter_sink = KafkaSink(producer=args.config.producer())
     flow = start_pipeline(source, store, mode=args.mode, dead_letters=DeadLetters(dead_letter_sink),
                           merge_partitions=args.config.merge_partitions, atomic_batches=args.config.atomic_batches,
-                          producer=args.config.producer())
+                          producer=args.config.producer(), schema_registry=args.config.schema_registry)
     print(f"consuming {args.topic} as group {args.group} into keyspace {args.keyspace} ({args.mode}, "
           f"{'idempotent commands' if args.idempotent else 'read-modify-write commands: repair with compensate'}, "
           f"{store.write_protocol} writes, {source.consumer_settings.backend}"
-          f"{f', events to {events_topic}' if events_topic else ''})", flush=True)
+          f"{f', events to {events_topic}' if events_topic else ''}"
+          f"{f', schemas from {args.config.schema_registry}' if args.config.schema_registry else ''})", flush=True)
 
     progress = Progress(flow, window)
     server = serve_metrics(args.metrics_port, source) if args.metrics_port else None
@@ -345,6 +351,12 @@ def common_options() -> argparse.ArgumentParser:
                         help="publish every decided cart event to TOPIC (Avro, keyed by the cart; created with the "
                              "command topic's partitions if missing) before its command's writes: the query side's "
                              "event stream (default none, $RXCQRS_EVENTS_TOPIC or [kafka] events_topic)")
+    common.add_argument("--schema-registry", default=argparse.SUPPRESS, metavar="URL",
+                        help="a Confluent-compatible schema registry (rxcqrs services up registry: "
+                             "http://127.0.0.1:8081/apis/ccompat/v7): produce registers the command schema under "
+                             "<topic>-value and frames values in the Confluent wire format; consume resolves each "
+                             "value's writer schema to the command schema (default raw Avro, "
+                             "$RXCQRS_SCHEMA_REGISTRY or [kafka] schema_registry)")
     common.add_argument("--contact-points", default=argparse.SUPPRESS, metavar="HOST[:PORT],...",
                         help="Cassandra (default $RXCQRS_CASSANDRA_HOSTS or 127.0.0.1, port $RXCQRS_CASSANDRA_PORT "
                              "or 9042)")
@@ -444,7 +456,8 @@ def execute(args: argparse.Namespace, prog: str) -> int:
                                   write_protocol=getattr(args, "write_protocol", None),
                                   merge_partitions=getattr(args, "merge_partitions", None),
                                   atomic_batches=getattr(args, "atomic_batches", None),
-                                  events_topic=getattr(args, "events_topic", None))
+                                  events_topic=getattr(args, "events_topic", None),
+                                  schema_registry=getattr(args, "schema_registry", None))
         code = int(args.run(args))
         if getattr(args, "exit_at_once", False):
             sys.stdout.flush()

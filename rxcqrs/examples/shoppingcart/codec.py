@@ -26,5 +26,12 @@ def command_to_record(cmd: Command) -> dict[str, Any]:
     return {"action": cmd.action, "cart_id": cmd.cart_id, "owner_or_item": cmd.owner_or_item, "count": cmd.count}
 
 
-def command_codec() -> AvroCodec[Command]:
-    return AvroCodec.from_schema(SCHEMA, from_record=command_from_record, to_record=command_to_record)
+def command_codec(schema_registry: str | None = None, topic: str | None = None) -> AvroCodec[Command]:
+    """Raw Avro by default; with ``schema_registry`` (a URL) the Confluent wire format, and with ``topic`` too
+    the command schema registered under the topic's subject (for producing: an incompatible schema fails
+    here)."""
+    from rxcqrs.avro.registry import subject_of
+
+    return AvroCodec.from_schema(SCHEMA, from_record=command_from_record, to_record=command_to_record,
+                                 schema_registry=schema_registry,
+                                 subject=subject_of(topic) if schema_registry and topic else None)

@@ -24,18 +24,22 @@ __all__ = ["Mode", "MODES", "start_pipeline", "publish_commands"]
 
 def start_pipeline(source: Any, store: CartStore, *, mode: Mode = "batched", dead_letters: DeadLetters,
                    concurrency: int = CART_WRITES, merge_partitions: int = 10, atomic_batches: bool = True,
-                   producer: Any = None) -> Flow:
-    """Subscribe the example pipeline to ``source`` (a KafkaSource) and return the running :class:`Flow`."""
-    decoded = decode(command_codec(), require_uuid_key=True, dead_letters=dead_letters)
+                   producer: Any = None, schema_registry: str | None = None) -> Flow:
+    """Subscribe the example pipeline to ``source`` (a KafkaSource) and return the running :class:`Flow`;
+    with ``schema_registry`` (a URL) the commands are read in the Confluent wire format, each writer schema
+    resolved to the command schema."""
+    decoded = decode(command_codec(schema_registry), require_uuid_key=True, dead_letters=dead_letters)
     return aggregate_pipeline(source, decoded, store, mode=mode, name="carts", idempotent=store.idempotent,
                               max_concurrency=concurrency, merge_partitions=merge_partitions,
                               atomic_batches=atomic_batches, producer=producer)
 
 
 def publish_commands(commands: Iterable[Command], topic: str, partitions: int,
-                     producer: ProducerSettings | None = None, extra: Iterable[OutgoingRecord] = ()) -> int:
-    """Send commands with a KafkaSink: key = a fresh event id (UUID string), partition from the cart id."""
-    codec = command_codec()
+                     producer: ProducerSettings | None = None, extra: Iterable[OutgoingRecord] = (),
+                     schema_registry: str | None = None) -> int:
+    """Send commands with a KafkaSink: key = a fresh event id (UUID string), partition from the cart id; raw
+    Avro, or with ``schema_registry`` (a URL) the Confluent wire format under the topic's subject."""
+    codec = command_codec(schema_registry, topic)
     records = [OutgoingRecord(codec.encode(cmd), str(uuid.uuid4()).encode(), topic,
                               partition=partition_for(cmd.cart_id, partitions)) for cmd in commands]
     records += list(extra)
