@@ -41,3 +41,11 @@ def test_the_readme_examples_run_as_written_twice(title: str, servers: Any, caps
         if title == "Your own aggregate":
             assert out.strip().splitlines()[1] == \
                 "Account(balance=100) ['overdraft'] [Opened(), Deposited(amount=100)]", out
+
+
+def test_the_registry_example_runs_as_written_twice(rxcqrs_registry: str, capsys: Any) -> None:
+    """The example's URL is the default one, which the fixture started."""
+    assert rxcqrs_registry == "http://127.0.0.1:8081/apis/ccompat/v7"
+    for out in run_twice(example("Schemas in a registry"), capsys):
+        assert out.strip().splitlines() == ["[{'sensor': 'a', 'value': 7, 'unit': 'C'}, "
+                                            "{'sensor': 'b', 'value': 8, 'unit': 'K'}]", "True"], out
