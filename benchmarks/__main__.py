@@ -7,6 +7,7 @@ serial, not idempotent, a hand-written per-command loop and a naive loop), carts
 cart fall), sustained (200,000 commands over 2,000 carts: the batched contenders, and memory), scale
 (1..N consumer processes in one group; ``make bench-cluster`` runs it with 1, 2, 3 on a 3-node cluster,
 replication 3), ceiling (Cassandra alone), insert (decode -> INSERT), kafka (Kafka -> Kafka per backend),
+tracing (that copy with OpenTelemetry tracing off and on),
 projection (events/s into each read model of the carts, beside a hand-written loop doing the same writes).
 """
 
@@ -22,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("cart", "carts", "sustained", "scale", "ceiling", "insert", "kafka", "projection")
+SECTIONS = ("cart", "carts", "sustained", "scale", "ceiling", "insert", "kafka", "projection", "tracing")
 ROWS: list[dict[str, Any]] = []
 
 
@@ -255,6 +256,20 @@ def kafka(commands: int, rounds: int) -> None:
         verified=all(run["quixstreams_verified"] for run in runs))
 
 
+def tracing_cost(commands: int, rounds: int) -> None:
+    """CPU per record of the Kafka -> Kafka copy (confluent-kafka) with tracing off and on (every span made and
+    exported, to an exporter that drops them)."""
+    from benchmarks.pipes import kafka_to_kafka
+
+    topic = produce(200, commands)
+    runs = rotating(rounds, ("rxcqrs", "rxcqrs_traced"), lambda order: kafka_to_kafka(topic, commands, "confluent",
+                                                                                        order))
+    for name, label in (("rxcqrs", "off"), ("rxcqrs_traced", "on")):
+        row("tracing", f"KafkaSource -> KafkaSink (confluent), tracing {label}", median_of(runs, name),
+            cpu_us=round(median_of(runs, f"{name}_cpu_us"), 1), spread=spread_of(runs, name), rounds=rounds,
+            verified=all(run[f"{name}_verified"] for run in runs))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS))
@@ -297,6 +312,8 @@ def main() -> int:
                 from benchmarks.projection import projection_section
 
                 projection_section(session, args.commands, args.rounds, row, produce, drop)
+            elif section == "tracing":
+                tracing_cost(args.kafka_records, args.rounds)
             else:
                 kafka(args.kafka_records, args.rounds)
     finally:

@@ -186,6 +186,10 @@ def kafka_to_kafka(topic: str, total: int, backend: str, order: tuple[str, ...] 
         target = f"bench.out.{uuid.uuid4().hex[:6]}"
         create_topics({target: 8})
         started, cpu0 = time.perf_counter(), cpu()
+        if name == "rxcqrs_traced":
+            from rxcqrs import tracing
+
+            tracing.enable(_discarding_exporter())
         if name.startswith("rxcqrs"):
             sink = KafkaSink(target, ProducerSettings(backend=backend))  # type: ignore[arg-type]
             source = KafkaSource(topic, ConsumerSettings(group_id=f"g.{target}", backend=backend,  # type: ignore[arg-type]
@@ -194,6 +198,8 @@ def kafka_to_kafka(topic: str, total: int, backend: str, order: tuple[str, ...] 
             flow = run(source, map_value(lambda v: OutgoingRecord(v)), sink)
             _wait(lambda src=source: src.committer.records_committed() >= total, 600)
             flow.stop_and_wait()
+            if name == "rxcqrs_traced":
+                tracing.disable()  # every span exported (to nowhere): its cost is in the figure
         elif backend == "confluent":
             _bare_confluent(topic, target, total, acked=name == "bare_acked")
         else:
@@ -203,6 +209,17 @@ def kafka_to_kafka(topic: str, total: int, backend: str, order: tuple[str, ...] 
         out[f"{name}_cpu_us"] = (cpu() - cpu0) / total * 1e6
         out[f"{name}_verified"] = sum(end_offsets(target).values()) >= total
     return out
+
+
+def _discarding_exporter() -> Any:
+    """An OpenTelemetry exporter that drops what it gets: the cost of tracing without a collector's."""
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    class Discard(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    return Discard()
 
 
 def _bare_kafka_python(topic: str, target: str, total: int) -> None:

@@ -139,3 +139,16 @@ class GateTicket(Ticket):
 
     def live(self) -> bool:
         return self._gate.is_current(self._tp, self._epoch)
+
+
+class TracedGateTicket(GateTicket):
+    """A :class:`GateTicket` of a traced record (:mod:`rxcqrs.tracing`): a nack marks the record's span."""
+
+    __slots__ = ()
+
+    def nack(self, error: BaseException) -> None:
+        if not self._settled:
+            from rxcqrs import tracing
+
+            tracing.nacked(self._tp, self._offset, error)
+        super().nack(error)

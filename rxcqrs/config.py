@@ -18,14 +18,18 @@
     atomic_batches = true                 # fenced: a batch's rows of every step as one logged request
     username = "app"
     password = "..."                      # masked in every repr and error
+    [tracing]
+    exporter = "otlp"                     # or "console"; OpenTelemetry spans per record (default: off)
+    endpoint = "http://collector:4318/v1/traces"  # otlp only (default $OTEL_EXPORTER_OTLP_ENDPOINT)
 
 Environment: ``RXCQRS_KAFKA_BOOTSTRAP``, ``RXCQRS_KAFKA_BACKEND``, ``RXCQRS_CASSANDRA_HOSTS``,
 ``RXCQRS_CASSANDRA_PORT``, ``RXCQRS_CASSANDRA_LOCAL_DC``, ``RXCQRS_CASSANDRA_CONSISTENCY``,
 ``RXCQRS_CASSANDRA_SERIAL_CONSISTENCY``, ``RXCQRS_WRITE_PROTOCOL``, ``RXCQRS_MERGE_PARTITIONS``,
-``RXCQRS_ATOMIC_BATCHES``, ``RXCQRS_EVENTS_TOPIC``, ``RXCQRS_SCHEMA_REGISTRY``. Flags: ``--bootstrap-servers``,
+``RXCQRS_ATOMIC_BATCHES``, ``RXCQRS_EVENTS_TOPIC``, ``RXCQRS_SCHEMA_REGISTRY``, ``RXCQRS_TRACE``. Flags:
+``--bootstrap-servers``,
 ``--kafka-backend``, ``--contact-points``, ``--local-dc``, ``--consistency``, ``--serial-consistency``,
 ``--write-protocol``, ``--merge-partitions``, ``--atomic-batches`` / ``--no-atomic-batches``, ``--events-topic``,
-``--schema-registry``.
+``--schema-registry``, ``--trace``.
 """
 
 from __future__ import annotations
@@ -82,6 +86,9 @@ class Config:
     events_topic: str | None = None
     #: the schema registry's Confluent-compatible URL: commands in the Confluent wire format (None: raw Avro)
     schema_registry: str | None = None
+    #: OpenTelemetry tracing: None (off), "console" or "otlp" (to ``trace_endpoint``)
+    trace: str | None = None
+    trace_endpoint: str | None = None
     source: str = "defaults"
 
     __repr__ = redacted_repr
@@ -141,14 +148,27 @@ def load_config(path: str | None = None, *, bootstrap_servers: str | None = None
                 serial_consistency: str | None = None, local_dc: str | None = None,
                 write_protocol: str | None = None, merge_partitions: int | None = None,
                 atomic_batches: bool | None = None, events_topic: str | None = None,
-                schema_registry: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+                schema_registry: str | None = None, trace: str | None = None,
+                environ: Mapping[str, str] | None = None) -> Config:
     """The file (``path`` or ``$RXCQRS_CONFIG``), then the environment, then these explicit values."""
     env = os.environ if environ is None else environ
     file = path or env.get("RXCQRS_CONFIG")
     data = _read_toml(Path(file)) if file else {}
-    unknown = set(data) - {"kafka", "cassandra"}
+    unknown = set(data) - {"kafka", "cassandra", "tracing"}
     if unknown:
-        raise ConfigError(f"config file {file}: unknown tables {sorted(unknown)}; use [kafka] and [cassandra]")
+        raise ConfigError(f"config file {file}: unknown tables {sorted(unknown)}; use [kafka], [cassandra] and "
+                          "[tracing]")
+    traced = dict(data.get("tracing", {}))
+    exporter = trace or env.get("RXCQRS_TRACE") or traced.pop("exporter", None)
+    traced.pop("exporter", None)
+    if exporter is not None and exporter not in ("console", "otlp"):
+        where = ("--trace" if trace else "RXCQRS_TRACE" if env.get("RXCQRS_TRACE")
+                 else f"[tracing] exporter in {file}")
+        raise ConfigError(f"{where}: the trace exporter must be console or otlp, got {exporter!r}")
+    endpoint = traced.pop("endpoint", None)
+    if traced or (endpoint is not None and not isinstance(endpoint, str)):
+        raise ConfigError(f"config file {file}: [tracing] takes exporter and endpoint (a URL), got "
+                          f"{sorted(traced) or ['endpoint = ' + repr(endpoint)]}")
     kafka = dict(data.get("kafka", {}))
     cassandra = dict(data.get("cassandra", {}))
     bootstrap = bootstrap_servers or env.get("RXCQRS_KAFKA_BOOTSTRAP") or kafka.pop("bootstrap_servers", None)
@@ -203,7 +223,7 @@ def load_config(path: str | None = None, *, bootstrap_servers: str | None = None
     atomic = _atomic_batches(atomic_batches, env, cassandra.pop("atomic_batches", None), file)
     return Config(bootstrap, backend, kafka, hosts, port, cassandra, write_protocol=protocol,
                   merge_partitions=merge, atomic_batches=atomic, events_topic=events, schema_registry=registry,
-                  source=file or "defaults")
+                  trace=exporter, trace_endpoint=endpoint, source=file or "defaults")
 
 
 def _atomic_batches(flag: bool | None, env: Mapping[str, str], in_file: Any, file: str | None) -> bool:

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Generic, Hashable, Iterable, Mapping, Protocol, Sequence, TypeVar
 
+from rxcqrs import tracing
 from rxcqrs.backoff import Backoff
 from rxcqrs.cassandra.executor import was_applied
 from rxcqrs.cassandra.fence import Fence, WriteProtocol, check_protocol, write_timestamp
@@ -694,9 +695,12 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         return entry[0]
 
     # -- the steps of a batch (driver callback threads) ---------------------------------------------------
-    def _request(self, statement: Any, done: Callable[[Any], None], failed: Callable[..., None]) -> bool:
-        """Send ``statement``: ``done(rows)`` or ``failed(error)`` later, from a driver thread; if it cannot be
-        sent, ``failed(error, sent=False)`` at once and False."""
+    def _request(self, statement: Any, done: Callable[[Any], None], failed: Callable[..., None],
+                 batches: Sequence[_Batch] = ()) -> bool:
+        """Send ``statement`` (for ``batches``): ``done(rows)`` or ``failed(error)`` later, from a driver thread;
+        if it cannot be sent, ``failed(error, sent=False)`` at once and False."""
+        if tracing.ACTIVE and batches:
+            done, failed = _traced_request(batches, done, failed)
         try:
             future = self.session.execute_async(statement)
         except Exception as exc:
@@ -710,7 +714,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         def failed(error: BaseException, sent: bool = sent_is_unknown) -> None:
             self._failed(batch, error, sent=sent)
 
-        self._request(statement, lambda rows: self._hand(lambda: on_rows(rows)), failed)
+        self._request(statement, lambda rows: self._hand(lambda: on_rows(rows)), failed, (batch,))
 
     def _read(self, batch: _Batch, serial: bool = False) -> None:
         batch.step = "resolve" if serial else "read"
@@ -777,7 +781,8 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                     if self.log_events:
                         records += decision.records
                     if decision.published and self.publisher is not None:
-                        published += decision.published
+                        published += [tracing.traced(r, meta) for r in decision.published] if tracing.ACTIVE \
+                            else decision.published
                 applied[meta.partition] = max(meta.offset, applied.get(meta.partition, -1))
                 last_offset = meta.offset
             if last_offset is None:  # every record was already applied: only log the redeliveries
@@ -934,7 +939,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             self._failed(batch, error, sent=sent, again=lambda: self._run_all(batch, statements, then))
 
         for statement in statements:
-            if not self._request(statement, done, retry_all):
+            if not self._request(statement, done, retry_all, (batch,)):
                 return
 
     def _flush(self) -> None:
@@ -1011,7 +1016,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 again = _then_send(self._send_logged, item) if logged else _then_send(self._run_all, item)
                 self._failed(item[0], error, sent=sent, again=again)
 
-        self._request(request, done, failed)
+        self._request(request, done, failed, [batch for batch, _s, _t in chunk])
 
     def _send_reads(self, batches: list[_Batch]) -> None:
         """One request reading the entities of ``batches``; each batch goes on with its entity's rows. A failure
@@ -1043,7 +1048,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             for batch in batches:
                 self._failed(batch, error, sent=False)
 
-        self._request(statement, done, failed)
+        self._request(statement, done, failed, batches)
 
     def _send_logged(self, batch: _Batch, statements: list[Any], then: Callable[[], None]) -> None:
         """One batch's atomic writes as a logged request of their own."""
@@ -1167,3 +1172,20 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         self._fence_requests.put(None)
         if self.publisher is not None:  # the engine owns its publisher
             self.publisher.close(failed=self.upstream_error is not None)
+
+
+def _traced_request(batches: Sequence[_Batch], done: Callable[[Any], None], failed: Callable[..., None]
+                    ) -> tuple[Callable[[Any], None], Callable[..., None]]:
+    """``done`` and ``failed`` that first end a span of the request (:mod:`rxcqrs.tracing`) with its outcome."""
+    metas = [env.meta for batch in batches for env in batch.envelopes[:1]]
+    span = tracing.request(batches[0].step, metas, sum(len(b.envelopes) for b in batches))
+
+    def traced_done(rows: Any) -> None:
+        tracing.request_done(span, "answered")
+        done(rows)
+
+    def traced_failed(error: BaseException, sent: bool = True) -> None:
+        tracing.request_done(span, classify(error, sent=sent).value)
+        failed(error, sent=sent)
+
+    return traced_done, traced_failed

@@ -22,7 +22,8 @@ import threading
 import time
 from typing import Callable
 
-from rxcqrs.acks import GateTicket, Ticket
+from rxcqrs import tracing
+from rxcqrs.acks import GateTicket, Ticket, TracedGateTicket
 from rxcqrs.commit import CommitGate, Failure
 from rxcqrs.exceptions import CommitError, FlowError, GroupMovedOnError, RetriesExhaustedError, is_permanent
 from rxcqrs.kafka.client import ConsumerClient
@@ -88,6 +89,8 @@ class Committer:
     # -- the poll thread ----------------------------------------------------------------------------------
     def ticket(self, tp: TopicPartition, epoch: int, offset: int, count: Callable[[str, int], None]) -> Ticket:
         """The ticket of a record the gate accepted (``gate.emit``); it settles the record from any thread."""
+        if tracing.ACTIVE:
+            return TracedGateTicket(self.gate, tp, epoch, offset, count)
         return GateTicket(self.gate, tp, epoch, offset, count)
 
     def maybe_commit(self, client: ConsumerClient, *, batch_done: bool = False, force: bool = False,
@@ -117,6 +120,8 @@ class Committer:
 
     def _committed_now(self, offsets: dict[TopicPartition, int]) -> None:
         self.gate.mark_committed(offsets)
+        if tracing.ACTIVE:
+            tracing.committed(offsets)
         with self._lock:
             for tp, offset in offsets.items():
                 before = self._committed.get(tp)
@@ -189,6 +194,8 @@ class Committer:
         settled = self.stopping_now or self.gate.wait_settled(tps, self.settings.revoke_settle_timeout)
         offsets = self.gate.revoke(tps)
         self._tell(self._revoke_listeners, tps, "a revoke")
+        if tracing.ACTIVE:  # records past the commit on revoke are delivered again
+            tracing.revoked(tps, offsets)
         self.metrics.incr("revoked", len(tps))
         log.info("%s: revoked %s (settled: %s), committing %s", self.name, sorted(tps), settled, _show(offsets))
         return offsets
@@ -229,6 +236,8 @@ class Committer:
 
     def lost(self, tps: list[TopicPartition]) -> None:
         self.gate.revoke(tps)
+        if tracing.ACTIVE:
+            tracing.revoked(tps)
         self._tell(self._revoke_listeners, tps, "a revoke")
         self.metrics.incr("lost", len(tps))
         log.warning("%s: lost %s (the member was dropped from the group)", self.name, sorted(tps))

@@ -15,6 +15,7 @@ import logging
 import threading
 from typing import Any, Callable, Union
 
+from rxcqrs import tracing
 from rxcqrs.acks import Ticket
 from rxcqrs.backoff import Backoff
 from rxcqrs.exceptions import ConfigError, DeliveryError, TopicNotFoundError
@@ -74,6 +75,8 @@ class KafkaSink(SinkBase):
         env = item if isinstance(item, Envelope) else None
         value = env.value if env is not None else item
         record = value if isinstance(value, OutgoingRecord) else OutgoingRecord(value)
+        if tracing.ACTIVE and env is not None:
+            record = tracing.traced(record, env.meta)
         topic = record.topic or self.topic
         error = self._refusal(topic)
         if error is not None:
@@ -89,6 +92,8 @@ class KafkaSink(SinkBase):
         """Every topic of ``batch`` is checked first (one that cannot be sent to nacks the batch and nothing is
         sent), then every record is sent; the batch is one request in flight until each record's outcome."""
         records = [v if isinstance(v, OutgoingRecord) else OutgoingRecord(v) for v in batch.values]
+        if tracing.ACTIVE and batch.records:
+            records = [tracing.traced(r, source) for r, source in zip(records, batch.records, strict=True)]
         default = self.topic
         for topic in {record.topic or default for record in records}:
             error = self._refusal(topic)

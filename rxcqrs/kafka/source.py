@@ -33,6 +33,7 @@ import reactivex
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
+from rxcqrs import tracing
 from rxcqrs.exceptions import DrainTimeoutError, FlowError, GroupMovedOnError, TopicNotFoundError
 from rxcqrs.kafka.client import ConsumerClient, Record
 from rxcqrs.kafka.committer import Committer
@@ -419,6 +420,9 @@ class KafkaSource:
             if ticket_epoch is None:
                 continue
             emitted += take
+            if tracing.ACTIVE:
+                for record in run:
+                    tracing.record_started(record)
             ticket = self.committer.ticket(tp, ticket_epoch, first, self.metrics.incr)
             try:
                 observer.on_next(Batch([record.value for record in run], run, ticket))
@@ -431,6 +435,8 @@ class KafkaSource:
     def _emit(self, observer: abc.ObserverBase[Envelope[bytes | None]], tp: TopicPartition, epoch: int,
               record: Record) -> None:
         meta = RecordMetadata.of(record)
+        if tracing.ACTIVE:
+            tracing.record_started(record)
         ticket = self.committer.ticket(tp, epoch, record.offset, self.metrics.incr)
         try:
             observer.on_next(Envelope(record.value, meta, ticket))

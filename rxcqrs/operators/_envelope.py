@@ -8,6 +8,7 @@ from typing import Any, Callable
 import reactivex
 from reactivex import Observable, abc
 
+from rxcqrs import tracing
 from rxcqrs.exceptions import RxCqrsError, StageError
 from rxcqrs.messages import Batch, Envelope
 from rxcqrs.operators._batch import batch_aware
@@ -53,6 +54,7 @@ def envelope_operator(handle: Handler, name: str, handle_batch: BatchHandler | N
         def subscribe(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None = None
                       ) -> abc.DisposableBase:
             def on_next(env: Envelope[Any]) -> None:
+                span = tracing.stage(name, env.meta) if tracing.ACTIVE else None
                 try:
                     handle(env, observer)
                 except _Downstream as wrapped:
@@ -60,6 +62,9 @@ def envelope_operator(handle: Handler, name: str, handle_batch: BatchHandler | N
                 except Exception as exc:
                     env.count(f"{name}_errors")
                     env.nack(stage_error(name, env, exc))
+                finally:
+                    if span is not None:
+                        span.end()
 
             if handle_batch is None:
                 return source.subscribe(on_next, observer.on_error, observer.on_completed, scheduler=scheduler)
@@ -69,6 +74,7 @@ def envelope_operator(handle: Handler, name: str, handle_batch: BatchHandler | N
                 if type(item) is not Batch:
                     on_next(item)
                     return
+                span = tracing.stage(name, item.records[0]) if tracing.ACTIVE and item.records else None
                 try:
                     take_batch(item, observer, on_next)
                 except _Downstream as wrapped:
@@ -76,6 +82,9 @@ def envelope_operator(handle: Handler, name: str, handle_batch: BatchHandler | N
                 except Exception as exc:
                     item.count(f"{name}_errors")
                     item.nack(stage_error(name, item, exc))
+                finally:
+                    if span is not None:
+                        span.end()
 
             return source.subscribe(on_item, observer.on_error, observer.on_completed, scheduler=scheduler)
 

@@ -109,7 +109,8 @@ def test_a_bad_cassandra_setting_names_where_and_what_is_allowed(tmp_path: Path,
     (["--atomic-batches"], {"atomic_batches": True, "events_topic": None}),
     (["--events-topic", "carts.events"], {"events_topic": "carts.events", "schema_registry": None}),
     (["--schema-registry", "http://127.0.0.1:8081/apis/ccompat/v7"],
-     {"schema_registry": "http://127.0.0.1:8081/apis/ccompat/v7"}),
+     {"schema_registry": "http://127.0.0.1:8081/apis/ccompat/v7", "trace": None}),
+    (["--trace", "console"], {"trace": "console"}),
 ])
 def test_the_consumer_flags_reach_its_config(monkeypatch: pytest.MonkeyPatch, flags: list[str],
                                              expected: dict[str, object]) -> None:
@@ -162,4 +163,28 @@ def test_a_bad_schema_registry_is_one_line_naming_where(tmp_path: Path, source: 
     env = {"RXCQRS_SCHEMA_REGISTRY": value} if source == "env" else {}
     with pytest.raises(ConfigError, match=f"{where}.*is not an http\\(s\\) URL") as raised:
         load_config(str(path), environ=env, schema_registry=value if source == "flag" else None)
+    assert "\n" not in str(raised.value)
+
+
+def test_tracing_comes_from_the_file_the_environment_or_the_flag(tmp_path: Path) -> None:
+    path = tmp_path / "rxcqrs.toml"
+    path.write_text('[tracing]\nexporter = "otlp"\nendpoint = "http://collector:4318/v1/traces"\n')
+    loaded = load_config(str(path), environ={})
+    assert (loaded.trace, loaded.trace_endpoint) == ("otlp", "http://collector:4318/v1/traces")
+    assert load_config(str(path), environ={"RXCQRS_TRACE": "console"}).trace == "console"
+    assert load_config(str(path), environ={"RXCQRS_TRACE": "otlp"}, trace="console").trace == "console"
+    assert load_config(None, environ={}).trace is None
+
+
+@pytest.mark.parametrize(("text", "env", "where"), [
+    ('[tracing]\nexporter = "jaeger"\n', {}, r"\[tracing\] exporter in .*console or otlp"),
+    ("", {"RXCQRS_TRACE": "zipkin"}, "RXCQRS_TRACE: .*console or otlp"),
+    ('[tracing]\nexporter = "otlp"\nsampler = 0.1\n', {}, r"\[tracing\] takes exporter and endpoint"),
+])
+def test_a_bad_tracing_setting_is_one_line_naming_where(tmp_path: Path, text: str, env: dict[str, str],
+                                                        where: str) -> None:
+    path = tmp_path / "rxcqrs.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=where) as raised:
+        load_config(str(path), environ=env)
     assert "\n" not in str(raised.value)

@@ -357,6 +357,11 @@ def common_options() -> argparse.ArgumentParser:
                              "<topic>-value and frames values in the Confluent wire format; consume resolves each "
                              "value's writer schema to the command schema (default raw Avro, "
                              "$RXCQRS_SCHEMA_REGISTRY or [kafka] schema_registry)")
+    common.add_argument("--trace", default=argparse.SUPPRESS, choices=["console", "otlp"],
+                        help="OpenTelemetry spans per record, children of the producer's traceparent: printed "
+                             "(console) or sent to a collector (otlp, $OTEL_EXPORTER_OTLP_ENDPOINT or [tracing] "
+                             "endpoint); needs pip install 'rxcqrs[tracing]' (default off, $RXCQRS_TRACE or "
+                             "[tracing] exporter)")
     common.add_argument("--contact-points", default=argparse.SUPPRESS, metavar="HOST[:PORT],...",
                         help="Cassandra (default $RXCQRS_CASSANDRA_HOSTS or 127.0.0.1, port $RXCQRS_CASSANDRA_PORT "
                              "or 9042)")
@@ -457,8 +462,18 @@ def execute(args: argparse.Namespace, prog: str) -> int:
                                   merge_partitions=getattr(args, "merge_partitions", None),
                                   atomic_batches=getattr(args, "atomic_batches", None),
                                   events_topic=getattr(args, "events_topic", None),
-                                  schema_registry=getattr(args, "schema_registry", None))
-        code = int(args.run(args))
+                                  schema_registry=getattr(args, "schema_registry", None),
+                                  trace=getattr(args, "trace", None))
+        if args.config.trace:
+            from rxcqrs import tracing
+
+            tracing.enable(args.config.trace, service_name=f"rxcqrs {args.run.__name__}",
+                           endpoint=args.config.trace_endpoint)
+        try:
+            code = int(args.run(args))
+        finally:
+            if args.config.trace:
+                tracing.disable()  # every span exported before the exit
         if getattr(args, "exit_at_once", False):
             sys.stdout.flush()
             sys.stderr.flush()
