@@ -49,3 +49,10 @@ def test_the_registry_example_runs_as_written_twice(rxcqrs_registry: str, capsys
     for out in run_twice(example("Schemas in a registry"), capsys):
         assert out.strip().splitlines() == ["[{'sensor': 'a', 'value': 7, 'unit': 'C'}, "
                                             "{'sensor': 'b', 'value': 8, 'unit': 'K'}]", "True"], out
+
+
+def test_the_tracing_example_runs_as_written_twice(servers: Any, capsys: Any) -> None:
+    for out in run_twice(example("Tracing a command"), capsys):
+        metrics, names = out.strip().splitlines()
+        assert ast.literal_eval(metrics)["committed"] == 100, out
+        assert names == "['map_value', 'process pings'] {'0af7651916cd43dd8448eb211c80319c'}", out
