@@ -146,11 +146,13 @@ def project(events_topic: str, aggregate: Decider[Any, Any, Any], views: Sequenc
     """Fold ``aggregate``'s event stream ``events_topic`` (as ``cqrs(..., events=...)`` publishes it) into
     ``views`` (:class:`~rxcqrs.cassandra.projection.EntityView` and ``TotalsView``) in ``keyspace``, as
     consumer group ``group`` (default ``<events_topic>.<name>``); ``name`` (default ``<aggregate>_views``)
-    prefixes the projection's own tables. Returns the running flow."""
+    prefixes the projection's own tables; a stream record that is not an event goes to ``<events_topic>.dlq``.
+    Returns the running flow."""
     from rxcqrs.cassandra.decider_store import DeciderStore
     from rxcqrs.cassandra.projection import Projection
     from rxcqrs.flow import run
-    from rxcqrs.kafka import KafkaSource, SourceSettings
+    from rxcqrs.kafka import KafkaSink, KafkaSource, SourceSettings, create_topics
+    from rxcqrs.operators import DeadLetters
 
     config = config or load_config()
     session = _session(config)
@@ -162,7 +164,8 @@ def project(events_topic: str, aggregate: Decider[Any, Any, Any], views: Sequenc
         projection.create_schema()
     source = source or KafkaSource(events_topic, config.consumer(group or f"{events_topic}.{name}"),
                                    SourceSettings(failure_policy="rewind"))  # a failed write: back off, again
-    return run(source, projection.sink())
+    create_topics([events_topic + ".dlq"], bootstrap_servers=config.kafka_bootstrap)  # what is not an event
+    return run(source, projection.sink(dead_letters=DeadLetters(KafkaSink(producer=config.producer()))))
 
 
 def _aggregate_flow(topic: str, model: Any, aggregate: Decider[Any, Any, Any], keyspace: str | None,

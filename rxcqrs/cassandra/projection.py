@@ -26,7 +26,8 @@ partition in offset order, reads what it has not cached (the cache of a partitio
 assignment and revoke), writes, and acks once every write of the records succeeded. Transient errors and
 unknown outcomes are retried with the backoff (every write is idempotent), the records projected again from
 what Cassandra holds; past the backoff they are nacked as transient (the source rewinds and delivers them
-again); a permanent error (a record that is not an event, a refused request) nacks them as permanent.
+again); a permanent error (a refused request) nacks them as permanent. A record that is not an event of the
+stream goes to the dead letters (``dead_letters``), or fails as permanent without them.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ from rxcqrs.cassandra.identifiers import identifier, qualified
 from rxcqrs.cassandra.outcomes import Outcome, classify
 from rxcqrs.cassandra.retrying import exhausted
 from rxcqrs.cassandra.schema import create_keyspace, create_table, prepare
-from rxcqrs.exceptions import ConfigError, PermanentStageError, SerializationError, StageError
+from rxcqrs.exceptions import ConfigError, PermanentStageError, PoisonRecordError, SerializationError, StageError
 from rxcqrs.messages import Envelope, TopicPartition
+from rxcqrs.operators import DeadLetters
 from rxcqrs.sink import SinkBase
 
 __all__ = ["EntityView", "TotalsView", "Projection", "ProjectionSink"]
@@ -183,9 +185,11 @@ class ProjectionSink(SinkBase):
     """Folds envelopes of stream records into the projection's views (see the module for the guarantees)."""
 
     def __init__(self, projection: Projection, *, group: str | None = None, backoff: Backoff | None = None,
-                 max_records: int = 2000, partition_records: int = 200, fence_timeout: float = 30.0) -> None:
+                 max_records: int = 2000, partition_records: int = 200, fence_timeout: float = 30.0,
+                 dead_letters: DeadLetters | None = None) -> None:
         super().__init__()
         self.projection = projection
+        self.dead_letters = dead_letters
         self.group = group
         self.backoff = backoff or Backoff(0.05, 10.0)
         self.max_records = max_records
@@ -279,18 +283,20 @@ class ProjectionSink(SinkBase):
             self._queue.extendleft(reversed(later))
         if not taken:
             return False
-        groups = [(tp, live) for tp, envelopes in by_partition.items() if (live := self._drop_stale(envelopes))]
+        groups = [(tp, *self._decoded(live)) for tp, envelopes in by_partition.items()
+                  if (live := self._drop_stale(envelopes))]
+        groups = [(tp, live, events) for tp, live, events in groups if live]
         if not groups:
             return True
         try:
-            built = [(tp, live, *self._build(tp, live)) for tp, live in groups]
+            built = [(tp, live, *self._build(tp, live, events)) for tp, live, events in groups]
             self._execute([s for *_x, statements in built for s in statements], groups[0][1][0])
         except Exception as exc:
             log.info("projection %s: a turn failed (%r); each partition again on its own", self.projection.name, exc)
-            for tp, live in groups:
+            for tp, live, events in groups:
                 self._forget([tp])
                 try:
-                    self._project(tp, live)
+                    self._project(tp, live, events)
                 except Exception as error:  # never let one partition's failure stop the worker
                     log.warning("projection %s: %s failed: %r", self.projection.name, tp, error)
                     self._settle(tp, live, self._as_stage_error(error, live[0]))
@@ -299,6 +305,34 @@ class ProjectionSink(SinkBase):
             part.next_offset = live[-1].meta.offset + 1
             self._settle(tp, live, None)
         return True
+
+    def _decoded(self, envelopes: list[Envelope[Any]]) -> tuple[list[Envelope[Any]], list[StreamEvent[Any, Any]]]:
+        """The records that are events of the stream, decoded. One that is not goes to the dead letters (acked
+        once it was delivered there) with ``dead_letters``; without, it fails as permanent, with the records
+        after it in its partition (they are delivered again), so nothing passes it."""
+        live: list[Envelope[Any]] = []
+        events: list[StreamEvent[Any, Any]] = []
+        for i, env in enumerate(envelopes):
+            try:
+                event = self.projection.stream.decode(env.value)
+            except SerializationError as exc:
+                poison = PoisonRecordError(f"projection {self.projection.name}: {env.meta} is not an event of "
+                                           f"{self.projection.stream.topic}: {exc}")
+                poison.__cause__ = exc
+                if self.dead_letters is None:
+                    env.nack(poison)
+                    later = envelopes[i + 1:]
+                    for after in later:
+                        after.nack(StageError(f"projection {self.projection.name}: {after.meta} follows a record "
+                                              "that failed"))
+                    self._end(1 + len(later))
+                    break
+                self.dead_letters.send(env, poison)
+                self._end()
+                continue
+            live.append(env)
+            events.append(event)
+        return live, events
 
     def _settle(self, tp: TopicPartition, envelopes: list[Envelope[Any]], error: BaseException | None) -> None:
         if error is not None:
@@ -333,14 +367,14 @@ class ProjectionSink(SinkBase):
         error.__cause__ = exc
         return error
 
-    def _project(self, tp: TopicPartition, live: list[Envelope[Any]]) -> None:
+    def _project(self, tp: TopicPartition, live: list[Envelope[Any]], events: list[StreamEvent[Any, Any]]) -> None:
         """Project the records; after a transient error or an unknown outcome (every write is idempotent) again
         from what Cassandra holds (the partition's cache may hold what was not written), until the backoff
         gives up or the sink stops."""
         attempt = 0
         while True:
             try:
-                self._project_once(tp, live)
+                self._project_once(tp, live, events)
                 return
             except Exception as exc:
                 error = self._as_stage_error(exc, live[0])
@@ -355,16 +389,17 @@ class ProjectionSink(SinkBase):
                 log.info("projection %s: %s failed (%r); again in %.2fs", self.projection.name, tp, exc, delay)
                 self._halt.wait(delay)  # the worker's own thread; abandon() cuts it short
 
-    def _project_once(self, tp: TopicPartition, live: list[Envelope[Any]]) -> None:
-        part, statements = self._build(tp, live)
+    def _project_once(self, tp: TopicPartition, live: list[Envelope[Any]], events: list[StreamEvent[Any, Any]]
+                      ) -> None:
+        part, statements = self._build(tp, live, events)
         self._execute(statements, live[0])
         part.next_offset = live[-1].meta.offset + 1
         self._settle(tp, live, None)
 
-    def _build(self, tp: TopicPartition, live: list[Envelope[Any]]) -> tuple[_Partition, list[Any]]:
+    def _build(self, tp: TopicPartition, live: list[Envelope[Any]], events: list[StreamEvent[Any, Any]]
+               ) -> tuple[_Partition, list[Any]]:
         """The writes of a partition's records (reading what the partition's cache lacks)."""
         p = self.projection
-        events = [p.stream.decode(env.value) for env in live]
         with self._lock:
             part = self._partitions.setdefault(tp, _Partition())
         statements = [s for event in events for view in p.entity_views for s in self._entity_rows(view, event)]

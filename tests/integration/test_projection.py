@@ -79,17 +79,22 @@ def assert_views_exact(session: Any, keyspace: str, events: str, commands: list[
     assert totals == expected_totals
 
 
-def test_both_read_models_are_exact_with_repeats_on_the_stream(topic_factory: Any, kafka_bootstrap: str,
+def test_both_read_models_are_exact_with_repeats_on_the_stream_and_poison_dead_lettered(topic_factory: Any, kafka_bootstrap: str,
                                                                group_id: str, cassandra_session: Any,
                                                                keyspace: str) -> None:
     topic, commands, events = streamed(topic_factory, kafka_bootstrap, group_id, cassandra_session, keyspace,
                                        40, 3000, 5)
     assert repeat_on_the_stream(kafka_bootstrap, events, 400) == 400
+    producer = ProducerSettings(bootstrap_servers=kafka_bootstrap)
+    garbage = KafkaSink(events, producer)  # a record on the stream that is not an event: dead-lettered
+    garbage.on_next(OutgoingRecord(b"\x07not an event", b"k", events, partition=1))
+    garbage.on_completed()
+    create_topics([f"{events}.dlq"], bootstrap_servers=kafka_bootstrap)
     views = cart_views(cassandra_session, keyspace, events)
     views.create_schema()
     group = f"{group_id}.views"
     source = KafkaSource(events, ConsumerSettings(group_id=group, bootstrap_servers=kafka_bootstrap))
-    sink = views.sink()
+    sink = views.sink(dead_letters=DeadLetters(KafkaSink(producer=producer)))
     flow = run(source, sink)
     ends = end_offsets(events, bootstrap_servers=kafka_bootstrap)
     wait_until(lambda: committed_offsets(group, events, bootstrap_servers=kafka_bootstrap) == ends, 120,
@@ -97,6 +102,9 @@ def test_both_read_models_are_exact_with_repeats_on_the_stream(topic_factory: An
     flow.stop_and_wait()
     assert sink.skipped >= 400, "the repeats were applied"
     assert_views_exact(cassandra_session, keyspace, events, commands)
+    (dead,) = read_topic(f"{events}.dlq", bootstrap_servers=kafka_bootstrap)
+    assert dead.value == b"\x07not an event" and dict(dead.headers)["rxcqrs.error.cause"] == b"SerializationError"
+    assert source.metrics.get("dead_lettered") == 1
 
 
 def test_the_read_models_stay_exact_through_three_projection_kills(topic_factory: Any, kafka_bootstrap: str,

@@ -23,8 +23,9 @@ def project(args: argparse.Namespace) -> int:
     from rxcqrs.examples.shoppingcart.read_models import cart_views
     from rxcqrs.exceptions import SchemaError, TopicNotFoundError
     from rxcqrs.flow import run
-    from rxcqrs.kafka import KafkaSource, SourceSettings
+    from rxcqrs.kafka import KafkaSink, KafkaSource, SourceSettings, create_topics
     from rxcqrs.kafka.admin import topic_partitions
+    from rxcqrs.operators import DeadLetters
     from rxcqrs.progress import Progress
 
     topic = _events_topic(args)
@@ -44,7 +45,8 @@ def project(args: argparse.Namespace) -> int:
                   flush=True)
         settings = SourceSettings(drain_timeout=args.drain_timeout, failure_policy="rewind")
         source = KafkaSource(topic, args.config.consumer(args.group), settings)
-        sink = views.sink()
+        create_topics([topic + ".dlq"], bootstrap_servers=args.config.kafka_bootstrap)  # what is not an event
+        sink = views.sink(dead_letters=DeadLetters(KafkaSink(producer=args.config.producer())))
         flow = run(source, sink)
         print(f"projecting {topic} as group {args.group} into {args.keyspace}.carts_by_owner and "
               f"{args.keyspace}.item_totals", flush=True)
@@ -61,7 +63,8 @@ def project(args: argparse.Namespace) -> int:
             progress.close()
         m = flow.metrics.snapshot()
         print(f"done: {m.get('records_in', 0)} events, {m.get('acked', 0)} acked, {sink.applied} applied to the "
-              f"totals, {sink.skipped} skipped (below the stored offset, or a repeat)", flush=True)
+              f"totals, {sink.skipped} skipped (below the stored offset, or a repeat), "
+              f"{m.get('dead_lettered', 0)} dead-lettered to {topic}.dlq", flush=True)
         if flow.error is not None:
             print(f"rxcqrs cart: error: {flow.error}", flush=True)
             return 1
