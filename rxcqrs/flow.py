@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from reactivex import Observable, abc
 
@@ -17,16 +17,38 @@ from rxcqrs.operators._batch import fit_batches
 from rxcqrs.operators._broadcast import Ending, split_stages
 from rxcqrs.partitions import attach_watchers
 
-__all__ = ["run", "Flow"]
+__all__ = ["run", "Flow", "Source"]
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What a flow needs from a source (:class:`~rxcqrs.kafka.KafkaSource` is one): the observable it
+    subscribes, whether it emits batches, its metrics, how to stop it and how long its drain may take, and how
+    many records it has committed. Any other observable of envelopes runs too, as a plain observable."""
+
+    metrics: Metrics
+
+    @property
+    def observable(self) -> Observable[Any]: ...
+
+    @property
+    def emits_batches(self) -> bool: ...
+
+    @property
+    def drain_timeout(self) -> float: ...
+
+    def stop(self, drain: bool = True, timeout: float | None = None) -> None: ...
+
+    def records_committed(self) -> int: ...
 
 
 class Flow:
     """A running pipeline: ``stop()``, ``wait()``, ``metrics``, ``error``."""
 
-    def __init__(self, source: Any, sink: Any) -> None:
+    def __init__(self, source: Source | None, sink: Any) -> None:
         self.source = source
         self.sink = sink
-        self.metrics: Metrics = getattr(source, "metrics", None) or Metrics()
+        self.metrics: Metrics = source.metrics if source is not None else Metrics()
         self.error: BaseException | None = None
         self._done = threading.Event()
         self._subscription: abc.DisposableBase | None = None
@@ -37,9 +59,8 @@ class Flow:
 
     def stop(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop emitting; with ``drain`` finish in-flight records, commit, close. Returns at once."""
-        stop = getattr(self.source, "stop", None)
-        if stop is not None:
-            stop(drain=drain, timeout=timeout)
+        if self.source is not None:
+            self.source.stop(drain=drain, timeout=timeout)
         elif self._subscription is not None:
             self._subscription.dispose()
 
@@ -56,8 +77,7 @@ class Flow:
 
     def committed(self) -> int:
         """Records this flow has committed so far."""
-        committer = getattr(self.source, "committer", None)
-        return committer.records_committed() if committer is not None else self.metrics.get("acked")
+        return self.source.records_committed() if self.source is not None else self.metrics.get("acked")
 
     def until(self, count: int | None = None, timeout: float | None = None, *, stop: bool = True
               ) -> dict[str, Any]:
@@ -72,7 +92,8 @@ class Flow:
             self._done.wait(0.05 if left is None else min(0.05, left))  # sampling the commit count
         if stop and self.running:
             self.stop()
-            self.wait(max(5.0, getattr(getattr(self.source, "settings", None), "drain_timeout", 60.0) + 10.0))
+            drain = self.source.drain_timeout if self.source is not None else 60.0
+            self.wait(max(5.0, drain + 10.0))
         elif not self.running:
             self.wait(0)
         return self.metrics.snapshot()
@@ -91,17 +112,19 @@ class Flow:
         return f"<Flow {state} {self.metrics.snapshot()}>"
 
 
-def run(source: Any, *stages: Any) -> Flow:
-    """Subscribe ``source`` (a :class:`~rxcqrs.kafka.KafkaSource` or any observable of envelopes) through
+def run(source: Source | Observable[Any], *stages: Any) -> Flow:
+    """Subscribe ``source`` (a :class:`Source` such as :class:`~rxcqrs.kafka.KafkaSource`, or any observable of
+    envelopes) through
     ``stages`` (operators, optionally a sink last). Envelopes that reach the end without a sink are acked. A
     source that emits batches has them split into envelopes before the first stage that does not take them.
     Stages that keep state per partition assignment (``watch_partitions``) are told of the source's
     assignments before it is subscribed (:mod:`rxcqrs.partitions`)."""
-    observable: Observable[Any] = getattr(source, "observable", source)
+    known = source if isinstance(source, Source) else None
+    observable: Observable[Any] = known.observable if known is not None else source  # type: ignore[assignment]
     operators, sink = split_stages(stages)
     attach_watchers(source, [*operators, sink])
-    if getattr(source, "emits_batches", False):
+    if known is not None and known.emits_batches:
         operators = fit_batches(operators, sink)
-    flow = Flow(source, sink)
+    flow = Flow(known, sink)
     flow._subscription = observable.pipe(*operators).subscribe(Ending(sink, flow._ended))
     return flow

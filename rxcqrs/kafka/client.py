@@ -87,6 +87,9 @@ class ConsumerClient(Protocol):
     def committed(self, tps: list[TopicPartition], timeout: float) -> dict[TopicPartition, int | None]:
         """What the group committed, for any partition (assigned to this member or not)."""
 
+    def group_size(self, timeout: float) -> int | None:
+        """How many members the group has (the liveness check), or ``None`` if the client cannot tell."""
+
     def interrupt(self) -> None:
         """Called by the liveness watchdog (another thread) when a call has hung: make it return or raise."""
 

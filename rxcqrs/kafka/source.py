@@ -177,6 +177,15 @@ class KafkaSource:
         return self.done.wait(timeout)
 
     @property
+    def drain_timeout(self) -> float:
+        """How long a drain may take (``SourceSettings.drain_timeout``)."""
+        return self.settings.drain_timeout
+
+    def records_committed(self) -> int:
+        """Records whose offsets this source has committed (not a sum of offsets)."""
+        return self.committer.records_committed()
+
+    @property
     def group_id(self) -> str:
         return self.consumer_settings.group_id
 
@@ -570,11 +579,9 @@ class KafkaSource:
                        "members")
 
     def _group_size(self, client: ConsumerClient) -> int | None:
-        size = getattr(client, "group_size", None)
-        if size is None:
-            return None
         try:
-            return int(self._call("group_size", size, 5.0))
+            size = self._call("group_size", client.group_size, 5.0)
+            return None if size is None else int(size)
         except _Replace:
             raise
         except Exception as exc:
