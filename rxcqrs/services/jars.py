@@ -17,7 +17,7 @@ import tempfile
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from rxcqrs.exceptions import MavenError
 
@@ -81,59 +81,62 @@ def _maven() -> str:
     return mvn
 
 
+def _filled_once(target: Path, lock: Path, fill: Callable[[str, Path], str]) -> Path:
+    """``target``, filled by ``fill(mvn, work)`` once (it returns the directory it filled under ``work`` and
+    what to record in it): under a file lock, staged in a temporary directory, renamed into place whole."""
+    if (target / _COMPLETE).exists():
+        return target
+    mvn = _maven()
+    with file_lock(lock):
+        if (target / _COMPLETE).exists():
+            return target
+        with tempfile.TemporaryDirectory(prefix=f"{target.name}-", dir=target.parent) as work:
+            staging = Path(work) / "staging"
+            (staging / _COMPLETE).parent.mkdir(parents=True, exist_ok=True)
+            done = fill(mvn, staging)
+            (staging / _COMPLETE).write_text(done + "\n")
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+    return target
+
+
 def fetch_app(name: str, artifact: str, jar_cache: Path) -> Path:
     """Return the directory of an application published on Maven Central as one archive (``artifact``:
     ``group:artifact:version:tar.gz:classifier``), fetched and unpacked once into the jar cache."""
     import tarfile
 
-    home = jar_cache / f"{name}-{artifact.split(':')[2]}"
-    if (home / _COMPLETE).exists():
-        return home
-    mvn = _maven()
-    with file_lock(jar_cache / f".{name}.lock"):
-        if (home / _COMPLETE).exists():
-            return home
-        with tempfile.TemporaryDirectory(prefix=f"{name}-", dir=jar_cache) as work:
-            _run_maven([mvn, "-B", "-q", "dependency:copy", f"-Dartifact={artifact}", f"-DoutputDirectory={work}"],
-                       f"{name} ({artifact})")
-            archives = list(Path(work).glob("*.tar.gz"))
-            if not archives:
-                raise MavenError(f"Maven copied no archive for {name} ({artifact})")
-            staging = Path(work) / "app"
-            with tarfile.open(archives[0]) as archive:
-                archive.extractall(staging, filter="data")
-            (staging / _COMPLETE).write_text(f"{artifact}\n")
-            if home.exists():
-                shutil.rmtree(home)
-            staging.rename(home)
-    return home
+    def fill(mvn: str, staging: Path) -> str:
+        download = staging.parent / "download"
+        _run_maven([mvn, "-B", "-q", "dependency:copy", f"-Dartifact={artifact}", f"-DoutputDirectory={download}"],
+                   f"{name} ({artifact})")
+        archives = list(download.glob("*.tar.gz"))
+        if not archives:
+            raise MavenError(f"Maven copied no archive for {name} ({artifact})")
+        with tarfile.open(archives[0]) as archive:
+            archive.extractall(staging, filter="data")
+        return artifact
+
+    return _filled_once(jar_cache / f"{name}-{artifact.split(':')[2]}", jar_cache / f".{name}.lock", fill)
 
 
 def fetch_jars(server: str, jar_cache: Path, *, quiet: bool = True) -> Path:
     """Return the lib directory with every jar ``server`` needs, fetching it with Maven if needed."""
     pom = pom_text(server)
     digest = hashlib.sha256(pom.encode()).hexdigest()[:12]
-    lib = jar_cache / f"{server}-{pinned_version(server)}-{digest}"
-    if (lib / _COMPLETE).exists():
-        return lib
-    mvn = _maven()
-    with file_lock(jar_cache / f".{server}.lock"):
-        if (lib / _COMPLETE).exists():
-            return lib
-        with tempfile.TemporaryDirectory(prefix=f"{server}-pom-", dir=jar_cache) as work:
-            pom_path = Path(work) / "pom.xml"
-            pom_path.write_text(pom)
-            staging = Path(work) / "lib"
-            cmd = [mvn, "-B", "-f", str(pom_path), "dependency:copy-dependencies", "-DincludeScope=runtime",
-                   f"-DoutputDirectory={staging}"]
-            if quiet:
-                cmd.insert(2, "-q")
-            _run_maven(cmd, f"the {server} jars (pom {server}-{digest})")
-            jars = list(staging.glob("*.jar"))
-            if not jars:
-                raise MavenError(f"Maven copied no jars for {server}")
-            (staging / _COMPLETE).write_text(f"{len(jars)} jars\n")
-            if lib.exists():
-                shutil.rmtree(lib)
-            staging.rename(lib)
-    return lib
+
+    def fill(mvn: str, staging: Path) -> str:
+        pom_path = staging.parent / "pom.xml"
+        pom_path.write_text(pom)
+        cmd = [mvn, "-B", "-f", str(pom_path), "dependency:copy-dependencies", "-DincludeScope=runtime",
+               f"-DoutputDirectory={staging}"]
+        if quiet:
+            cmd.insert(2, "-q")
+        _run_maven(cmd, f"the {server} jars (pom {server}-{digest})")
+        jars = list(staging.glob("*.jar"))
+        if not jars:
+            raise MavenError(f"Maven copied no jars for {server}")
+        return f"{len(jars)} jars"
+
+    return _filled_once(jar_cache / f"{server}-{pinned_version(server)}-{digest}", jar_cache / f".{server}.lock",
+                        fill)
