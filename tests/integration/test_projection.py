@@ -79,9 +79,8 @@ def assert_views_exact(session: Any, keyspace: str, events: str, commands: list[
     assert totals == expected_totals
 
 
-def test_both_read_models_are_exact_with_repeats_on_the_stream_and_poison_dead_lettered(topic_factory: Any, kafka_bootstrap: str,
-                                                               group_id: str, cassandra_session: Any,
-                                                               keyspace: str) -> None:
+def test_both_read_models_are_exact_with_repeats_on_the_stream_and_poison_dead_lettered(
+        topic_factory: Any, kafka_bootstrap: str, group_id: str, cassandra_session: Any, keyspace: str) -> None:
     topic, commands, events = streamed(topic_factory, kafka_bootstrap, group_id, cassandra_session, keyspace,
                                        40, 3000, 5)
     assert repeat_on_the_stream(kafka_bootstrap, events, 400) == 400

@@ -122,14 +122,20 @@ def test_the_consumer_flags_reach_its_config(monkeypatch: pytest.MonkeyPatch, fl
     assert {name: getattr(seen[0], name) for name in expected} == expected
 
 
-def test_the_events_topic_comes_from_the_file_the_environment_or_the_flag(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("setting", "variable", "values"), [
+    ("events_topic", "RXCQRS_EVENTS_TOPIC", ("from.file", "from.env", "flag")),
+    ("schema_registry", "RXCQRS_SCHEMA_REGISTRY", ("http://file:8081", "https://env", "http://flag")),
+])
+def test_a_kafka_table_setting_comes_from_the_file_the_environment_or_the_flag(
+        tmp_path: Path, setting: str, variable: str, values: tuple[str, str, str]) -> None:
+    in_file, in_env, in_flag = values
     path = tmp_path / "rxcqrs.toml"
-    path.write_text('[kafka]\nevents_topic = "from.file"\n')
-    assert load_config(str(path), environ={}).events_topic == "from.file"
-    assert "events_topic" not in load_config(str(path), environ={}).kafka_options  # not a client option
-    assert load_config(str(path), environ={"RXCQRS_EVENTS_TOPIC": "from.env"}).events_topic == "from.env"
-    assert load_config(str(path), environ={"RXCQRS_EVENTS_TOPIC": "e"}, events_topic="flag").events_topic == "flag"
-    assert load_config(None, environ={}).events_topic is None
+    path.write_text(f'[kafka]\n{setting} = "{in_file}"\n')
+    assert getattr(load_config(str(path), environ={}), setting) == in_file
+    assert setting not in load_config(str(path), environ={}).kafka_options  # not a client option
+    assert getattr(load_config(str(path), environ={variable: in_env}), setting) == in_env
+    assert getattr(load_config(str(path), environ={variable: in_env}, **{setting: in_flag}), setting) == in_flag
+    assert getattr(load_config(None, environ={}), setting) is None
 
 
 @pytest.mark.parametrize(("source", "value", "where"), [("file", '"bad topic!"', r"\[kafka\] events_topic in"),
@@ -141,16 +147,6 @@ def test_a_bad_events_topic_is_one_line_naming_where(tmp_path: Path, source: str
     env = {"RXCQRS_EVENTS_TOPIC": value} if source == "env" else {}
     with pytest.raises(ConfigError, match=f"{where}.*is not a Kafka topic name"):
         load_config(str(path), environ=env)
-
-
-def test_the_schema_registry_comes_from_the_file_the_environment_or_the_flag(tmp_path: Path) -> None:
-    path = tmp_path / "rxcqrs.toml"
-    path.write_text('[kafka]\nschema_registry = "http://file:8081"\n')
-    assert load_config(str(path), environ={}).schema_registry == "http://file:8081"
-    assert "schema_registry" not in load_config(str(path), environ={}).kafka_options  # not a client option
-    assert load_config(str(path), environ={"RXCQRS_SCHEMA_REGISTRY": "https://env"}).schema_registry == "https://env"
-    assert load_config(str(path), environ={}, schema_registry="http://flag").schema_registry == "http://flag"
-    assert load_config(None, environ={}).schema_registry is None
 
 
 @pytest.mark.parametrize(("source", "value", "where"), [("file", '"registry:8081"', r"\[kafka\] schema_registry in"),
