@@ -55,6 +55,8 @@ __all__ = ["EntityView", "TotalsView", "Projection", "ProjectionSink"]
 
 log = logging.getLogger(__name__)
 Row = Mapping[str, Any]
+#: the read of the stored offsets on assignment, on the client's rebalance thread: well inside a session timeout
+_START_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,7 @@ class ProjectionSink(SinkBase):
         out: dict[TopicPartition, int] = {}
         for topic in sorted({tp.topic for tp in tps}):
             mine = [tp for tp in tps if tp.topic == topic]
-            rows = p.session.execute(query, (topic, [tp.partition for tp in mine]), timeout=self.fence_timeout)
+            rows = p.session.execute(query, (topic, [tp.partition for tp in mine]), timeout=_START_TIMEOUT)
             stored = {int(row.stream_partition): int(row.next_offset) for row in rows}
             out.update({tp: stored.get(tp.partition, 0) for tp in mine})
         return out
