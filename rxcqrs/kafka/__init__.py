@@ -22,7 +22,9 @@ This is the one place it is written down; every other docstring refers here.
   only the gate and the Committer's lock-protected commit record, never the poll thread's buffers: records
   of a revoked partition that are still buffered carry an old epoch and are dropped when their turn comes.
   Stages that watch partitions (:mod:`rxcqrs.partitions`) are told from the same callbacks and only queue
-  work for their own threads.
+  work for their own threads; a stage that keeps its offsets outside Kafka answers, from the same callback
+  and within a bounded read, where the new partitions start (``start_at``), which the client applies in that
+  callback, before their first fetch.
 * **The command engine** (:class:`~rxcqrs.cassandra.AggregateSink`) has a worker thread that starts batches
   and runs every step the driver's callbacks hand it (the driver's event loop only reads and writes the
   wire), and a fencer thread that takes epochs with blocking round trips; neither touches the consumer.
