@@ -28,3 +28,18 @@ def test_importing_rxcqrs_does_not_import_the_clients() -> None:
     code = "import sys, rxcqrs; print(sorted(m for m in ('kafka', 'cassandra', 'confluent_kafka') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_an_old_name_still_works_for_a_release_and_says_what_to_use() -> None:
+    from rxcqrs.kafka.committer import Committer
+
+    with pytest.warns(DeprecationWarning, match="records_committed"):
+        assert rxcqrs.Committer is Committer  # type: ignore[attr-defined]
+    assert "Committer" not in rxcqrs.__all__
+
+
+def test_every_operator_of_the_facade_is_exported_from_the_top() -> None:
+    import rxcqrs.operators as operators
+
+    for_stage_authors = {"Branch", "Spy", "batch_aware", "takes_batches"}  # return types and helpers stay there
+    assert set(operators.__all__) - for_stage_authors <= set(rxcqrs.__all__)
