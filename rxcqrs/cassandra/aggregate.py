@@ -302,7 +302,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                  batch_bytes: int = 40_000, linger: float = 0.002, backoff: Backoff | None = None,
                  fence_timeout: float = 60.0, fences: FenceFactory | None = None, log_events: bool = True,
                  merge_partitions: int = 10, atomic_batches: bool = True,
-                 then: Callable[[Envelope[Any]], None] | None = None, name: str = "aggregate",
+                 then: Callable[[Envelope[Any]], None] | None = None, name: str = "aggregate_sink",
                  publisher: Publisher | None = None) -> None:
         """``fences(group, topic)`` gives the fence of a topic (default: its row in ``keyspace``, a
         :class:`~rxcqrs.cassandra.fence.Fence`); ``log_events=False`` writes the rejections and the state

@@ -89,7 +89,7 @@ class Job:
 
 class CassandraExecutor:
     def __init__(self, session: Any, *, max_concurrency: int = 32, backoff: Backoff | None = None,
-                 workers: int = 0, name: str = "cassandra") -> None:
+                 workers: int = 0, name: str = "cassandra_executor") -> None:
         if max_concurrency < 1:
             raise ConfigError("max_concurrency must be >= 1")
         self.session = session

@@ -46,7 +46,7 @@ class CassandraRetrySink(ExecutorSink):
     def __init__(self, session: Any, fn: CommandFn, *, max_concurrency: int = 16, backoff: Backoff | None = None,
                  order_by: OrderBy = "partition", retry_not_applied: bool = True, with_meta: bool = False,
                  idempotent: bool = False, resolve: CommandFn | None = None,
-                 record_unknown: CommandFn | None = None, name: str = "CassandraRetrySink") -> None:
+                 record_unknown: CommandFn | None = None, name: str = "cassandra_retry_sink") -> None:
         super().__init__()
         self.fn = fn
         self.order_by = order_by

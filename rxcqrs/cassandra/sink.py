@@ -20,7 +20,7 @@ __all__ = ["CassandraSink"]
 
 class CassandraSink(ExecutorSink):
     def __init__(self, session: Any, *, max_concurrency: int = 64, backoff: Backoff | None = None,
-                 idempotent: bool | None = None, order_by: OrderBy = None, name: str = "CassandraSink") -> None:
+                 idempotent: bool | None = None, order_by: OrderBy = None, name: str = "cassandra_sink") -> None:
         super().__init__()
         self.idempotent = idempotent
         self.order_by = order_by
