@@ -1,4 +1,4 @@
-"""Approximate statistics over a stream (dendrites' optional Algebird part): small, mergeable summaries.
+"""Approximate statistics over a stream: small, mergeable summaries.
 
 * :class:`Moments` - count, mean, variance, min, max (exact; Welford's update, merges exactly).
 * :class:`DecayedValue` - a sum whose past halves every ``half_life`` seconds (recent activity).

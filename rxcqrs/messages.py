@@ -27,7 +27,7 @@ class TopicPartition(NamedTuple):
 
 
 class RecordMetadata:
-    """Where a consumed record came from (dendrites' ConsumerRecordMetadata). Immutable by convention: one is
+    """Where a consumed record came from. Immutable by convention: one is
     made per record on the hot path, so it is a plain slotted class rather than a frozen dataclass (whose
     ``__init__`` costs a ``object.__setattr__`` per field). The UTC time and the key as a UUID are computed
     on first use and kept (several stages ask for them)."""

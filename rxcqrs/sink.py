@@ -2,7 +2,7 @@
 
 A sink is a reactivex observer. It settles each envelope it receives (ack on success, nack on failure)
 from whatever thread its driver calls back on, and never lets ``on_completed`` return while requests are
-still in flight (dendrites loses them): each request is bounded by the sink's own retries and timeouts.
+still in flight: each request is bounded by the sink's own retries and timeouts.
 ``on_error`` is how a stopping source ends a flow whose drain ran out of time (an outage, say): the sink
 then abandons what is left at once (after any other upstream error it waits at most ``abandon_timeout``
 seconds first); what is abandoned stays uncommitted and is delivered again after a restart. So no shutdown

@@ -1,8 +1,8 @@
-"""Restart a failed flow: dendrites' stream-in-an-actor with its one-for-one supervisor, as a small handle.
+"""Restart a failed flow, one-for-one, from a small handle.
 
 A flow that fails (the ``stop`` failure policy ends it with the error, after committing what was done) is
 started again by ``start()`` after a backoff; the new source resumes from the last commit. Errors that a
-restart cannot fix (bad configuration, unsafe identifiers: dendrites' IllegalArgument) stop the supervisor at
+restart cannot fix (bad configuration, unsafe identifiers) stop the supervisor at
 once, and so does a flow that failed more than ``max_restarts`` times within ``within`` seconds.
 """
 

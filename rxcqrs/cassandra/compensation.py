@@ -12,7 +12,7 @@ applied once. Two exact ways out:
   rewritten from it under optimistic locking. Works for any command, costs a read of the entity's log.
 
 :class:`Compensator` is the generic "event applied k times instead of once -> corrective commands" tool
-(what dendrites offers, made right for any k and sign and idempotent). It is exact when you know k: by
+(for any k and sign, and idempotent). It is exact when you know k: by
 default k is the number of loggings, which equals the number of applications only when the command write
 and the log write cannot be separated by a crash; pass ``applications=`` when you know better.
 """

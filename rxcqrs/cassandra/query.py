@@ -2,8 +2,8 @@
 
 The rows of the current page are emitted one by one on the query's own thread; the next page is fetched
 only after every row of this one was emitted, and (with ``demand="manual"``) only when downstream asked
-for more rows. So at most one page is ever held, however large the table (dendrites' paging stages hand out
-lazy sequences and can complete before the last page).
+for more rows. So at most one page is ever held, however large the table, and the stage completes only
+after the last page.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Examples built on rxcqrs: the shopping cart (dendrites' CQRS example, its bugs fixed) and the demo job."""
+"""Examples built on rxcqrs: the shopping cart and the demo job."""

@@ -1,4 +1,4 @@
-"""Typed HTTP GET stages (dendrites' HTTP client part): URLs, dataclass queries, Either responses, parallel calls."""
+"""Typed HTTP GET stages: URLs, dataclass queries, Either responses, parallel calls."""
 
 from rxcqrs.http.client import HttpResponse, get, typed_query, typed_response
 from rxcqrs.http.stages import parallel_calls, typed_query_flow, zip_either

@@ -1,7 +1,7 @@
 """A typed HTTP GET: a dataclass becomes a query, the response becomes ``Right(value)`` or ``Left(reason)``.
 
 * 200 with a JSON body -> ``Right(map_right(parsed))``; 200 with ``text/plain`` -> ``Left(map_left(text))``;
-  200 with another content type -> ``Left("FAIL unsupported content type ...")`` (dendrites threw a MatchError);
+  200 with another content type -> ``Left("FAIL unsupported content type ...")``;
 * 400 -> ``Left("FAIL bad request: <body>")``; any other status -> ``Left("FAIL <status> <body>")``;
 * a transport failure (refused, timeout) -> ``Left("FAIL <error>")``.
 """

@@ -18,7 +18,7 @@ __all__ = ["typed_query_flow", "parallel_calls", "zip_either"]
 def typed_query_flow(base_url: str, path: str, *, map_right: Callable[[Any], Any] = lambda v: v,
                      map_left: Callable[[str], Any] = lambda t: t, max_concurrency: int = 4, timeout: float = 10.0
                      ) -> Callable[[Observable[Envelope[Any]]], Observable[Envelope[Either[Any, Any]]]]:
-    """Envelope[request dataclass] -> Envelope[Left | Right], in input order (dendrites' TypedQueryResponseFlow)."""
+    """Envelope[request dataclass] -> Envelope[Left | Right], in input order."""
     return map_async_(lambda request: typed_query(base_url, path, request, map_right=map_right, map_left=map_left,
                                                   timeout=timeout), max_concurrency, "typed_query")
 
@@ -32,8 +32,8 @@ def zip_either(results: Sequence[Either[Any, Any]]) -> Either[Any, Any]:
 def parallel_calls(*calls: Callable[[Any], Either[Any, Any]],
                    combine: Callable[[Sequence[Either[Any, Any]]], Any] = zip_either, max_concurrency: int = 4
                    ) -> Callable[[Observable[Envelope[Any]]], Observable[Envelope[Any]]]:
-    """Run every call on the same request at once and combine their answers, in input order (dendrites'
-    ParallelCallFlow: Broadcast -> N calls -> ZipWith)."""
+    """Run every call on the same request at once and combine their answers, in input order (a broadcast
+    to N calls, their answers zipped)."""
     fan_out = ThreadPoolExecutor(len(calls) * max_concurrency, thread_name_prefix="rxcqrs-parallel-calls")
 
     def all_of(request: Any) -> Any:

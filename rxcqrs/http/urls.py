@@ -1,4 +1,4 @@
-"""URLs and GET queries, validated (dendrites' createUrl accepted port 65536)."""
+"""URLs (ports 0..65535) and GET queries, validated."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def create_url(scheme: str, host: str, port: int, path: str = "/") -> str:
 
 
 def to_query(path: str, request: Any) -> str:
-    """``path?field=value&...`` from a dataclass's fields, URL-encoded (dendrites' caseClassToGetQuery)."""
+    """``path?field=value&...`` from a dataclass's fields, URL-encoded."""
     if not dataclasses.is_dataclass(request) or isinstance(request, type):
         raise ConfigError(f"a GET query is built from a dataclass instance, got {request!r}")
     fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)}

@@ -97,7 +97,7 @@ def broadcast(*branches: Any) -> Callable[[Observable[Envelope[Any]]], Observabl
 
 def spy(name: str) -> Spy:
     """An operator that counts what passes it and how each envelope ended downstream (acked/nacked), for
-    debugging a pipeline (dendrites' SpyFlow): ``s = spy("after decode"); ...pipe(s, ...); s.metrics``."""
+    debugging a pipeline: ``s = spy("after decode"); ...pipe(s, ...); s.metrics``."""
     from rxcqrs.operators._spy import spy_
 
     return spy_(name)
@@ -106,7 +106,7 @@ def spy(name: str) -> Spy:
 def collect_right(on_left: Callable[[Envelope[Any]], Any] | None = None
                   ) -> Callable[[Observable[Envelope[Any]]], Observable[Envelope[Any]]]:
     """Keep the value of each ``Right``; a ``Left`` is logged (or given to ``on_left``) and acked: an answer,
-    not a failure (dendrites' collectRightFlow / filterRightLogLeft)."""
+    not a failure."""
     from rxcqrs.operators._either import collect_right_
 
     return collect_right_(on_left)
@@ -114,15 +114,14 @@ def collect_right(on_left: Callable[[Envelope[Any]], Any] | None = None
 
 def flatten() -> Callable[[Observable[Envelope[Any]]], Observable[Envelope[Any]]]:
     """One envelope of a sequence -> one envelope per element; the record is done when every element is
-    (dendrites' flattenFlow, with the commit still exact)."""
+    (the commit still exact)."""
     from rxcqrs.operators._either import flatten_
 
     return flatten_()
 
 
 def route_either(left: Any, right: Any) -> Callable[[Observable[Envelope[Any]]], Observable[Any]]:
-    """Send each ``Left`` (unwrapped) to the ``left`` sink and each ``Right`` to the ``right`` sink
-    (dendrites' leftRightFlow)."""
+    """Send each ``Left`` (unwrapped) to the ``left`` sink and each ``Right`` to the ``right`` sink."""
     from rxcqrs.operators._either import route_either_
 
     return route_either_(left, right)

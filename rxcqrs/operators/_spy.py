@@ -16,7 +16,7 @@ log = logging.getLogger("rxcqrs.spy")
 
 
 class Spy:
-    """Counts what passes one point of a pipeline (dendrites' SpyFlow): pushed, and how each envelope ended
+    """Counts what passes one point of a pipeline: pushed, and how each envelope ended
     downstream (acked / nacked), plus terminal events. ``metrics.snapshot()`` reads them."""
 
     def __init__(self, name: str) -> None:

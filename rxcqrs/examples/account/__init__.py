@@ -1,1 +1,1 @@
-"""dendrites' account example: a balances HTTP service and a flow that asks it three questions in parallel."""
+"""The account example: a balances HTTP service and a flow that asks it three questions in parallel."""

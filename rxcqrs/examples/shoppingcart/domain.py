@@ -69,7 +69,7 @@ def changed(cart: Cart | None, action: str, target: uuid.UUID, count: int | None
     items = dict(cart.items)
     if action == "AddItem":
         items[target] = items.get(target, 0) + (count or 0)
-    else:  # RemoveItem subtracts (dendrites logged it as an addition)
+    else:  # RemoveItem subtracts
         left = items[target] - (count or 0)
         if left > 0:
             items[target] = left
@@ -95,8 +95,8 @@ def fold(commands: Iterable[Command], cart: Cart | None = None) -> Cart | None:
 
 @dataclass(frozen=True, slots=True)
 class CartEvent:
-    """An applied command as the event log keeps it: the action and what it names (dendrites dropped the
-    action, so a RemoveItem was logged as an addition)."""
+    """An applied command as the event log keeps it: the action and what it names (with the action, a
+    RemoveItem is never read back as an addition)."""
 
     action: str
     owner: uuid.UUID | None = None
