@@ -1,5 +1,6 @@
 """Operators that run one statement per envelope and pass its result on, in input order per partition:
-``cassandra_conditional`` and ``cassandra_bound_query``. Results are handed downstream on the operator's own thread, never on the driver's."""
+``cassandra_conditional`` and ``cassandra_bound_query``. Results are handed downstream on the operator's own
+thread, never on the driver's."""
 
 from __future__ import annotations
 
