@@ -97,7 +97,11 @@ def record_started(record: Any) -> None:
                     "messaging.destination.partition.id": str(record.partition),
                     "messaging.kafka.message.offset": record.offset})
     with _lock:
+        before = _open.pop((record.topic, record.partition, record.offset), None)
         _open[(record.topic, record.partition, record.offset)] = span
+    if before is not None:  # delivered again (a rewind) before its first delivery was committed
+        before.set_attribute("rxcqrs.committed", False)
+        before.end()
 
 
 def _span(meta: Any) -> Any:
