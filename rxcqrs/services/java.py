@@ -8,10 +8,11 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 from rxcqrs.exceptions import JavaNotFoundError
 
-__all__ = ["find_java17", "find_java21", "java_major_version"]
+__all__ = ["find_java", "find_java17", "find_java21", "java_major_version"]
 
 _VERSION = re.compile(r'version "(\d+)(?:\.(\d+))?')
 
@@ -29,57 +30,49 @@ def java_major_version(java: str) -> int | None:
     return int(match.group(2) or 0) if major == 1 else major
 
 
-def _candidates(explicit: str | None) -> list[str]:
-    found: list[str] = []
+def _candidates(explicit: str | None, jvm_dirs: Callable[[str], bool]) -> list[str]:
+    """``explicit`` alone if given; else ``JAVA_HOME``, the JDKs under ``/usr/lib/jvm`` whose directory name
+    ``jvm_dirs`` accepts (newest name first), and ``java`` on the PATH, without repeats."""
     if explicit:
         return [explicit]
+    found: list[str] = []
     if os.environ.get("JAVA_HOME"):
         found.append(str(Path(os.environ["JAVA_HOME"]) / "bin" / "java"))
     jvm = Path("/usr/lib/jvm")
     if jvm.is_dir():
-        found += [str(p / "bin" / "java") for p in sorted(jvm.iterdir()) if "17" in p.name]
+        found += [str(p / "bin" / "java") for p in sorted(jvm.iterdir(), reverse=True)
+                  if jvm_dirs(p.name) and (p / "bin" / "java").exists()]
     on_path = shutil.which("java")
     if on_path:
         found.append(on_path)
-    return found
+    return list(dict.fromkeys(found))
+
+
+def find_java(accept: Callable[[int], bool], explicit: str | None, jvm_dirs: Callable[[str], bool],
+              missing: Callable[[str], str]) -> str:
+    """The first candidate ``java`` (see :func:`_candidates`) whose major version ``accept`` s; else
+    :class:`JavaNotFoundError` with ``missing(what was found)``."""
+    tried = []
+    for java in _candidates(explicit, jvm_dirs):
+        major = java_major_version(java)
+        tried.append(f"{java} ({'not runnable' if major is None else f'Java {major}'})")
+        if major is not None and accept(major):
+            return java
+    raise JavaNotFoundError(missing(", ".join(tried)))
 
 
 def find_java17(explicit: str | None = None) -> str:
-    """Return a ``java`` binary of major version 17, or raise :class:`JavaNotFoundError` saying what was tried."""
-    tried = []
-    for java in _candidates(explicit):
-        major = java_major_version(java)
-        tried.append(f"{java} ({'not runnable' if major is None else f'Java {major}'})")
-        if major == 17:
-            return java
-    raise JavaNotFoundError(
+    """A ``java`` of major version 17 (``explicit``, else ``JAVA_HOME``, ``/usr/lib/jvm/*17*``, the PATH)."""
+    return find_java(lambda major: major == 17, explicit, lambda name: "17" in name, lambda tried: (
         "a JDK 17 is required to run Kafka 4.x and Cassandra 5.0 (Cassandra cannot start on Java 21+); tried: "
-        + (", ".join(tried) or "nothing: no JAVA_HOME, no /usr/lib/jvm/*17*, no java on PATH")
-        + ". Install openjdk-17 or set RXCQRS_JAVA to a JDK 17 java binary.")
+        + (tried or "nothing: no JAVA_HOME, no /usr/lib/jvm/*17*, no java on PATH")
+        + ". Install openjdk-17 or set RXCQRS_JAVA to a JDK 17 java binary."))
 
 
 def find_java21(explicit: str | None = None) -> str:
-    """Return a ``java`` binary of major version 21 or newer: ``explicit`` (``RXCQRS_REGISTRY_JAVA``), else
-    ``JAVA_HOME`` if new enough, else one under ``/usr/lib/jvm``, else ``java`` on the PATH; raise
-    :class:`JavaNotFoundError` naming what was found."""
-    if explicit:
-        candidates = [explicit]
-    else:
-        candidates = [str(Path(os.environ["JAVA_HOME"]) / "bin" / "java")] if os.environ.get("JAVA_HOME") else []
-        jvm = Path("/usr/lib/jvm")
-        if jvm.is_dir():
-            candidates += [str(p / "bin" / "java") for p in sorted(jvm.iterdir(), reverse=True)
-                           if (p / "bin" / "java").exists()]
-        on_path = shutil.which("java")
-        if on_path:
-            candidates.append(on_path)
-    tried = []
-    for java in dict.fromkeys(candidates):
-        major = java_major_version(java)
-        tried.append(f"{java} ({'not runnable' if major is None else f'Java {major}'})")
-        if major is not None and major >= 21:
-            return java
-    raise JavaNotFoundError(
+    """A ``java`` of major version 21 or newer (``explicit``: ``RXCQRS_REGISTRY_JAVA``, else ``JAVA_HOME``,
+    ``/usr/lib/jvm/*``, the PATH)."""
+    return find_java(lambda major: major >= 21, explicit, lambda name: True, lambda tried: (
         "the schema registry (Apicurio Registry 3) needs Java 21 or newer; found: "
-        + (", ".join(tried) or "nothing: no JAVA_HOME, no /usr/lib/jvm/*, no java on PATH")
-        + ". Install a JDK 21+ (e.g. openjdk-21 or Temurin) or set RXCQRS_REGISTRY_JAVA to its java binary.")
+        + (tried or "nothing: no JAVA_HOME, no /usr/lib/jvm/*, no java on PATH")
+        + ". Install a JDK 21+ (e.g. openjdk-21 or Temurin) or set RXCQRS_REGISTRY_JAVA to its java binary."))
