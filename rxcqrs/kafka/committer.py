@@ -1,32 +1,30 @@
-"""The Committer: everything about commits of one source, in one place.
+"""The Committer: everything about commits of one source, in one place, behind one face.
 
-It owns the :class:`~rxcqrs.commit.CommitGate` (acks from any thread -> per-partition watermarks), the
+It owns the :class:`~rxcqrs.commit.CommitGate` (acks from any thread -> per-partition watermarks) and never
+hands it out: the source admits records, reads in-flight counts and watermarks through it. It also owns the
 commit timing (every ``commit_every`` done records, every ``commit_interval`` seconds, at the end of a poll
-batch), the failure policies (``stop``; ``rewind``: seek back to the last commit and back off) and the
-rebalance handling (it is the client's :class:`~rxcqrs.kafka.client.RebalanceHandler`).
+batch), the failure policies (:mod:`rxcqrs.kafka.rewinds`) and the rebalance handling (it is the client's
+:class:`~rxcqrs.kafka.client.RebalanceHandler`).
 
-Who calls what is the threading model of :mod:`rxcqrs.kafka`: the poll thread calls ``ticket``,
+Who calls what is the threading model of :mod:`rxcqrs.kafka`: the poll thread calls ``admit``, ``ticket``,
 ``maybe_commit``, ``check_failures``, ``finish_rewinds`` and ``held``; tickets settle from any thread; the
 rebalance callbacks (``revoked``, ``assigned``, ``lost``) come from the client's thread and touch only the
 gate and the lock-protected commit record.
-
-Rewinds end: attempts are counted per partition and reset only by progress (a commit past the offset that
-first failed), so failures that move between offsets still reach the backoff's maximum and stop the source.
-A permanent error (:func:`~rxcqrs.exceptions.is_permanent`) stops it at once, whatever the policy.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from typing import Callable
+from typing import Callable, Iterable
 
 from rxcqrs import tracing
 from rxcqrs.acks import GateTicket, Ticket, TracedGateTicket
-from rxcqrs.commit import CommitGate, Failure
-from rxcqrs.exceptions import CommitError, FlowError, GroupMovedOnError, RetriesExhaustedError, is_permanent
+from rxcqrs.clock import SYSTEM, Clock
+from rxcqrs.commit import CommitGate
+from rxcqrs.exceptions import CommitError, GroupMovedOnError
 from rxcqrs.kafka.client import ConsumerClient
+from rxcqrs.kafka.rewinds import Rewinds
 from rxcqrs.kafka.settings import SourceSettings
 from rxcqrs.messages import TopicPartition
 from rxcqrs.metrics import Metrics
@@ -39,25 +37,25 @@ log = logging.getLogger(__name__)
 
 class Committer:
     def __init__(self, settings: SourceSettings, metrics: Metrics, name: str,
-                 wake: Callable[[], None] = lambda: None) -> None:
+                 wake: Callable[[], None] = lambda: None, clock: Clock = SYSTEM) -> None:
         self.settings = settings
         self.metrics = metrics
         self.name = name
-        self.gate = CommitGate(on_change=wake, on_stale=lambda: metrics.incr("stale_settles"))
+        self._clock = clock
+        self._gate = gate = CommitGate(on_change=wake, on_stale=lambda: metrics.incr("stale_settles"))
         # resume emitting once a quarter of a full window has settled; commit after commit_every records
         window = settings.max_in_flight
-        self.gate.wake_when(in_flight=window - max(1, window // 4), done=settings.commit_every)
+        gate.wake_when(in_flight=window - max(1, window // 4), done=settings.commit_every)
         self._lock = threading.Lock()
         self._committed: dict[TopicPartition, int] = {}  # last commit per partition, kept after a revoke
         self._records_committed = 0
-        self._last_commit = time.monotonic()
-        # rewinds (poll thread only)
-        self._halted: dict[TopicPartition, float] = {}  # waiting for in-flight to settle, then seek + back off
-        self._resume_at: dict[TopicPartition, float] = {}
-        self._attempts: dict[TopicPartition, int] = {}
-        self._first_failed: dict[TopicPartition, int] = {}
-        #: set by the source when it stops without draining: a revoke then does not wait for in-flight
-        self.stopping_now = False
+        self._last_commit = clock.now()
+        self._rewinds = Rewinds(settings, metrics, name, gate, clock)
+        self.check_failures = self._rewinds.check_failures
+        self.halted = self._rewinds.halted
+        self.held = self._rewinds.held
+        self.next_resume = self._rewinds.next_resume
+        self._stopping_now = False  # a revoke then does not wait for in-flight records
         self._revoke_listeners: list[Callable[[list[TopicPartition]], None]] = []
         self._assign_listeners: list[Callable[[list[TopicPartition]], None]] = []
         self._start_positions: list[StartPositions] = []
@@ -90,19 +88,19 @@ class Committer:
     def ticket(self, tp: TopicPartition, epoch: int, offset: int, count: Callable[[str, int], None]) -> Ticket:
         """The ticket of a record the gate accepted (``gate.emit``); it settles the record from any thread."""
         if tracing.ACTIVE:
-            return TracedGateTicket(self.gate, tp, epoch, offset, count)
-        return GateTicket(self.gate, tp, epoch, offset, count)
+            return TracedGateTicket(self._gate, tp, epoch, offset, count)
+        return GateTicket(self._gate, tp, epoch, offset, count)
 
     def maybe_commit(self, client: ConsumerClient, *, batch_done: bool = False, force: bool = False,
                      strict: bool = False) -> None:
         """Commit the gate's watermarks when due (count, time, ``batch_done``) or when ``force``d. A failed
         commit is retried at the next turn, or raised as :class:`CommitError` when ``strict``."""
-        now = time.monotonic()
-        due = (force or batch_done or self.gate.done_since_commit() >= self.settings.commit_every
+        now = self._clock.now()
+        due = (force or batch_done or self._gate.done_since_commit() >= self.settings.commit_every
                or now - self._last_commit >= self.settings.commit_interval)
         if not due:
             return
-        offsets = self.gate.to_commit()
+        offsets = self._gate.to_commit()
         if not offsets:
             return
         self._last_commit = now
@@ -119,7 +117,7 @@ class Committer:
         self._committed_now(offsets)
 
     def _committed_now(self, offsets: dict[TopicPartition, int]) -> None:
-        self.gate.mark_committed(offsets)
+        self._gate.mark_committed(offsets)
         if tracing.ACTIVE:
             tracing.committed(offsets)
         with self._lock:
@@ -129,70 +127,70 @@ class Committer:
                     self._records_committed += offset - before
                 self._committed[tp] = offset
         self.metrics.incr("commits")
-        for tp, offset in offsets.items():  # progress past a failure resets its rewind attempts
-            failed = self._first_failed.get(tp)
-            if failed is not None and offset > failed:
-                self._first_failed.pop(tp, None)
-                self._attempts.pop(tp, None)
-
-    def check_failures(self) -> BaseException | None:
-        """Apply the failure policy to nacked records: schedule rewinds, or return the error to stop with."""
-        if not self.gate.failed:
-            return None
-        for failure in self.gate.failures():
-            if failure.tp in self._halted:
-                continue
-            if is_permanent(failure.error) or self.settings.failure_policy == "stop":
-                return _failed(failure)
-            attempts = self._attempts.get(failure.tp, 0)
-            delay = self.settings.backoff.delay(attempts)
-            if delay is None:
-                exhausted = RetriesExhaustedError(
-                    f"{failure.tp.topic}/{failure.tp.partition}@{failure.offset} kept failing after {attempts} "
-                    f"rewinds without progress: {failure.error!r}; nothing at or after it was committed")
-                exhausted.__cause__ = failure.error
-                return exhausted
-            self._attempts[failure.tp] = attempts + 1
-            self._first_failed.setdefault(failure.tp, failure.offset)
-            self._halted[failure.tp] = delay
-            self.metrics.incr("rewinds")
-            log.warning("%s: rewinding %s to before offset %d in %.2fs (attempt %d): %r", self.name, failure.tp,
-                        failure.offset, delay, attempts + 1, failure.error)
-        return None
+        self._rewinds.progressed(offsets)
 
     def finish_rewinds(self, client: ConsumerClient) -> None:
-        """Once a halted partition has nothing in flight: commit what is done, seek to it, back off."""
-        for tp, delay in list(self._halted.items()):
-            if self.gate.in_flight([tp]) > 0:
-                continue
-            del self._halted[tp]
-            position = self.gate.rewind(tp)
-            self.maybe_commit(client, force=True)
-            if position is not None and tp in client.assignment():
-                client.seek(tp, position)
-            self._resume_at[tp] = time.monotonic() + delay
+        """Rewind the failed partitions that have nothing in flight any more (see :mod:`rxcqrs.kafka.rewinds`)."""
+        self._rewinds.finish(client, lambda: self.maybe_commit(client, force=True))
 
-    def halted(self, tp: TopicPartition) -> bool:
-        """A failure on ``tp`` waits for its rewind: its buffered records must not be emitted."""
-        return tp in self._halted
+    def stop_now(self) -> None:
+        """The source stops without draining: a revoke no longer waits for in-flight records."""
+        self._stopping_now = True
 
-    def held(self) -> set[TopicPartition]:
-        """Partitions not to fetch now: rewinding, or backing off after a rewind."""
-        now = time.monotonic()
-        for tp, at in list(self._resume_at.items()):
-            if at <= now:
-                del self._resume_at[tp]
-        return set(self._halted) | set(self._resume_at)
+    # -- the gate, as the poll thread sees it -------------------------------------------------------------
+    def admit(self, tp: TopicPartition, offset: int, epoch: int, *, last: int | None = None,
+              records: int = 1) -> int | None:
+        """Put a record (or a run up to ``last``) fetched under ``epoch`` in flight; the epoch of its ticket,
+        or None: the partition was revoked or rewound since, drop the record."""
+        return self._gate.emit(tp, offset, epoch, last=last, records=records)
 
-    def next_resume(self) -> float | None:
-        return min(self._resume_at.values()) if self._resume_at else None
+    def epoch(self, tp: TopicPartition) -> int | None:
+        """The current assignment epoch of ``tp`` (None: not assigned)."""
+        return self._gate.epoch(tp)
+
+    def track(self, tp: TopicPartition) -> int:
+        """Start tracking ``tp`` whose records came without an assignment callback (manual assignment)."""
+        return self._gate.assign(tp)
+
+    def assigned_partitions(self) -> set[TopicPartition]:
+        return self._gate.assigned()
+
+    def in_flight(self, tps: Iterable[TopicPartition] | None = None) -> int:
+        """Records emitted and not settled (of ``tps``, or of every partition)."""
+        return self._gate.in_flight(tps)
+
+    @property
+    def failed(self) -> bool:
+        """Some record was nacked and its failure is not handled yet."""
+        return bool(self._gate.failed)
+
+    @property
+    def changes(self) -> int:
+        """A counter that moves at every settle that matters (the poll thread compares it before sleeping)."""
+        return self._gate.changes
+
+    @property
+    def acked(self) -> int:
+        return self._gate.acked
+
+    @property
+    def nacked(self) -> int:
+        return self._gate.nacked
+
+    def commit_due(self) -> bool:
+        """Some watermark is ahead of its last commit."""
+        return bool(self._gate.to_commit())
+
+    def watermarks(self) -> dict[TopicPartition, int | None]:
+        """Per partition, the first offset not done (None: nothing known yet)."""
+        return self._gate.watermarks()
 
     # -- rebalance callbacks (the client's thread) --------------------------------------------------------
     def revoked(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         # give in-flight records of these partitions a moment to settle, so their commits count (not when the
         # source is stopping without a drain: then they are left to be redelivered)
-        settled = self.stopping_now or self.gate.wait_settled(tps, self.settings.revoke_settle_timeout)
-        offsets = self.gate.revoke(tps)
+        settled = self._stopping_now or self._gate.wait_settled(tps, self.settings.revoke_settle_timeout)
+        offsets = self._gate.revoke(tps)
         self._tell(self._revoke_listeners, tps, "a revoke")
         if tracing.ACTIVE:  # records past the commit on revoke are delivered again
             tracing.revoked(tps, offsets)
@@ -212,7 +210,7 @@ class Committer:
         with self._lock:
             self._committed.update(starts)  # records before a start are not this source's to count
         for tp in tps:
-            self.gate.assign(tp, start=starts.get(tp))  # a start is committed like progress
+            self._gate.assign(tp, start=starts.get(tp))  # a start is committed like progress
         self._tell(self._assign_listeners, tps, "an assign")
         self.metrics.incr("assigned", len(tps))
         log.info("%s: assigned %s%s", self.name, sorted(tps), f", starting at {_show(starts)}" if starts else "")
@@ -235,7 +233,7 @@ class Committer:
         return starts
 
     def lost(self, tps: list[TopicPartition]) -> None:
-        self.gate.revoke(tps)
+        self._gate.revoke(tps)
         if tracing.ACTIVE:
             tracing.revoked(tps)
         self._tell(self._revoke_listeners, tps, "a revoke")
@@ -257,9 +255,3 @@ class Committer:
 def _show(offsets: dict[TopicPartition, int]) -> str:
     return "{" + ", ".join(f"{tp.topic}/{tp.partition}: {o}" for tp, o in sorted(offsets.items())) + "}"
 
-
-def _failed(failure: Failure) -> FlowError:
-    error = FlowError(f"record {failure.tp.topic}/{failure.tp.partition}@{failure.offset} failed: "
-                      f"{failure.error}; nothing at or after it was committed")
-    error.__cause__ = failure.error
-    return error

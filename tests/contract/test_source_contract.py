@@ -63,7 +63,7 @@ def test_the_window_bounds_in_flight_and_the_next_poll_waits_for_the_last_to_set
     wait_until(lambda: len(sink.items) == 5, 60, "a full window")
     turns = source.metrics.get("keepalive_polls")
     wait_until(lambda: source.metrics.get("keepalive_polls") >= turns + 3, 30, "keepalive polls")
-    assert len(sink.items) == 5 and source.gate.in_flight() == 5
+    assert len(sink.items) == 5 and source.in_flight() == 5
     for env in sink.items[:4]:
         env.ack()
     turns = source.metrics.get("keepalive_polls")

@@ -94,7 +94,7 @@ def test_window_bounds_in_flight_and_no_poll_until_the_batch_is_settled() -> Non
     keepalives = source.metrics.get("keepalive_polls")
     wait_until(lambda: source.metrics.get("keepalive_polls") >= keepalives + 3, what="keepalive polls")
     assert len(sink.items) == 5 and source.metrics.get("polls") == polls  # waiting: paused polls only
-    assert source.gate.in_flight() == 5
+    assert source.in_flight() == 5
     for env in list(sink.items):
         env.ack()
     wait_until(lambda: len(sink.items) == 10, what="the next window")

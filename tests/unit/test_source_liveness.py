@@ -76,7 +76,7 @@ def test_an_idle_member_of_a_full_group_is_left_alone() -> None:
     busy = KafkaSource("t", ConsumerSettings(group_id="g"), SourceSettings(**FAST),  # type: ignore[arg-type]
                        client_factory=fake_consumers(broker, first_consumers))
     busy_flow = run(busy, Collect(hold=True))
-    wait_until(lambda: busy.gate.assigned(), 10, "the first member owns the partition")
+    wait_until(lambda: busy.assigned(), 10, "the first member owns the partition")
     consumers: list[FakeConsumer] = []
     idle = source(broker, consumers, "never_assigned", faulty=0, assignment_timeout=0.2)
     idle_flow = run(idle, Collect())
