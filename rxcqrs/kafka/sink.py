@@ -35,7 +35,7 @@ Settles = Union[Envelope[Any], "_BatchShare"]  # what a send settles: its envelo
 def producer_client(settings: ProducerSettings) -> ProducerClient:
     """A producer client of the settings' ``backend``; an unusable configuration is a clear error."""
     if settings.backend == "confluent":
-        from rxcqrs.kafka.confluent import ConfluentProducer
+        from rxcqrs.kafka.confluent_producer import ConfluentProducer
 
         return ConfluentProducer.create(settings)
     from rxcqrs.kafka.kafka_python import KafkaPythonProducer

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from rxcqrs.kafka.confluent import ConfluentProducer
+from rxcqrs.kafka.confluent_producer import ConfluentProducer
 
 
 class StandIn:
