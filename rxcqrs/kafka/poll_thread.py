@@ -214,11 +214,11 @@ class PollThread:
                         self._fetched(poller.keepalive(client))
                     committer.maybe_commit(client)
                     continue
-                if self._ready_to_poll():
+                if self._ready_to_poll():  # the previous window is settled (unless prefetch): commit it first
+                    committer.maybe_commit(client, batch_done=committer.in_flight() == 0)
                     self._fetched(poller.window(client))
                     self._check_assignment(client)
                     meter.measure(client)
-                    committer.maybe_commit(client)
                     continue
                 self._check_assignment(client)
             meter.measure(client)

@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from rxcqrs.testing.fake_kafka import FakeBroker, FakeConsumer, FakeProducer, FakeRecord, UnknownTopicError
+from rxcqrs.testing.virtual_clock import VirtualClock
 from rxcqrs.testing.wait import wait_until
 
 __all__ = ["FakeBroker", "FakeConsumer", "FakeProducer", "FakeRecord", "UnknownTopicError", "fake_consumers",
-           "fake_producer", "wait_until"]
+           "fake_producer", "wait_until", "VirtualClock"]
 
 
 def fake_consumers(broker: FakeBroker, created: list[FakeConsumer] | None = None,

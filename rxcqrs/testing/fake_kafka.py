@@ -202,6 +202,7 @@ class FakeConsumer:
         self.never_assigned = False
         self.hang_polls = False
         self._interrupted = threading.Event()
+        self.hanging = threading.Event()  # set once a poll hangs (hang_polls)
 
     def _owner_check(self) -> None:
         current = threading.current_thread()
@@ -273,6 +274,7 @@ class FakeConsumer:
         if self.closed:
             raise RuntimeError("consumer closed")
         if self.hang_polls:
+            self.hanging.set()
             self._interrupted.wait()
             raise RuntimeError("the fake consumer's poll was interrupted")
         self.polls += 1

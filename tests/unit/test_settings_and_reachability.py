@@ -54,7 +54,7 @@ def test_secrets_never_show_in_repr() -> None:
 def test_an_unreachable_broker_fails_the_flow_with_a_clear_error(backend: str) -> None:
     port = closed_port()
     source = KafkaSource("t", ConsumerSettings(group_id="g", bootstrap_servers=f"127.0.0.1:{port}",
-                                               bootstrap_timeout_ms=1500, backend=backend))  # type: ignore[arg-type]
+                                               bootstrap_timeout_ms=200, backend=backend))  # type: ignore[arg-type]
     sink = Collect()
     flow = run(source, sink)
     with pytest.raises(FlowError, match=f"cannot create a Kafka consumer for 127.0.0.1:{port}"):
@@ -66,5 +66,5 @@ def test_an_unreachable_broker_fails_the_flow_with_a_clear_error(backend: str) -
 def test_an_unreachable_broker_for_a_sink_is_a_delivery_error(backend: str) -> None:
     port = closed_port()
     with pytest.raises(DeliveryError, match=f"cannot create a Kafka producer for 127.0.0.1:{port}"):
-        KafkaSink("t", ProducerSettings(bootstrap_servers=f"127.0.0.1:{port}", bootstrap_timeout_ms=1500,
+        KafkaSink("t", ProducerSettings(bootstrap_servers=f"127.0.0.1:{port}", bootstrap_timeout_ms=200,
                                         backend=backend))  # type: ignore[arg-type]
