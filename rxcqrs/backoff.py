@@ -1,4 +1,5 @@
-"""The one exponential backoff shared by every retrying stage (Kafka and Cassandra alike).
+"""The one exponential backoff shared by every retrying stage (Kafka and Cassandra alike), and
+:func:`retry_until`, the one loop that retries a blocking call until a deadline.
 
 delay(n) = min(max, min * 2**n) * (1 + random() * random_factor); a stage retries while the delay is below
 ``max`` and gives up once it reaches it (with the defaults 100 ms, 30 s, 0.2: about nine retries).
@@ -8,11 +9,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, TypeVar
 
+from rxcqrs.clock import SYSTEM, Clock
 from rxcqrs.exceptions import ConfigError
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "retry_until"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -42,3 +46,23 @@ class Backoff:
 
     def with_(self, **changes: float) -> "Backoff":
         return replace(self, **changes)
+
+
+def retry_until(attempt: Callable[[float], T], deadline: float, transient: Callable[[Exception], bool],
+                backoff: Backoff = Backoff(min_delay=0.05, max_delay=2.0, random_factor=0.0),
+                clock: Clock = SYSTEM) -> T:
+    """``attempt(seconds_left)`` until it returns; after an error that ``transient`` accepts, again after the
+    backoff's delay (capped at its maximum, never giving up early) while that delay ends before ``deadline``
+    (on ``clock``). Any other error, or the last transient one, is raised."""
+    tries = 0
+    while True:
+        try:
+            return attempt(max(0.0, deadline - clock.now()))
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            delay = backoff.base_delay(tries)
+            if clock.now() + delay >= deadline:
+                raise
+        clock.sleep(delay)
+        tries += 1

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any, Mapping
 
+from rxcqrs.backoff import Backoff, retry_until
+from rxcqrs.clock import SYSTEM, Clock
 from rxcqrs.exceptions import ConfigError, SchemaRegistryError, UnknownSchemaError
 
 __all__ = ["SchemaRegistry", "subject_of"]
 
 _CONTENT = "application/vnd.schemaregistry.v1+json"
+_BACKOFF = Backoff(min_delay=0.05, max_delay=1.0, random_factor=0.0)
 
 
 def subject_of(topic: str) -> str:
@@ -31,13 +33,14 @@ def subject_of(topic: str) -> str:
 class SchemaRegistry:
     """``url``: the registry's Confluent-compatible API, e.g. ``http://127.0.0.1:8081/apis/ccompat/v7``."""
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = 10.0, clock: Clock = SYSTEM) -> None:
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ConfigError(f"schema registry URL {url!r} is not an http(s) URL (e.g. "
                               "http://127.0.0.1:8081/apis/ccompat/v7)")
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self._clock = clock
         self._lock = threading.Lock()
         self._schemas: dict[int, dict[str, Any]] = {}
 
@@ -81,29 +84,34 @@ class SchemaRegistry:
         self._request("PUT", f"/config/{_quote(subject)}", {"compatibility": level})
 
     def _request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        deadline = time.monotonic() + self.timeout
         data = None if body is None else json.dumps(body).encode()
-        delay = 0.05
-        while True:
-            left = deadline - time.monotonic()
+
+        def attempt(left: float) -> Any:
             request = urllib.request.Request(f"{self.url}{path}", data=data, method=method,
                                              headers={"Content-Type": _CONTENT, "Accept": _CONTENT})
             try:
                 with urllib.request.urlopen(request, timeout=max(0.1, left)) as answer:
                     return json.load(answer)
             except urllib.error.HTTPError as exc:
-                reason = _reason(exc)
                 if exc.code < 500:
+                    reason = _reason(exc)
                     raise SchemaRegistryError(f"the schema registry refused {method} {path}: {exc.code} {reason}",
                                               exc.code, reason) from None
-                error: Exception = exc
-            except (urllib.error.URLError, OSError, TimeoutError) as exc:
-                error = exc
-            if time.monotonic() + delay >= deadline:
-                raise SchemaRegistryError(f"the schema registry at {self.url} did not answer {method} {path} within "
-                                          f"{self.timeout:g}s: {error}") from None
-            time.sleep(delay)  # a transient failure: try again within the deadline
-            delay = min(delay * 2, 1.0)
+                raise
+
+        try:
+            return retry_until(attempt, self._clock.now() + self.timeout, _transient, _BACKOFF, self._clock)
+        except SchemaRegistryError:
+            raise
+        except Exception as exc:
+            raise SchemaRegistryError(f"the schema registry at {self.url} did not answer {method} {path} within "
+                                      f"{self.timeout:g}s: {exc}") from None
+
+
+def _transient(error: Exception) -> bool:
+    """A 5xx answer, a refused or broken connection, a timeout: another try may succeed."""
+    return isinstance(error, (urllib.error.URLError, OSError, TimeoutError)) and not isinstance(
+        error, SchemaRegistryError)
 
 
 def _quote(subject: str) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable, TypeVar
 
+from rxcqrs.backoff import Backoff, retry_until
+from rxcqrs.clock import SYSTEM, Clock
 from rxcqrs.exceptions import ConfigError, FlowError
 from rxcqrs.kafka.settings import default_bootstrap
 
@@ -67,24 +69,19 @@ def delete_topics(names: Iterable[str], *, bootstrap_servers: str | None = None)
 
 
 RETRY_FOR = 60.0  # seconds: covers a broker's session timeout, after which the cluster stops listing it
+_ADMIN_BACKOFF = Backoff(min_delay=0.1, max_delay=2.0, random_factor=0.0)
 T = TypeVar("T")
 
 
-def _retrying(read: Callable[[], T], deadline: float | None = None) -> T:
+def _retrying(read: Callable[[], T], deadline: float | None = None, clock: Clock = SYSTEM) -> T:
     """``read()``, again after a retriable client error (a dead broker, no leader yet) until the deadline."""
     from kafka.errors import KafkaError, UnknownTopicOrPartitionError
 
-    until = deadline if deadline is not None else time.monotonic() + RETRY_FOR
-    delay = 0.1
-    while True:
-        try:
-            return read()
-        except KafkaError as exc:
-            transient = exc.retriable and not isinstance(exc, UnknownTopicOrPartitionError)
-            if not transient or time.monotonic() + delay > until:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 2.0)
+    def transient(exc: Exception) -> bool:
+        return isinstance(exc, KafkaError) and bool(exc.retriable) and not isinstance(exc, UnknownTopicOrPartitionError)
+
+    until = deadline if deadline is not None else clock.now() + RETRY_FOR
+    return retry_until(lambda _left: read(), until, transient, _ADMIN_BACKOFF, clock)
 
 
 def _reader(servers: str, group_id: str | None = None) -> Any:

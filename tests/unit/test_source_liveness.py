@@ -84,7 +84,7 @@ def test_the_source_gives_up_after_a_few_replacements_with_a_clear_error() -> No
                  stuck_timeout=10 * ASSIGNMENT_TIMEOUT, max_consumer_restarts=2)
     flow = run(src, Collect())
     for n in (1, 2, 3):
-        wait_until(lambda: polled(consumers, n), 10, f"consumer {n} polling")
+        wait_until(lambda n=n: polled(consumers, n), 10, f"consumer {n} polling")
         clock.advance(ASSIGNMENT_TIMEOUT + 1)
     with pytest.raises(FlowError, match="gave up after replacing the consumer 2 times; last reason: no partition "
                                         "assigned after 30s although the topic has 2 partitions"):
@@ -104,9 +104,10 @@ def test_an_idle_member_of_a_full_group_is_left_alone() -> None:
     idle = source(broker, consumers, "never_assigned", clock, faulty=0, assignment_timeout=ASSIGNMENT_TIMEOUT,
                   stuck_timeout=10 * ASSIGNMENT_TIMEOUT)
     idle_flow = run(idle, Collect())
-    for turn in range(3):  # three assignment timeouts pass; each time the group is found full
+    polls = 0
+    for _ in range(3):  # three assignment timeouts pass; each time the group is found full
         polls = idle.metrics.get("polls")
-        wait_until(lambda: idle.metrics.get("polls") > polls + 2, 10, "the idle member polling")
+        wait_until(lambda before=polls: idle.metrics.get("polls") > before + 2, 10, "the idle member polling")
         clock.advance(ASSIGNMENT_TIMEOUT + 1)
     wait_until(lambda: idle.metrics.get("polls") > polls + 10, 10, "the idle member still polling")
     assert idle.metrics.get("consumer_restarts") == 0 and len(consumers) == 1
