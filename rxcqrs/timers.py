@@ -1,4 +1,9 @@
-"""Delayed calls for retries: one daemon thread and a heap, instead of a thread per retry."""
+"""Delayed calls for retries: one daemon thread and a heap per clock, instead of a thread per retry.
+
+:func:`call_later` runs on wall time; ``timers(clock).call_later`` on any :class:`~rxcqrs.clock.Clock`
+(a virtual one in tests: its calls run once the test has moved the time past them). A timer thread ends
+when it has nothing left to run and starts again with the next call.
+"""
 
 from __future__ import annotations
 
@@ -6,37 +11,67 @@ import heapq
 import itertools
 import logging
 import threading
-import time
 from typing import Callable
 
-__all__ = ["call_later"]
+from rxcqrs.clock import SYSTEM, Clock
+
+__all__ = ["Timers", "call_later", "timers"]
 
 log = logging.getLogger(__name__)
 
-_lock = threading.Condition()
-_heap: list[tuple[float, int, Callable[[], None]]] = []
-_ids = itertools.count()
-_thread: threading.Thread | None = None
+
+class Timers:
+    def __init__(self, clock: Clock = SYSTEM) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._added = threading.Event()
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the timer thread after ``delay`` seconds of the clock."""
+        with self._lock:
+            heapq.heappush(self._heap, (self._clock.now() + max(0.0, delay), next(self._ids), fn))
+            self._added.set()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="rxcqrs-timers", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._heap:
+                    self._thread = None
+                    return
+                due, _, fn = self._heap[0]
+                wait = due - self._clock.now()
+                if wait <= 0:
+                    heapq.heappop(self._heap)
+                else:
+                    self._added.clear()
+            if wait > 0:
+                self._clock.wait(self._added, wait)
+                continue
+            try:
+                fn()
+            except Exception:  # a retry callback must settle its own errors; never kill the timer thread
+                log.exception("delayed call failed")
 
 
-def _run() -> None:
-    while True:
-        with _lock:
-            while not _heap or _heap[0][0] > time.monotonic():
-                _lock.wait(None if not _heap else _heap[0][0] - time.monotonic())
-            _, _, fn = heapq.heappop(_heap)
-        try:
-            fn()
-        except Exception:  # a retry callback must settle its own errors; never kill the timer thread
-            log.exception("delayed call failed")
+_lock = threading.Lock()
+_by_clock: dict[int, Timers] = {}  # a Timers holds its clock, so an id is never reused while it is here
+
+
+def timers(clock: Clock) -> Timers:
+    """The timers of ``clock`` (one thread per clock)."""
+    with _lock:
+        found = _by_clock.get(id(clock))
+        if found is None:
+            found = _by_clock[id(clock)] = Timers(clock)
+        return found
 
 
 def call_later(delay: float, fn: Callable[[], None]) -> None:
-    """Run ``fn`` on the timer thread after ``delay`` seconds."""
-    global _thread
-    with _lock:
-        if _thread is None or not _thread.is_alive():
-            _thread = threading.Thread(target=_run, name="rxcqrs-timers", daemon=True)
-            _thread.start()
-        heapq.heappush(_heap, (time.monotonic() + max(0.0, delay), next(_ids), fn))
-        _lock.notify()
+    """Run ``fn`` on the wall-time timer thread after ``delay`` seconds."""
+    timers(SYSTEM).call_later(delay, fn)

@@ -60,6 +60,7 @@ from rxcqrs.cassandra.keyed import KeyedQueue
 from rxcqrs.cassandra.outcomes import Outcome, classify
 from rxcqrs.cassandra.retrying import abandoned, exhausted, permanent, retry_later
 from rxcqrs.cassandra.statement_batches import group_statements, statement_size
+from rxcqrs.clock import SYSTEM, Clock
 from rxcqrs.exceptions import ConfigError, PermanentStageError, StageError, UnknownOutcomeError
 from rxcqrs.messages import Batch, Envelope, RecordMetadata, TopicPartition
 from rxcqrs.partitions import Assignments
@@ -303,7 +304,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                  fence_timeout: float = 60.0, fences: FenceFactory | None = None, log_events: bool = True,
                  merge_partitions: int = 10, atomic_batches: bool = True,
                  then: Callable[[Envelope[Any]], None] | None = None, name: str = "aggregate_sink",
-                 publisher: Publisher | None = None) -> None:
+                 publisher: Publisher | None = None, clock: Clock = SYSTEM) -> None:
         """``fences(group, topic)`` gives the fence of a topic (default: its row in ``keyspace``, a
         :class:`~rxcqrs.cassandra.fence.Fence`); ``log_events=False`` writes the rejections and the state
         only (the event log, ``Applied.records`` included, is another branch's job); ``then(env)`` receives each
@@ -314,8 +315,10 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         writes): a batch's rows of every step go as one logged request, all or nothing, when they fit
         ``batch_rows`` and ``batch_bytes`` (see :meth:`_send_atomic`). ``publisher``: where
         ``Applied.published`` goes (:class:`~rxcqrs.kafka.publisher.KafkaPublisher`), before the batch's
-        writes; a batch is acked only once its records were delivered (the engine closes it)."""
+        writes; a batch is acked only once its records were delivered (the engine closes it). ``clock`` times
+        the retries' backoff and the fence deadlines (see :mod:`rxcqrs.clock`)."""
         super().__init__()
+        self._clock = clock
         if max_concurrency < 1 or max_batch < 1 or cache_size < 1 or batch_rows < 1 or merge_partitions < 1:
             raise ConfigError("max_concurrency, max_batch, cache_size, batch_rows and merge_partitions must be >= 1")
         self.protocol = check_protocol(write_protocol)
@@ -448,11 +451,11 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         for topic in sorted({tp.topic for tp in tps}):
             mine = [tp for tp in tps if tp.topic == topic]
             try:
-                epoch = self._fence(topic).take(deadline=time.monotonic() + self.fence_timeout)
+                epoch = self._fence(topic).take(deadline=self._clock.now() + self.fence_timeout)
             except Exception as exc:
                 self._fence_failed(mine, request, exc)
                 continue
-            self._confirm(mine, request, epoch, 0, time.monotonic() + self.fence_timeout)
+            self._confirm(mine, request, epoch, 0, self._clock.now() + self.fence_timeout)
 
     def _fence(self, topic: str) -> EpochSource:
         fence = self._fences.get(topic)
@@ -464,7 +467,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 fence = self._fence_factory(self.group, topic)
             else:
                 assert self.keyspace is not None
-                fence = Fence(self.session, self.keyspace, self.group, topic, backoff=self.backoff)
+                fence = Fence(self.session, self.keyspace, self.group, topic, backoff=self.backoff, clock=self._clock)
             self._fences[topic] = fence
         return fence
 
@@ -482,7 +485,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 return
             if not self._current(tps, request) or self._abandoned:
                 return
-            if time.monotonic() >= deadline or not self._later(
+            if self._clock.now() >= deadline or not self._later(
                     attempt, lambda: self._confirm(tps, request, epoch, attempt + 1, deadline)):
                 self._fence_failed(tps, request, StageError(
                     f"{self.name}: this member's ownership of {sorted(tps)} was not confirmed by the group "
@@ -1102,7 +1105,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
 
         with self._lock:
             self._busy_threads += 1
-        if retry_later(self.backoff, attempt, due):
+        if retry_later(self.backoff, attempt, due, self._clock):
             return True
         with self._lock:
             self._busy_threads -= 1

@@ -32,6 +32,7 @@ from rxcqrs.backoff import Backoff
 from rxcqrs.cassandra.keyed import KeyedQueue
 from rxcqrs.cassandra.outcomes import Outcome, classify
 from rxcqrs.cassandra.retrying import abandoned, exhausted, permanent, retry_later
+from rxcqrs.clock import SYSTEM, Clock
 from rxcqrs.exceptions import ConfigError, NotAppliedError, StageError, UnknownOutcomeError
 from rxcqrs.messages import Envelope
 
@@ -89,13 +90,14 @@ class Job:
 
 class CassandraExecutor:
     def __init__(self, session: Any, *, max_concurrency: int = 32, backoff: Backoff | None = None,
-                 workers: int = 0, name: str = "cassandra_executor") -> None:
+                 workers: int = 0, name: str = "cassandra_executor", clock: Clock = SYSTEM) -> None:
         if max_concurrency < 1:
             raise ConfigError("max_concurrency must be >= 1")
         self.session = session
         self.max_concurrency = max_concurrency
         self.backoff = backoff or Backoff()
         self.name = name
+        self._clock = clock  # times the retries' backoff
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"rxcqrs-{name}") if workers else None
         self._lock = threading.Condition()
         self._queue: KeyedQueue[Job] = KeyedQueue(max_concurrency)
@@ -262,7 +264,7 @@ class CassandraExecutor:
             self._finish(job, None, _unknown_error(self.name, job, job.unknown, "reading could not tell"))
 
     def _retry(self, job: Job, error: BaseException) -> None:
-        if retry_later(self.backoff, job.attempt, lambda: self._dispatch_all([job])):
+        if retry_later(self.backoff, job.attempt, lambda: self._dispatch_all([job]), self._clock):
             job.attempt += 1
             self.retries += 1
             job.count("retries")

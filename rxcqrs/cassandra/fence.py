@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,6 +34,7 @@ from rxcqrs.backoff import Backoff
 from rxcqrs.cassandra.identifiers import identifier, qualified
 from rxcqrs.cassandra.outcomes import Outcome, classify
 from rxcqrs.cassandra.schema import create_table, prepare
+from rxcqrs.clock import SYSTEM, Clock
 from rxcqrs.exceptions import ConfigError, RetriesExhaustedError, SchemaError
 
 __all__ = ["WriteProtocol", "WRITE_PROTOCOLS", "FIRST_EPOCH", "EPOCH_SHIFT", "write_timestamp", "Fence",
@@ -78,9 +78,10 @@ class Fence:
     """The epochs of one consumer group on one topic. :meth:`take` blocks (a few round trips): call it on a
     thread of your own, never on a driver callback."""
 
-    def __init__(self, session: Any, keyspace: str, group: str, topic: str, *, backoff: Backoff | None = None
-                 ) -> None:
+    def __init__(self, session: Any, keyspace: str, group: str, topic: str, *, backoff: Backoff | None = None,
+                 clock: Clock = SYSTEM) -> None:
         self.session = session
+        self._clock = clock
         self.group = group
         self.topic = topic
         self.backoff = backoff or Backoff(0.05, 10.0)
@@ -111,7 +112,7 @@ class Fence:
 
     def take(self, deadline: float | None = None) -> int:
         """A new epoch, higher than every epoch handed out before. Retries conflicts, transient errors and
-        unknown outcomes (each a fresh read, then the next epoch) until ``deadline`` (``time.monotonic()``)
+        unknown outcomes (each a fresh read, then the next epoch) until ``deadline`` (on the fence's clock)
         or the backoff's end; then :class:`RetriesExhaustedError`."""
         read, first, step = self._statements()
         attempt = 0
@@ -134,11 +135,11 @@ class Fence:
                     raise
                 error = exc
             delay = self.backoff.delay(attempt)
-            if delay is None or (deadline is not None and time.monotonic() + delay > deadline):
+            if delay is None or (deadline is not None and self._clock.now() + delay > deadline):
                 raise RetriesExhaustedError(f"could not take an epoch of {self.group}/{self.topic} after "
                                             f"{attempt + 1} attempts: {error!r}") from error
             attempt += 1
-            time.sleep(delay)  # a fence taker runs on a thread of its own: backing off there blocks nobody
+            self._clock.sleep(delay)  # a fence taker runs on a thread of its own: backing off there blocks nobody
 
 
 @dataclass(frozen=True)

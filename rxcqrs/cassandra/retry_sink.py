@@ -19,6 +19,7 @@ from reactivex import Observable
 from rxcqrs.backoff import Backoff
 from rxcqrs.cassandra.executor import CassandraExecutor
 from rxcqrs.cassandra.stage import ExecutorSink, OrderBy, order_key
+from rxcqrs.clock import SYSTEM, Clock
 from rxcqrs.messages import Envelope
 
 __all__ = ["CassandraRetrySink", "cassandra_retry_flow"]
@@ -46,7 +47,8 @@ class CassandraRetrySink(ExecutorSink):
     def __init__(self, session: Any, fn: CommandFn, *, max_concurrency: int = 16, backoff: Backoff | None = None,
                  order_by: OrderBy = "partition", retry_not_applied: bool = True, with_meta: bool = False,
                  idempotent: bool = False, resolve: CommandFn | None = None,
-                 record_unknown: CommandFn | None = None, name: str = "cassandra_retry_sink") -> None:
+                 record_unknown: CommandFn | None = None, name: str = "cassandra_retry_sink",
+                 clock: Clock = SYSTEM) -> None:
         super().__init__()
         self.fn = fn
         self.order_by = order_by
@@ -56,7 +58,7 @@ class CassandraRetrySink(ExecutorSink):
         self.resolve = resolve
         self.record_unknown = record_unknown
         self.executor = CassandraExecutor(session, max_concurrency=max_concurrency, backoff=backoff,
-                                          workers=max_concurrency, name=name)
+                                          workers=max_concurrency, name=name, clock=clock)
 
     def on_next(self, item: Any) -> None:
         self._begin()

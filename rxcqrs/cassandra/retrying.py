@@ -9,19 +9,20 @@ from __future__ import annotations
 from typing import Callable
 
 from rxcqrs.backoff import Backoff
+from rxcqrs.clock import SYSTEM, Clock
 from rxcqrs.exceptions import PermanentStageError, RetriesExhaustedError, StageError
-from rxcqrs.timers import call_later
+from rxcqrs.timers import timers
 
 __all__ = ["retry_later", "exhausted", "permanent", "abandoned"]
 
 
-def retry_later(backoff: Backoff, attempt: int, step: Callable[[], None]) -> bool:
-    """Run ``step`` after the delay of retry number ``attempt``; False (nothing scheduled) once the backoff
-    gives up."""
+def retry_later(backoff: Backoff, attempt: int, step: Callable[[], None], clock: Clock = SYSTEM) -> bool:
+    """Run ``step`` after the delay of retry number ``attempt`` (on ``clock``'s timer thread); False (nothing
+    scheduled) once the backoff gives up."""
     delay = backoff.delay(attempt)
     if delay is None:
         return False
-    call_later(delay, step)
+    timers(clock).call_later(delay, step)
     return True
 
 

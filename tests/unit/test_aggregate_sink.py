@@ -16,6 +16,7 @@ from rxcqrs.exceptions import PermanentStageError
 from rxcqrs.messages import TopicPartition
 from rxcqrs.testing.fake_cassandra import MemoryFences
 from tests.counters import Counters, envelopes, fold, partition_of
+from rxcqrs.testing import VirtualClock
 from tests.helpers import wait_until
 
 FAST = Backoff(0.001, 0.05, 0.0)
@@ -99,6 +100,26 @@ def test_a_fenced_unknown_outcome_is_simply_sent_again() -> None:
     assert counters.state("e") == 11 and counters.state_writes == 2  # the same write twice: one state
     assert counts["cassandra_unknown"] == 1 and counts.get("retries") == 1 and "unknown_resolved_applied" not in counts
     assert all(v is None for v in results.values())
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_an_outage_is_retried_on_the_backoff_of_the_clock_until_it_ends(protocol: str) -> None:
+    """Every request refused while the outage lasts (45 s of a virtual clock): the engine retries on the
+    default backoff (100 ms, doubling, up to 30 s) and ends exact once Cassandra answers again."""
+    clock = VirtualClock()
+    outage_ends = clock.now() + 45
+    counters = Counters()
+    counters.fault = lambda s: "refused" if clock.now() < outage_ends else None
+    counts: dict[str, int] = {}
+    sink = engine(counters, protocol, backoff=Backoff(random_factor=0.0), clock=clock)
+    results = feed(sink, [("e", 5), ("e", 6), ("f", 1)], counts=counts)
+    took = clock.advance_until(lambda: len(results) == 3, step=0.25, what="every command applied")
+    sink.on_completed()
+    assert counters.state("e") == 11 and counters.state("f") == 1 and all(v is None for v in results.values())
+    # the retry that first finds Cassandra back is the one at 0.1 + 0.2 + ... + 25.6 = 51.1 s (each noticed within
+    # a step of the clock); the retries before it all fell inside the outage
+    assert 51.1 <= took <= 51.1 + 20 * 0.25
+    assert counts.get("retries", 0) >= 8
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -25,7 +25,7 @@ from rxcqrs.exceptions import (
     is_permanent,
 )
 from rxcqrs.messages import Envelope, RecordMetadata
-from rxcqrs.testing import wait_until
+from rxcqrs.testing import VirtualClock, wait_until
 from rxcqrs.testing.fake_cassandra import FakeSession, lwt_row
 
 FAST = Backoff(0.001, 0.05, 0.0)
@@ -49,7 +49,7 @@ def test_one_partition_at_a_time_in_order_and_bounded_concurrency() -> None:
             assert running[partition] == 1, "two commands of one partition in flight"
             peak["all"] = max(peak["all"], sum(running.values()))
             order.setdefault(partition, []).append(offset)
-        time.sleep(0.0005)
+        threading.Event().wait(0.0005)  # a request on the wire for a moment: others may overlap it
         with lock:
             running[partition] -= 1
 
@@ -91,10 +91,13 @@ def test_transient_errors_and_conflicts_are_retried_by_calling_the_function_agai
         calls.append(value)
         return ("UPDATE ... IF version = ?", value)
 
-    sink = CassandraRetrySink(session, command, backoff=FAST)
+    clock = VirtualClock()
+    sink = CassandraRetrySink(session, command, backoff=Backoff(), clock=clock)  # 100 ms, doubling, up to 30 s
     for i in range(9):
         sink.on_next(counting_env(i, 0, i, results, counts))
+    took = clock.advance_until(lambda: len(results) == 9, step=0.05, what="every command applied")
     sink.on_completed()
+    assert 0.1 + 0.2 <= took < 5  # two backoff delays of the clock passed, not of the wall
     assert all(v is None for v in results.values()) and len(results) == 9
     assert calls.count(0) == 3 and calls.count(1) == 2 and calls.count(2) == 1
     assert sink.executor.retries == 3 * 2 + 3 * 1
@@ -105,11 +108,15 @@ def test_transient_errors_and_conflicts_are_retried_by_calling_the_function_agai
 def test_transient_errors_give_up_when_the_backoff_reaches_its_maximum() -> None:
     session = FakeSession(lambda q, p: (_ for _ in ()).throw(NoHostAvailable("down", {})))
     results: dict = {}
-    sink = CassandraRetrySink(session, lambda v: ("INSERT", v), backoff=Backoff(0.001, 0.004, 0.0))
+    clock = VirtualClock()
+    sink = CassandraRetrySink(session, lambda v: ("INSERT", v), backoff=Backoff(random_factor=0.0), clock=clock)
     sink.on_next(env(0, 0, 1, results))
+    took = clock.advance_until(lambda: (0, 0) in results, step=0.5, what="the command given up")
     sink.on_completed()
     error = results[(0, 0)]
-    assert isinstance(error, RetriesExhaustedError) and "gave up on t/0@0 after 2 retries" in str(error)
+    # 0.1, 0.2, ..., 25.6 s: nine retries, about 51 s of the clock; the tenth delay would reach the maximum
+    assert isinstance(error, RetriesExhaustedError) and "gave up on t/0@0 after 9 retries" in str(error)
+    assert 51.1 <= took <= 51.1 + 10 * 0.5  # each retry noticed within a step of its time
     assert isinstance(error.__cause__, NoHostAvailable) and not is_permanent(error)
 
 
