@@ -41,8 +41,8 @@ demo: services
 test: services
 	$(PY) -m pytest --nbmake --nbmake-timeout=900 -m "not long_cluster" tests notebooks $(PYTEST_ARGS)
 
-unit: install
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+unit: install  # the fast tier: fakes and virtual clocks, two workers, no notebook plugin
+	$(PY) -m pytest -p no:nbmake -n 2 tests/unit $(PYTEST_ARGS)
 
 integration: services
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)

@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 from reactivex import Observable
 from reactivex import operators as ops
 
+from rxcqrs.clock import SYSTEM, Clock
 from rxcqrs.kafka import ConsumerSettings, KafkaSource, SourceSettings
 from rxcqrs.messages import Envelope
 from rxcqrs.operators import batch_aware
@@ -44,12 +45,12 @@ def free_port_run(length: int, hosts: Sequence[str] = ("127.0.0.1",), avoid: Seq
 
 
 def fake_source(broker: FakeBroker, topic: str | list[str], group: str = "g", demand: str = "auto",
-                **settings: Any) -> KafkaSource:
+                clock: Clock = SYSTEM, **settings: Any) -> KafkaSource:
     defaults: dict[str, Any] = {"poll_timeout": 0.01, "keepalive_interval": 0.05, "commit_interval": 0.05}
     defaults.update(settings)
     return KafkaSource(topic, ConsumerSettings(group_id=group, max_poll_records=defaults.pop("max_poll_records", 500)),
                        SourceSettings(**defaults), demand=demand,  # type: ignore[arg-type]
-                       client_factory=fake_consumers(broker))
+                       client_factory=fake_consumers(broker), clock=clock)
 
 
 class Collect:

@@ -204,6 +204,7 @@ class PollThread:
                 if self._stop_mode == "now" or in_flight == 0:
                     return
                 if clock.now() >= self._stop_deadline:
+                    committer.stop_now()  # the drain has waited: the revoke at close does not wait again
                     self._stop_error = self._stop_error or DrainTimeoutError(
                         f"drain of {self.name} timed out with {in_flight} records in flight; they were not "
                         "committed and will be delivered again")

@@ -9,10 +9,10 @@ __all__ = ["wait_until"]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` (backing off from 2 ms to 100 ms) until it returns something truthy, and return it;
+    """Poll ``predicate`` (backing off from 0.2 ms to 100 ms) until it returns something truthy, and return it;
     raise ``TimeoutError`` naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    delay = 0.002
+    delay = 0.0002
     while True:
         value = predicate()
         if value:

@@ -55,7 +55,8 @@ class BalancesServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.httpd = ThreadingHTTPServer((host, port), _Handler)
         self.base_url = f"http://{host}:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="balances-server", daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,),  # quick to shut down
+                                        name="balances-server", daemon=True)
 
     def __enter__(self) -> "BalancesServer":
         self._thread.start()
