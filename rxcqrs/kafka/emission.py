@@ -10,6 +10,7 @@ run). A downstream observer that raises nacks what it was given; it never kills 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from typing import Any
 
@@ -21,9 +22,35 @@ from rxcqrs.kafka.committer import Committer
 from rxcqrs.messages import Batch, Envelope, RecordMetadata, TopicPartition
 from rxcqrs.metrics import Metrics
 
-__all__ = ["FetchBuffers", "Emitter"]
+__all__ = ["Demand", "FetchBuffers", "Emitter"]
 
 log = logging.getLogger(__name__)
+
+
+class Demand:
+    """What downstream asked for: unbounded (``manual=False``) or the sum of ``request(n)`` calls minus what
+    was emitted. ``request`` may come from any thread, the rest from the poll thread."""
+
+    def __init__(self, manual: bool) -> None:
+        self.manual = manual
+        self._lock = threading.Lock()
+        self._left = 0
+
+    def request(self, n: int) -> None:
+        with self._lock:
+            self._left += n
+
+    def allows(self, n: int) -> int:
+        """How many of ``n`` records may be emitted now."""
+        if not self.manual:
+            return n
+        with self._lock:
+            return min(n, self._left)
+
+    def took(self, n: int) -> None:
+        if self.manual:
+            with self._lock:
+                self._left -= n
 
 
 class FetchBuffers:

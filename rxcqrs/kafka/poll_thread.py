@@ -21,7 +21,7 @@ from rxcqrs.clock import Clock
 from rxcqrs.exceptions import DrainTimeoutError, FlowError, GroupMovedOnError, TopicNotFoundError
 from rxcqrs.kafka.client import ConsumerClient
 from rxcqrs.kafka.committer import Committer
-from rxcqrs.kafka.emission import Emitter, FetchBuffers
+from rxcqrs.kafka.emission import Demand, Emitter, FetchBuffers
 from rxcqrs.kafka.lag import LagMeter
 from rxcqrs.kafka.liveness import AssignmentCheck, ReplaceConsumer, WatchedCalls
 from rxcqrs.kafka.ownership import OwnershipChecks
@@ -64,10 +64,9 @@ class PollThread:
         self.parts = parts
         self.metrics = metrics
         self._clock = clock
-        self._manual = manual
+        self._demand = Demand(manual)
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._demand = 0
         self._joined = False  # the current consumer subscribed
         self._stop_mode: Literal["drain", "now"] | None = None
         self._stop_error: BaseException | None = None
@@ -90,8 +89,7 @@ class PollThread:
         self._thread.start()
 
     def request(self, n: int) -> None:
-        with self._lock:
-            self._demand += n
+        self._demand.request(n)
         self._wake.set()
 
     def stop(self, drain: bool, timeout: float | None) -> None:
@@ -240,26 +238,19 @@ class PollThread:
         if not self.parts.buffers:
             return False
         burst = _BATCH_BURST if self.settings.batches else _BURST
-        allowed = min(burst, self.settings.max_in_flight - self.parts.committer.in_flight())
-        if self._manual:
-            with self._lock:
-                allowed = min(allowed, self._demand)
+        allowed = self._demand.allows(min(burst, self.settings.max_in_flight - self.parts.committer.in_flight()))
         emitted = self.parts.emitter.emit(observer, allowed)
         if emitted:
             self.records_in += emitted
             self.parts.meter.busy()
-            if self._manual:
-                with self._lock:
-                    self._demand -= emitted
+            self._demand.took(emitted)
         return emitted > 0
 
     def _ready_to_poll(self) -> bool:
         if self.parts.buffers.count:
             return False
-        if self._manual:
-            with self._lock:
-                if self._demand <= 0:
-                    return False
+        if not self._demand.allows(1):
+            return False
         in_flight = self.parts.committer.in_flight()
         return in_flight < self.settings.max_in_flight if self.settings.prefetch else in_flight == 0
 
