@@ -225,7 +225,9 @@ class ProjectionSink(SinkBase):
     def _stored_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Where newly assigned stream partitions resume (the client's rebalance thread): the next offsets
         stored with the totals, the beginning for a partition without one; not Kafka's committed offsets,
-        which may be behind (a crash before the commit) or ahead (offsets lost and reset to the latest)."""
+        which may be behind (a crash before the commit) or ahead (offsets lost and reset to the latest). The
+        committer calls it after the assign listeners, so what it reads seeds the partitions' bookkeeping and
+        the worker does not read it again."""
         p = self.projection
         query = p._statement(f"SELECT stream_partition, next_offset FROM {p.offsets_table} WHERE stream_topic = ? "
                              "AND stream_partition IN ?")
@@ -235,6 +237,9 @@ class ProjectionSink(SinkBase):
             rows = p.session.execute(query, (topic, [tp.partition for tp in mine]), timeout=_START_TIMEOUT)
             stored = {int(row.stream_partition): int(row.next_offset) for row in rows}
             out.update({tp: stored.get(tp.partition, 0) for tp in mine})
+        with self._lock:  # the worker's skip check starts from what was read here (forgotten first: see _forget)
+            for tp, offset in out.items():
+                self._partitions[tp] = _Partition(next_offset=offset)
         return out
 
     def _forget(self, tps: list[TopicPartition]) -> None:
@@ -285,9 +290,11 @@ class ProjectionSink(SinkBase):
             self._queue.extendleft(reversed(later))
         if not taken:
             return False
-        groups = [(tp, *self._decoded(live)) for tp, envelopes in by_partition.items()
-                  if (live := self._drop_stale(envelopes))]
-        groups = [(tp, live, events) for tp, live, events in groups if live]
+        groups = []  # per partition: the records still current that are events, and their events
+        for tp, envelopes in by_partition.items():
+            live, events = self._decoded(self._drop_stale(envelopes))
+            if live:
+                groups.append((tp, live, events))
         if not groups:
             return True
         try:

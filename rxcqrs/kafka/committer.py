@@ -206,12 +206,14 @@ class Committer:
             log.warning("%s: commit on revoke failed: %r", self.name, error)
 
     def assigned(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Track ``tps`` under new epochs: tell the assign listeners, then ask the start positions (so what
+        a provider reads is not forgotten by its own listener); the starts, for the client to apply."""
+        self._tell(self._assign_listeners, tps, "an assign")
         starts = self._starts(tps)
         with self._lock:
             self._committed.update(starts)  # records before a start are not this source's to count
         for tp in tps:
             self._gate.assign(tp, start=starts.get(tp))  # a start is committed like progress
-        self._tell(self._assign_listeners, tps, "an assign")
         self.metrics.incr("assigned", len(tps))
         log.info("%s: assigned %s%s", self.name, sorted(tps), f", starting at {_show(starts)}" if starts else "")
         return starts
