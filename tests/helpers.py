@@ -44,6 +44,16 @@ def free_port_run(length: int, hosts: Sequence[str] = ("127.0.0.1",), avoid: Seq
             return base
 
 
+def filled_broker(partitions: int = 2, per_partition: int = 20, topic: str = "t") -> FakeBroker:
+    """A fake broker whose ``topic`` holds ``per_partition`` records ``b"<p>-<i>"`` in each partition."""
+    broker = FakeBroker()
+    broker.create_topic(topic, partitions)
+    for p in range(partitions):
+        for i in range(per_partition):
+            broker.append(topic, f"{p}-{i}".encode(), partition=p)
+    return broker
+
+
 def fake_source(broker: FakeBroker, topic: str | list[str], group: str = "g", demand: str = "auto",
                 clock: Clock = SYSTEM, **settings: Any) -> KafkaSource:
     defaults: dict[str, Any] = {"poll_timeout": 0.01, "keepalive_interval": 0.05, "commit_interval": 0.05}

@@ -16,7 +16,7 @@ from rxcqrs.kafka.settings import ConsumerSettings
 from rxcqrs.messages import TopicPartition
 from rxcqrs.redact import redact_error
 
-__all__ = ["ConfluentConsumer", "reach"]
+__all__ = ["ConfluentConsumer", "reach", "started"]
 
 log = logging.getLogger(__name__)
 _client_log = logging.getLogger("confluent_kafka")
@@ -92,12 +92,8 @@ class ConfluentConsumer:
         from confluent_kafka import Consumer
 
         config = settings.to_confluent()
-        try:
-            consumer = Consumer(config, logger=_client_log)
-            reach(consumer, settings.bootstrap_timeout_ms)
-        except Exception as exc:
-            raise FlowError(f"cannot create a Kafka consumer for {settings.bootstrap_servers} (group "
-                            f"{settings.group_id}): {redact_error(exc, config)}") from None
+        consumer = started(Consumer, config, settings.bootstrap_timeout_ms, lambda why: FlowError(
+            f"cannot create a Kafka consumer for {settings.bootstrap_servers} (group {settings.group_id}): {why}"))
         return cls(consumer, f"confluent-kafka consumer of group {settings.group_id} at {settings.bootstrap_servers}",
                    config)
 
@@ -280,3 +276,15 @@ def reach(client: Any, timeout_ms: int) -> None:
         if isinstance(client, Consumer):  # leaves no group member behind (a producer has nothing to close)
             client.close()
         raise
+
+
+def started(client_class: Any, config: dict[str, Any], timeout_ms: int,
+            failure: Callable[[str], Exception]) -> Any:
+    """A librdkafka client (``Consumer`` or ``Producer``) of ``config`` that reached a broker within
+    ``timeout_ms``; else ``failure(why)`` is raised, ``why`` with the config's secrets redacted."""
+    try:
+        client = client_class(config, logger=_client_log)
+        reach(client, timeout_ms)
+    except Exception as exc:
+        raise failure(redact_error(exc, config)) from None
+    return client

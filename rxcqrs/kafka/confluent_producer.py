@@ -10,14 +10,12 @@ from typing import Any
 
 from rxcqrs.exceptions import DeliveryError
 from rxcqrs.kafka.client import Delivered
-from rxcqrs.kafka.confluent import reach
+from rxcqrs.kafka.confluent import started
 from rxcqrs.kafka.settings import ProducerSettings
-from rxcqrs.redact import redact_error
 
 __all__ = ["ConfluentProducer"]
 
 log = logging.getLogger(__name__)
-_client_log = logging.getLogger("confluent_kafka")
 
 
 def _report(on_done: Delivered, wrap: type[BaseException], error: Any, _message: Any) -> None:
@@ -42,13 +40,8 @@ class ConfluentProducer:
     def create(cls, settings: ProducerSettings) -> "ConfluentProducer":
         from confluent_kafka import Producer
 
-        config = settings.to_confluent()
-        try:
-            producer = Producer(config, logger=_client_log)
-            reach(producer, settings.bootstrap_timeout_ms)
-        except Exception as exc:
-            raise DeliveryError(f"cannot create a Kafka producer for {settings.bootstrap_servers}: "
-                                f"{redact_error(exc, config)}") from None
+        producer = started(Producer, settings.to_confluent(), settings.bootstrap_timeout_ms, lambda why: DeliveryError(
+            f"cannot create a Kafka producer for {settings.bootstrap_servers}: {why}"))
         return cls(producer, f"confluent-kafka producer at {settings.bootstrap_servers}")
 
     def _serve(self) -> None:

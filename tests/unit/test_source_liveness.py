@@ -12,20 +12,11 @@ from rxcqrs.exceptions import FlowError
 from rxcqrs.kafka import ConsumerSettings, KafkaSource, SourceSettings
 from rxcqrs.messages import TopicPartition
 from rxcqrs.testing import FakeBroker, FakeConsumer, VirtualClock, fake_consumers
-from tests.helpers import Collect, wait_until
+from tests.helpers import Collect, filled_broker, wait_until
 
 QUICK_FAKE = {"poll_timeout": 0.005}  # the fake's poll waits on real time: keep it short
 ASSIGNMENT_TIMEOUT = 30.0
 STUCK_TIMEOUT = 60.0
-
-
-def filled(partitions: int = 2, per_partition: int = 20) -> FakeBroker:
-    broker = FakeBroker()
-    broker.create_topic("t", partitions)
-    for p in range(partitions):
-        for i in range(per_partition):
-            broker.append("t", f"{p}-{i}".encode(), partition=p)
-    return broker
 
 
 def source(broker: FakeBroker, consumers: list[FakeConsumer], fault: str, clock: VirtualClock, faulty: int = 1,
@@ -44,7 +35,7 @@ def polled(consumers: list[FakeConsumer], n: int) -> bool:
 
 
 def test_a_consumer_that_never_gets_an_assignment_is_replaced() -> None:
-    broker, clock = filled(), VirtualClock()
+    broker, clock = filled_broker(), VirtualClock()
     consumers: list[FakeConsumer] = []
     sink = Collect()
     src = source(broker, consumers, "never_assigned", clock, assignment_timeout=ASSIGNMENT_TIMEOUT,
@@ -63,7 +54,7 @@ def test_a_consumer_that_never_gets_an_assignment_is_replaced() -> None:
 
 
 def test_a_consumer_whose_poll_hangs_is_interrupted_and_replaced() -> None:
-    broker, clock = filled(), VirtualClock()
+    broker, clock = filled_broker(), VirtualClock()
     consumers: list[FakeConsumer] = []
     sink = Collect()
     src = source(broker, consumers, "hang_polls", clock, stuck_timeout=STUCK_TIMEOUT)
@@ -78,7 +69,7 @@ def test_a_consumer_whose_poll_hangs_is_interrupted_and_replaced() -> None:
 
 
 def test_the_source_gives_up_after_a_few_replacements_with_a_clear_error() -> None:
-    broker, clock = filled(), VirtualClock()
+    broker, clock = filled_broker(), VirtualClock()
     consumers: list[FakeConsumer] = []
     src = source(broker, consumers, "never_assigned", clock, faulty=10, assignment_timeout=ASSIGNMENT_TIMEOUT,
                  stuck_timeout=10 * ASSIGNMENT_TIMEOUT, max_consumer_restarts=2)
@@ -94,7 +85,7 @@ def test_the_source_gives_up_after_a_few_replacements_with_a_clear_error() -> No
 
 def test_an_idle_member_of_a_full_group_is_left_alone() -> None:
     """More members than partitions: having no partition is right, not a reason to replace anything."""
-    broker, clock = filled(partitions=1), VirtualClock()
+    broker, clock = filled_broker(partitions=1), VirtualClock()
     first_consumers: list[FakeConsumer] = []
     busy = KafkaSource("t", ConsumerSettings(group_id="g"), SourceSettings(**QUICK_FAKE),  # type: ignore[arg-type]
                        client_factory=fake_consumers(broker, first_consumers), clock=clock)

@@ -10,20 +10,11 @@ from rxcqrs.backoff import Backoff
 from rxcqrs.exceptions import DrainTimeoutError
 from rxcqrs.kafka import KafkaSource
 from rxcqrs.messages import TopicPartition
-from rxcqrs.testing import FakeBroker, VirtualClock
-from tests.helpers import Collect, fake_source, wait_until
+from rxcqrs.testing import VirtualClock
+from tests.helpers import Collect, fake_source, filled_broker, wait_until
 
 P0, P1 = TopicPartition("t", 0), TopicPartition("t", 1)
 CLOCKED = {"poll_timeout": 0.005, "keepalive_interval": 1.0}  # the fake's poll waits on real time
-
-
-def filled(partitions: int, per_partition: int) -> FakeBroker:
-    broker = FakeBroker()
-    broker.create_topic("t", partitions)
-    for p in range(partitions):
-        for i in range(per_partition):
-            broker.append("t", f"{p}-{i}".encode(), partition=p)
-    return broker
 
 
 def turns(source: KafkaSource, clock: VirtualClock, seconds: float) -> None:
@@ -37,7 +28,7 @@ def turns(source: KafkaSource, clock: VirtualClock, seconds: float) -> None:
 
 
 def test_done_records_are_committed_once_the_commit_interval_has_passed() -> None:
-    broker, clock = filled(2, 5), VirtualClock()
+    broker, clock = filled_broker(2, 5), VirtualClock()
     sink = Collect(hold=True)
     source = fake_source(broker, "t", clock=clock, commit_interval=5.0, commit_every=1_000, **CLOCKED)
     flow = run(source, sink)
@@ -58,7 +49,7 @@ def test_done_records_are_committed_once_the_commit_interval_has_passed() -> Non
 
 
 def test_a_drain_ends_at_its_deadline_and_leaves_what_is_in_flight_for_redelivery() -> None:
-    broker, clock = filled(1, 6), VirtualClock()
+    broker, clock = filled_broker(1, 6), VirtualClock()
     sink = Collect(hold=True)
     source = fake_source(broker, "t", clock=clock, drain_timeout=60.0, **CLOCKED)
     flow = run(source, sink)
@@ -76,7 +67,7 @@ def test_a_drain_ends_at_its_deadline_and_leaves_what_is_in_flight_for_redeliver
 
 
 def test_a_rewound_partition_is_held_for_the_backoffs_delay() -> None:
-    broker, clock = filled(1, 3), VirtualClock()
+    broker, clock = filled_broker(1, 3), VirtualClock()
     failures = {"left": 1}
 
     def fail(env):  # type: ignore[no-untyped-def]
