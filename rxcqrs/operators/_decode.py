@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from typing import Any, Callable, Literal, Protocol, TypeVar
 
 from reactivex import Observable, abc
@@ -95,8 +97,11 @@ def decode_(decoder: Decoder[T] | Callable[[bytes | None], T], *, require_uuid_k
 
 
 def _uuid_key(key: bytes | None) -> None:
-    import uuid
-
+    """Raise unless ``key`` is a UUID string (the canonical form is checked without parsing it)."""
     if key is None:
         raise PoisonRecordError("no key")
-    uuid.UUID(key.decode("utf-8"))
+    if not _CANONICAL_UUID(key):
+        uuid.UUID(key.decode("utf-8"))  # the other forms UUID() accepts (braces, urn:uuid:, no hyphens)
+
+
+_CANONICAL_UUID = re.compile(rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}").fullmatch
