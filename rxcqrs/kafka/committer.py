@@ -86,7 +86,7 @@ class Committer:
 
     # -- the poll thread ----------------------------------------------------------------------------------
     def ticket(self, tp: TopicPartition, epoch: int, offset: int, count: Callable[[str, int], None]) -> Ticket:
-        """The ticket of a record the gate accepted (``gate.emit``); it settles the record from any thread."""
+        """The ticket of a record :meth:`admit` accepted; it settles the record from any thread."""
         if tracing.ACTIVE:
             return TracedGateTicket(self._gate, tp, epoch, offset, count)
         return GateTicket(self._gate, tp, epoch, offset, count)
@@ -134,7 +134,8 @@ class Committer:
         self._rewinds.finish(client, lambda: self.maybe_commit(client, force=True))
 
     def stop_now(self) -> None:
-        """The source stops without draining: a revoke no longer waits for in-flight records."""
+        """The source no longer waits for in-flight records (a stop without a drain, or a drain past its
+        deadline): a revoke then does not wait for them either."""
         self._stopping_now = True
 
     # -- the gate, as the poll thread sees it -------------------------------------------------------------
