@@ -11,6 +11,8 @@ polls, which fetch (almost) nothing and keep the member in the group.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from rxcqrs.clock import Clock
 from rxcqrs.kafka.client import ConsumerClient, Record
 from rxcqrs.kafka.committer import Committer
@@ -24,28 +26,29 @@ from rxcqrs.metrics import Metrics
 __all__ = ["Poller"]
 
 
+@dataclass
 class Poller:
-    def __init__(self, settings: SourceSettings, max_poll_records: int, committer: Committer,
-                 buffers: FetchBuffers, calls: WatchedCalls, liveness: AssignmentCheck, meter: LagMeter,
-                 metrics: Metrics, clock: Clock) -> None:
-        self.settings = settings
-        self.max_poll_records = max_poll_records
-        self._committer = committer
-        self._buffers = buffers
-        self._calls = calls
-        self._liveness = liveness
-        self._meter = meter
-        self.metrics = metrics
-        self._clock = clock
-        #: when the client was last polled (on the clock)
-        self.last_poll = clock.now()
+    settings: SourceSettings
+    max_poll_records: int
+    committer: Committer
+    buffers: FetchBuffers
+    calls: WatchedCalls
+    liveness: AssignmentCheck
+    meter: LagMeter
+    metrics: Metrics
+    clock: Clock
+    #: when the client was last polled (on the clock)
+    last_poll: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.last_poll = self.clock.now()
 
     def keepalive_due(self) -> bool:
-        return self._clock.now() - self.last_poll >= self.settings.keepalive_interval
+        return self.clock.now() - self.last_poll >= self.settings.keepalive_interval
 
     def window(self, client: ConsumerClient) -> int:
         """Fill the window from the assigned partitions; the number of records added to the buffers."""
-        call, committer = self._calls, self._committer
+        call, committer = self.calls, self.committer
         assigned = call("assignment", client.assignment)
         held = committer.held()
         active = [tp for tp in assigned if tp not in held]
@@ -56,14 +59,14 @@ class Poller:
         to_resume = [tp for tp in active if tp in paused]
         if to_resume:
             call("resume", client.resume, to_resume)
-        room = self.settings.max_in_flight - committer.in_flight() - self._buffers.count
+        room = self.settings.max_in_flight - committer.in_flight() - self.buffers.count
         timeout = self.settings.poll_timeout
         added = 0
         for _ in range(len(active) + 1):
             if room <= 0:
                 break
             records = call("poll", client.poll, timeout, max(1, min(room, self.max_poll_records)))
-            self.last_poll = self._clock.now()
+            self.last_poll = self.clock.now()
             self.metrics.incr("polls")
             timeout = 0.0
             if not records:
@@ -71,32 +74,32 @@ class Poller:
             fetched = self.add(records)
             added += fetched
             room -= fetched
-            if all(self._buffers.holds(tp) for tp in active):
+            if all(self.buffers.holds(tp) for tp in active):
                 break
         if not added:
             self.metrics.incr("empty_polls")
-        unfetched = self._meter.unfetched
-        self._liveness.polled(added > 0, any(unfetched.get(tp, 0) > 0 for tp in active))
+        unfetched = self.meter.unfetched
+        self.liveness.polled(added > 0, any(unfetched.get(tp, 0) > 0 for tp in active))
         return added
 
     def keepalive(self, client: ConsumerClient) -> int:
         """A poll that keeps the member in the group; records it returns anyway (e.g. of newly assigned
         partitions not paused yet) are kept, in order. The number added."""
-        records = self._calls("keepalive", client.keepalive)
-        self.last_poll = self._clock.now()
+        records = self.calls("keepalive", client.keepalive)
+        self.last_poll = self.clock.now()
         self.metrics.incr("keepalive_polls")
         return self.add(records) if records else 0
 
     def add(self, records: dict[TopicPartition, list[Record]]) -> int:
         added = 0
-        committer = self._committer
+        committer = self.committer
         for tp, recs in records.items():
             if not recs:
                 continue
             epoch = committer.epoch(tp)
             if epoch is None:  # records before the assignment callback (manual assignment): track it now
                 epoch = committer.track(tp)
-            self._buffers.add(tp, epoch, recs)
+            self.buffers.add(tp, epoch, recs)
             committer.started_at(tp, recs[0].offset)
             added += len(recs)
         return added
