@@ -109,9 +109,8 @@ class SchemaRegistry:
 
 
 def _transient(error: Exception) -> bool:
-    """A 5xx answer, a refused or broken connection, a timeout: another try may succeed."""
-    return isinstance(error, (urllib.error.URLError, OSError, TimeoutError)) and not isinstance(
-        error, SchemaRegistryError)
+    """A 5xx answer, a refused or broken connection, a timeout (each an ``OSError``): another try may succeed."""
+    return isinstance(error, OSError)
 
 
 def _quote(subject: str) -> str:
