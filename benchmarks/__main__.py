@@ -9,6 +9,7 @@ cart fall), sustained (200,000 commands over 2,000 carts: the batched contenders
 replication 3), ceiling (Cassandra alone), insert (decode -> INSERT), kafka (Kafka -> Kafka per backend),
 tracing (that copy with OpenTelemetry tracing off and on),
 projection (events/s into each read model of the carts, beside a hand-written loop doing the same writes).
+``--against REV`` adds rxcqrs batched as an earlier revision runs it (``benchmarks/revision.py``).
 """
 
 from __future__ import annotations
@@ -53,15 +54,21 @@ BATCHED = ("rxcqrs batched, fenced (default)", "rxcqrs batched, conditional", "h
            "hand cart-batched, fenced")
 
 
-def batched_contenders(session: Any, topic: str, commands: int) -> dict[str, Any]:
+def batched_contenders(session: Any, topic: str, commands: int, against: str | None = None) -> dict[str, Any]:
+    """The batched contenders; ``against``: and rxcqrs batched as that git revision runs it."""
     from benchmarks import cart as c
 
-    return {
+    contenders = {
         BATCHED[0]: lambda ks: c.rxcqrs_mode(session, topic, ks, commands, "batched"),
         BATCHED[1]: lambda ks: c.rxcqrs_mode(session, topic, ks, commands, "batched", protocol="conditional"),
         BATCHED[2]: lambda ks: c.hand_cart_batched(session, topic, ks, commands),
         BATCHED[3]: lambda ks: c.hand_cart_batched(session, topic, ks, commands, protocol="fenced"),
     }
+    if against:
+        from benchmarks import revision
+
+        contenders[f"rxcqrs batched at {against}"] = revision.contender(revision.checkout(against), topic, commands)
+    return contenders
 
 
 def compare(session: Any, section: str, label: str, contenders: dict[str, Any], rounds: int) -> None:
@@ -97,7 +104,7 @@ def compare(session: Any, section: str, label: str, contenders: dict[str, Any], 
             spread=f"{min(values):,.0f}-{max(values):,.0f}", verified=checks[name])
 
 
-def cart(session: Any, rounds: int, slow_rounds: int, commands: int) -> None:
+def cart(session: Any, rounds: int, slow_rounds: int, commands: int, against: str | None = None) -> None:
     """The batched contenders on 200 and on 20,000 carts (``rounds`` interleaved rounds each), then the
     per-command ones (minutes each) on 200 carts, ``slow_rounds``."""
     from benchmarks import cart as c
@@ -105,7 +112,7 @@ def cart(session: Any, rounds: int, slow_rounds: int, commands: int) -> None:
     for carts_count in (200, 20_000):
         topic = produce(carts_count, commands)
         compare(session, "cart", f"{commands:,} commands, {carts_count:,} carts",
-                batched_contenders(session, topic, commands), rounds)
+                batched_contenders(session, topic, commands, against), rounds)
     if slow_rounds < 1:
         return
     topic = produce(200, commands)
@@ -131,7 +138,7 @@ def carts(session: Any, commands: int) -> None:
         row("carts", f"batched, {count} carts ({commands // count} cmds/cart)", rate, verified=info["verified"])
 
 
-def sustained(session: Any, commands: int, rounds: int) -> None:
+def sustained(session: Any, commands: int, rounds: int, against: str | None = None) -> None:
     """``commands`` over 2,000 carts: the batched contenders side by side; then rxcqrs's memory over a run."""
     from benchmarks import cart as c
     from benchmarks.pipes import RssSampler
@@ -141,8 +148,8 @@ def sustained(session: Any, commands: int, rounds: int) -> None:
     from rxcqrs.operators import DeadLetters
 
     topic = produce(2_000, commands)
-    compare(session, "sustained", f"{commands:,} commands, 2,000 carts", batched_contenders(session, topic, commands),
-            rounds)
+    compare(session, "sustained", f"{commands:,} commands, 2,000 carts",
+            batched_contenders(session, topic, commands, against), rounds)
     ks = c.keyspace("sustained")
     store = CartStore(session, ks)
     store.create()
@@ -284,6 +291,9 @@ def main() -> int:
                         help="records of each kafka run (enough that start-up is a small part of CPU per record)")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="consumer processes of scale")
     parser.add_argument("--replication", type=int, default=1, help="replication of the keyspaces scale creates")
+    parser.add_argument("--against", metavar="REV",
+                        help="also run rxcqrs batched as git revision REV of this repository runs it (its engine, "
+                             "defaults and verification), beside the batched contenders of cart and sustained")
     parser.add_argument("--json", default="build/bench.json")
     args = parser.parse_args()
     import logging
@@ -297,11 +307,11 @@ def main() -> int:
     try:
         for section in args.only:
             if section == "cart":
-                cart(session, args.rounds, args.slow_rounds, args.commands)
+                cart(session, args.rounds, args.slow_rounds, args.commands, args.against)
             elif section == "carts":
                 carts(session, args.commands)
             elif section == "sustained":
-                sustained(session, args.sustained, args.sustained_rounds)
+                sustained(session, args.sustained, args.sustained_rounds, args.against)
             elif section == "scale":
                 scale(session, args.commands, tuple(args.processes), args.replication)
             elif section == "ceiling":

@@ -1,0 +1,79 @@
+"""rxcqrs batched as another revision of this repository runs it, beside today's contenders (``--against REV``).
+
+The revision is checked out once into ``build/against/<commit>`` (a detached ``git worktree``) and each round
+runs in a process of its own with that checkout first on ``sys.path``: its own ``benchmarks.cart.rxcqrs_mode``
+(its engine, its defaults, its verification of the final state) on the same topic as every other contender.
+Run as a script, this module is that process: it prints one JSON line (rate, CPU per command, verified).
+CPU is the child's own from just before the revision's pipeline starts until its verification begins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["checkout", "contender"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def checkout(rev: str) -> Path:
+    """The worktree of ``rev`` (made once; a name such as ``HEAD~3`` is resolved to its commit first)."""
+    commit = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    tree = ROOT / "build" / "against" / commit[:12]
+    if not (tree / "rxcqrs").is_dir():
+        subprocess.run(["git", "worktree", "add", "--force", "--detach", str(tree), commit], cwd=ROOT, check=True,
+                       capture_output=True)
+    return tree
+
+
+def contender(tree: Path, topic: str, total: int) -> Any:
+    """``run(keyspace) -> (rate, info)`` running the revision in ``tree`` in a child process."""
+
+    def run(ks: str) -> tuple[float, dict[str, Any]]:
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        done = subprocess.run([sys.executable, __file__, topic, ks, str(total)], cwd=tree, env=env, check=True,
+                              capture_output=True, text=True, timeout=3600)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        return result["rate"], {"cpu_us": result["cpu_us"], "verified": result["verified"]}
+
+    return run
+
+
+def _main(topic: str, ks: str, total: int) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)
+    import rxcqrs
+    from benchmarks import cart  # the revision's (its checkout is first on the path)
+    from rxcqrs.cassandra import connect
+
+    if not Path(rxcqrs.__file__).resolve().is_relative_to(Path.cwd().resolve()):
+        raise SystemExit(f"rxcqrs was imported from {rxcqrs.__file__}, not from the revision in {Path.cwd()}")
+    verify, marks = cart.verify, {}
+
+    def timed_verify(*args: Any, **kwargs: Any) -> Any:
+        marks["cpu"] = time.process_time()
+        return verify(*args, **kwargs)
+
+    cart.verify = timed_verify
+    session = connect()
+    try:
+        started = time.process_time()
+        rate, info = cart.rxcqrs_mode(session, topic, ks, total, "batched")
+        cpu = marks.get("cpu", time.process_time()) - started
+        print(json.dumps({"rate": rate, "cpu_us": round(cpu / total * 1e6, 1), "verified": bool(info["verified"])}))
+    finally:
+        session.cluster.shutdown()
+
+
+if __name__ == "__main__":
+    here = Path(__file__).resolve().parent  # its modules are today's, not the revision's
+    sys.path[:] = [entry for entry in sys.path if not entry or Path(entry).resolve() != here]
+    _main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
