@@ -2,7 +2,8 @@
 
 :func:`call_later` runs on wall time; ``timers(clock).call_later`` on any :class:`~rxcqrs.clock.Clock`
 (a virtual one in tests: its calls run once the test has moved the time past them). A timer thread ends
-when it has nothing left to run and starts again with the next call.
+when it has nothing left to run and starts again with the next call. The registry of :func:`timers` does not
+keep a clock alive: a clock nothing else refers to goes, with its timers.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import heapq
 import itertools
 import logging
 import threading
-from typing import Callable
+import weakref
+from typing import Any, Callable
 
 from rxcqrs.clock import SYSTEM, Clock
 
@@ -60,15 +62,24 @@ class Timers:
 
 
 _lock = threading.Lock()
-_by_clock: dict[int, Timers] = {}  # a Timers holds its clock, so an id is never reused while it is here
+#: a clock's timers refer to it weakly (a value referring to its key strongly would keep both forever)
+_by_clock: "weakref.WeakKeyDictionary[Any, Timers]" = weakref.WeakKeyDictionary()
+#: clocks that cannot be referred to weakly (slotted without ``__weakref__``): kept for the process
+_kept: dict[int, tuple[Clock, Timers]] = {}
 
 
 def timers(clock: Clock) -> Timers:
     """The timers of ``clock`` (one thread per clock)."""
     with _lock:
-        found = _by_clock.get(id(clock))
-        if found is None:
-            found = _by_clock[id(clock)] = Timers(clock)
+        try:
+            found = _by_clock.get(clock)
+            if found is None:
+                found = _by_clock[clock] = Timers(weakref.proxy(clock))
+        except TypeError:  # not weakly referable
+            kept = _kept.get(id(clock))
+            if kept is None:
+                kept = _kept[id(clock)] = (clock, Timers(clock))
+            found = kept[1]
         return found
 
 
