@@ -7,6 +7,7 @@ delay(n) = min(max, min * 2**n) * (1 + random() * random_factor); a stage retrie
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, replace
 from typing import Callable, TypeVar
@@ -48,21 +49,23 @@ class Backoff:
         return replace(self, **changes)
 
 
-def retry_until(attempt: Callable[[float], T], deadline: float, transient: Callable[[Exception], bool],
+def retry_until(attempt: Callable[[float], T], deadline: float | None, transient: Callable[[Exception], bool],
                 backoff: Backoff = Backoff(min_delay=0.05, max_delay=2.0, random_factor=0.0),
-                clock: Clock = SYSTEM) -> T:
+                clock: Clock = SYSTEM, *, give_up: bool = False) -> T:
     """``attempt(seconds_left)`` until it returns; after an error that ``transient`` accepts, again after the
-    backoff's delay (capped at its maximum, never giving up early) while that delay ends before ``deadline``
-    (on ``clock``). Any other error, or the last transient one, is raised."""
+    backoff's delay while that delay ends before ``deadline`` (on ``clock``; ``None``: no deadline, and
+    ``seconds_left`` is infinite). The delay is capped at the backoff's maximum and never gives up early, unless
+    ``give_up``: then it is :meth:`Backoff.delay` (jittered), and once that gives up so does the loop. Any other
+    error, or the last transient one, is raised."""
     tries = 0
     while True:
         try:
-            return attempt(max(0.0, deadline - clock.now()))
+            return attempt(math.inf if deadline is None else max(0.0, deadline - clock.now()))
         except Exception as exc:
             if not transient(exc):
                 raise
-            delay = backoff.base_delay(tries)
-            if clock.now() + delay >= deadline:
+            delay = backoff.delay(tries) if give_up else backoff.base_delay(tries)
+            if delay is None or (deadline is not None and clock.now() + delay >= deadline):
                 raise
         clock.sleep(delay)
         tries += 1

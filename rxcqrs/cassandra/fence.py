@@ -30,7 +30,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rxcqrs.backoff import Backoff
+from rxcqrs.backoff import Backoff, retry_until
 from rxcqrs.cassandra.identifiers import identifier, qualified
 from rxcqrs.cassandra.outcomes import Outcome, classify
 from rxcqrs.cassandra.schema import create_table, prepare
@@ -115,31 +115,40 @@ class Fence:
         unknown outcomes (each a fresh read, then the next epoch) until ``deadline`` (on the fence's clock)
         or the backoff's end; then :class:`RetriesExhaustedError`."""
         read, first, step = self._statements()
-        attempt = 0
-        while True:
-            try:
-                row = self.session.execute(read, (self.group, self.topic)).one()
-                if row is None:
-                    seen, wanted = None, FIRST_EPOCH
-                    result = self.session.execute(first, (self.group, self.topic, wanted)).one()
-                else:
-                    seen = int(row.epoch)
-                    wanted = seen + 1
-                    result = self.session.execute(step, (wanted, self.group, self.topic, seen)).one()
-                if result is None or bool(result[0]):
-                    log.info("fence %s/%s: epoch %d", self.group, self.topic, wanted)
-                    return wanted
-                error: BaseException = RuntimeError(f"the fence moved from {seen} meanwhile")
-            except Exception as exc:
-                if classify(exc) is Outcome.PERMANENT:
-                    raise
-                error = exc
-            delay = self.backoff.delay(attempt)
-            if delay is None or (deadline is not None and self._clock.now() + delay > deadline):
-                raise RetriesExhaustedError(f"could not take an epoch of {self.group}/{self.topic} after "
-                                            f"{attempt + 1} attempts: {error!r}") from error
-            attempt += 1
-            self._clock.sleep(delay)  # a fence taker runs on a thread of its own: backing off there blocks nobody
+        attempts = 0
+
+        def attempt(_left: float) -> int:
+            nonlocal attempts
+            attempts += 1
+            row = self.session.execute(read, (self.group, self.topic)).one()
+            if row is None:
+                seen, wanted = None, FIRST_EPOCH
+                result = self.session.execute(first, (self.group, self.topic, wanted)).one()
+            else:
+                seen = int(row.epoch)
+                wanted = seen + 1
+                result = self.session.execute(step, (wanted, self.group, self.topic, seen)).one()
+            if result is not None and not bool(result[0]):
+                raise _Moved(f"the fence moved from {seen} meanwhile")
+            log.info("fence %s/%s: epoch %d", self.group, self.topic, wanted)
+            return wanted
+
+        try:  # on a thread of its own: backing off there blocks nobody
+            return retry_until(attempt, deadline, _retried, self.backoff, self._clock, give_up=True)
+        except Exception as exc:
+            if not _retried(exc):
+                raise
+            raise RetriesExhaustedError(f"could not take an epoch of {self.group}/{self.topic} after {attempts} "
+                                        f"attempts: {exc!r}") from exc
+
+
+class _Moved(Exception):
+    """Another writer took the epoch this one wanted (taken again: the next epoch)."""
+
+
+def _retried(error: Exception) -> bool:
+    """Whether :meth:`Fence.take` tries again after ``error``: a conflict, a transient error, an unknown outcome."""
+    return isinstance(error, _Moved) or classify(error) is not Outcome.PERMANENT
 
 
 @dataclass(frozen=True)

@@ -34,18 +34,18 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from rxcqrs.backoff import Backoff
+from rxcqrs.backoff import Backoff, retry_until
 from rxcqrs.cassandra.event_stream import EventStream, StreamEvent
 from rxcqrs.cassandra.fence import Fence, create_fence_tables, write_timestamp
 from rxcqrs.cassandra.identifiers import identifier, qualified
 from rxcqrs.cassandra.outcomes import Outcome, classify
 from rxcqrs.cassandra.retrying import exhausted
 from rxcqrs.cassandra.schema import create_keyspace, create_table, prepare
+from rxcqrs.clock import SYSTEM, Clock
 from rxcqrs.exceptions import ConfigError, PermanentStageError, PoisonRecordError, SerializationError, StageError
 from rxcqrs.messages import Envelope, TopicPartition
 from rxcqrs.operators import DeadLetters
@@ -183,13 +183,23 @@ class _Partition:
     seen: dict[Any, int] = field(default_factory=dict)
 
 
+class _NotConfirmed(Exception):
+    """The group did not confirm an ownership: ``answer`` False (this member does not own it), None (unknown)."""
+
+    def __init__(self, answer: bool | None) -> None:
+        super().__init__(answer)
+        self.answer = answer
+
+
 class ProjectionSink(SinkBase):
     """Folds envelopes of stream records into the projection's views (see the module for the guarantees)."""
 
     def __init__(self, projection: Projection, *, group: str | None = None, backoff: Backoff | None = None,
                  max_records: int = 2000, partition_records: int = 200, fence_timeout: float = 30.0,
-                 dead_letters: DeadLetters | None = None) -> None:
+                 dead_letters: DeadLetters | None = None, clock: Clock = SYSTEM) -> None:
+        """``clock`` times the epochs' deadlines and the confirmation's retries (see :mod:`rxcqrs.clock`)."""
         super().__init__()
+        self._clock = clock
         self.projection = projection
         self.dead_letters = dead_letters
         self.group = group
@@ -498,38 +508,41 @@ class ProjectionSink(SinkBase):
         fence = self._fences.get(tp.topic)
         if fence is None:
             fence = self._fences[tp.topic] = Fence(self.projection.session, self.projection.keyspace,
-                                                   f"{self.group}/{self.projection.name}", tp.topic)
-        epoch = fence.take(deadline=time.monotonic() + self.fence_timeout)
+                                                   f"{self.group}/{self.projection.name}", tp.topic,
+                                                   clock=self._clock)
+        epoch = fence.take(deadline=self._clock.now() + self.fence_timeout)
         self._confirm(tp)
         part.epoch = epoch
 
     def _confirm(self, tp: TopicPartition) -> None:
         """Use a new epoch only once the group confirms this member still owns ``tp``: a member that woke up
-        after its partitions moved on must not outrank their new owner with an epoch taken afterwards."""
+        after its partitions moved on must not outrank their new owner with an epoch taken afterwards. An
+        unknown answer (the broker did not answer) is asked again, within ``fence_timeout``."""
         source = self._source
         if source is None:
             return
-        deadline = time.monotonic() + self.fence_timeout
-        attempt = 0
-        while True:
+
+        def ask(left: float) -> None:
             answered = threading.Event()
             answer: list[bool | None] = [None]
 
-            def heard(confirmed: bool | None, answer: list[bool | None] = answer, answered: threading.Event = answered
-                      ) -> None:
+            def heard(confirmed: bool | None) -> None:
                 answer[0] = confirmed
                 answered.set()
 
             source.confirm_ownership([tp], heard)
-            answered.wait(max(0.0, deadline - time.monotonic()))
-            if answer[0] is True:
-                return
-            delay = self.backoff.delay(attempt)
-            if answer[0] is False or delay is None or time.monotonic() + delay > deadline:
-                raise StageError(f"projection {self.projection.name}: the group did not confirm that this member "
-                                 f"owns {tp} (it may have been fenced out); its records are delivered again")
-            attempt += 1
-            time.sleep(delay)  # unknown (the broker did not answer): ask again
+            self._clock.wait(answered, left)
+            if answer[0] is not True:
+                raise _NotConfirmed(answer[0])
+
+        def unknown(error: Exception) -> bool:
+            return isinstance(error, _NotConfirmed) and error.answer is None
+
+        try:
+            retry_until(ask, self._clock.now() + self.fence_timeout, unknown, self.backoff, self._clock, give_up=True)
+        except _NotConfirmed:
+            raise StageError(f"projection {self.projection.name}: the group did not confirm that this member owns "
+                             f"{tp} (it may have been fenced out); its records are delivered again") from None
 
     def _seen(self, part: _Partition, entity: Any) -> int:
         found = part.seen.get(entity)
