@@ -24,8 +24,8 @@ same rows). Every record is acked once its batch's steps all succeeded, so
 the commit gate never passes a record whose writes are unfinished.
 
 Fencing and the cache: the sink takes an epoch for every partition assignment its source tells it of
-(:mod:`rxcqrs.partitions`), then asks the source to confirm that this member is still in the group's
-current generation, and only then starts that partition's batches. The last written state of each entity
+(:mod:`rxcqrs.partitions`) and starts that partition's batches only once the group confirmed this member
+still owns it (:mod:`rxcqrs.cassandra.epochs`). The last written state of each entity
 is cached (bounded, least recently used first out) *for the epoch it was read or written in*: revokes and
 assignments drop it, and a batch never uses a state cached under another epoch. Records of a revoked or
 rewound assignment (their ticket is not live any more) are dropped before they are decided: they are
@@ -37,14 +37,13 @@ the driver's callbacks only hand a batch's next step over, never block and never
 steps send at one moment leaves together: the single-row writes of several batches as one unlogged request
 (``merge_partitions``), the reads of entities missing the cache as one ``IN`` read (an aggregate with
 :class:`ManyReads`); the outboxes leave as soon as they hold a full request, while the rest of a burst is
-decided. A fencer thread takes epochs (blocking round trips, never on a driver thread);
+decided. The epochs' fencer thread takes epochs (blocking round trips, never on a driver thread);
 retries run after their backoff on a timer thread.
 """
 
 from __future__ import annotations
 
 import logging
-import queue as queues
 import threading
 import time
 from collections import OrderedDict, deque
@@ -54,12 +53,13 @@ from typing import Any, Callable, Generic, Hashable, Iterable, Mapping, Protocol
 
 from rxcqrs import tracing
 from rxcqrs.backoff import Backoff
+from rxcqrs.cassandra.epochs import AssignmentEpochs, EpochSource
 from rxcqrs.cassandra.executor import was_applied
 from rxcqrs.cassandra.fence import Fence, WriteProtocol, check_protocol, write_timestamp
 from rxcqrs.cassandra.keyed import KeyedQueue
 from rxcqrs.cassandra.outcomes import Outcome, classify
 from rxcqrs.cassandra.retrying import abandoned, exhausted, permanent, retry_later
-from rxcqrs.cassandra.statement_batches import group_statements, statement_size
+from rxcqrs.cassandra.statement_batches import group_statements, requests_of, statement_size
 from rxcqrs.clock import SYSTEM, Clock
 from rxcqrs.exceptions import ConfigError, PermanentStageError, StageError, UnknownOutcomeError
 from rxcqrs.messages import Batch, Envelope, RecordMetadata, TopicPartition
@@ -191,16 +191,6 @@ class _Batch:
         return f" on {first}..{last.offset} ({len(self.envelopes)} records)"
 
 
-@dataclass(eq=False)
-class _Assignment:
-    """One partition's fencing: the epoch of its current assignment once taken and confirmed."""
-
-    request: int
-    epoch: int | None = None
-    failed: bool = False
-    parked: list[_Batch] = field(default_factory=list)
-
-
 class Publisher(Protocol):
     """Where an engine publishes (:class:`~rxcqrs.kafka.publisher.KafkaPublisher`)."""
 
@@ -209,12 +199,6 @@ class Publisher(Protocol):
 
     def close(self, failed: bool) -> None:
         """Wait for what is in flight (``failed``: the flow failed, wait a bounded time) and release it."""
-
-
-class EpochSource(Protocol):
-    """What the engine needs of a fence: a new epoch, higher than every one handed out before (blocking)."""
-
-    def take(self, deadline: float | None = None) -> int: ...
 
 
 #: ``fences(group, topic)``: the fence of one consumer group on one topic
@@ -289,6 +273,17 @@ def _mergeable(statements: list[Any]) -> bool:
     return all(type(statement) is BoundStatement for statement in statements)
 
 
+def _unlogged(statements: list[Any]) -> Any:
+    """Idempotent single-row statements as one unlogged request."""
+    from cassandra.query import BatchStatement, BatchType
+
+    request = BatchStatement(BatchType.UNLOGGED)
+    for statement in statements:
+        request.add(statement)
+    request.is_idempotent = True
+    return request
+
+
 def _same_partition(first: Envelope[Any], item: Envelope[Any]) -> bool:
     return item.meta.partition == first.meta.partition and item.meta.topic == first.meta.topic
 
@@ -348,11 +343,13 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         self._lock = threading.Lock()
         self._queue: KeyedQueue[Any] = KeyedQueue(max_concurrency, max_batch, _same_partition)  # envelopes, _Records
         self._cache: OrderedDict[Hashable, tuple[Stored[Any], TopicPartition, int | None]] = OrderedDict()
-        self._assignments: dict[TopicPartition, _Assignment] = {}
-        self._requests = 0
+        #: (entity, partition) -> the first offset of a failed batch: its later records wait for its redelivery
+        self._failed_at: dict[tuple[Hashable, TopicPartition], int] = {}
         self._fences: dict[str, EpochSource] = {}
         self._fence_factory = fences
-        self._source: Assignments | None = None
+        self._epochs: AssignmentEpochs[_Batch] = AssignmentEpochs(
+            name, self._lock, self._fence, timeout=fence_timeout, clock=clock, later=self._later, ready=self._restart,
+            failed=self._finish)
         self._abandoned = False
         self._stopped = False
         self._wake = threading.Event()
@@ -362,9 +359,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         self._logged_outbox: list[tuple[_Batch, list[Any], Callable[[], None]]] = []  # atomic batches, merged
         self._read_outbox: list[_Batch] = []  # reads of entities missing the cache, merged (ManyReads)
         self._many_reads = callable(getattr(aggregate, "read_many", None)) and merge_partitions > 1
-        self._fence_requests: queues.SimpleQueue[tuple[list[TopicPartition], int] | None] = queues.SimpleQueue()
-        self._fencer: threading.Thread | None = None
-        self._busy_threads = 0  # fence requests queued or being served, batches being dispatched, retries due
+        self._busy_threads = 0  # batches being dispatched, continuations handed over, retries due
         self.batches = 0
         self.reads = 0
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name=f"rxcqrs-{name}-dispatch", daemon=True)
@@ -373,7 +368,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
     # -- partitions (the client's rebalance thread) -------------------------------------------------------
     def watch_partitions(self, source: Assignments) -> None:
         """Called by :func:`~rxcqrs.run`: hear of ``source``'s assignments (and take epochs for them)."""
-        self._source = source
+        self._epochs.source = source
         if self.group is None:
             self.group = source.group_id
         source.on_assign(self.partitions_assigned)
@@ -393,17 +388,14 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
 
     def _forget(self, tps: list[TopicPartition], *, renew: bool) -> None:
         gone = set(tps)
-        parked: list[_Batch] = []
         with self._lock:
             for key in [k for k, (_s, tp, _e) in self._cache.items() if tp in gone]:
                 del self._cache[key]
-            for tp in tps:
-                old = self._assignments.pop(tp, None)
-                if old is not None:
-                    parked.extend(old.parked)
-            request = self._new_request(tps) if renew else None
+            for where in [w for w in self._failed_at if w[1] in gone]:
+                del self._failed_at[where]
+            parked, request = self._epochs.forget_locked(tps, renew=renew)
         if request is not None:
-            self._ask_fence(tps, request)
+            self._epochs.ask(tps, request)
         self._restart(parked)  # their records belong to the old assignment: dropped as stale by _start
 
     def _restart(self, batches: list[_Batch]) -> None:
@@ -413,50 +405,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 self._restarts.extend(batches)
             self._wake.set()
 
-    def _new_request(self, tps: Sequence[TopicPartition]) -> int:
-        """Under the lock: a fresh assignment record (awaiting its epoch) for each of ``tps``."""
-        self._requests += 1
-        for tp in tps:
-            self._assignments[tp] = _Assignment(self._requests)
-        return self._requests
-
-    # -- fencing (the fencer thread) ----------------------------------------------------------------------
-    def _ask_fence(self, tps: list[TopicPartition], request: int) -> None:
-        with self._lock:
-            self._busy_threads += 1
-        self._fence_requests.put((tps, request))
-        self._start_fencer()
-
-    def _start_fencer(self) -> None:
-        with self._lock:
-            if self._fencer is None and not self._stopped:
-                self._fencer = threading.Thread(target=self._fence_loop, name=f"rxcqrs-{self.name}-fence",
-                                                daemon=True)
-                self._fencer.start()
-
-    def _fence_loop(self) -> None:
-        while True:
-            item = self._fence_requests.get()
-            if item is None or self._stopped:
-                return
-            try:
-                self._take_epoch(*item)
-            finally:
-                with self._lock:
-                    self._busy_threads -= 1
-
-    def _take_epoch(self, tps: list[TopicPartition], request: int) -> None:
-        if not self._current(tps, request):
-            return  # revoked or assigned again meanwhile
-        for topic in sorted({tp.topic for tp in tps}):
-            mine = [tp for tp in tps if tp.topic == topic]
-            try:
-                epoch = self._fence(topic).take(deadline=self._clock.now() + self.fence_timeout)
-            except Exception as exc:
-                self._fence_failed(mine, request, exc)
-                continue
-            self._confirm(mine, request, epoch, 0, self._clock.now() + self.fence_timeout)
-
+    # -- fencing (the fencer thread of :class:`~rxcqrs.cassandra.epochs.AssignmentEpochs`) -----------------
     def _fence(self, topic: str) -> EpochSource:
         fence = self._fences.get(topic)
         if fence is None:
@@ -470,57 +419,6 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 fence = Fence(self.session, self.keyspace, self.group, topic, backoff=self.backoff, clock=self._clock)
             self._fences[topic] = fence
         return fence
-
-    def _confirm(self, tps: list[TopicPartition], request: int, epoch: int, attempt: int, deadline: float) -> None:
-        """Use ``epoch`` once the group coordinator confirms this member still owns ``tps`` (a stale member
-        that took an epoch after waking up must never write with it)."""
-        source = self._source
-        if source is None:
-            self._fenced(tps, request, epoch)
-            return
-
-        def answered(confirmed: bool | None) -> None:
-            if confirmed:
-                self._fenced(tps, request, epoch)
-                return
-            if not self._current(tps, request) or self._abandoned:
-                return
-            if self._clock.now() >= deadline or not self._later(
-                    attempt, lambda: self._confirm(tps, request, epoch, attempt + 1, deadline)):
-                self._fence_failed(tps, request, StageError(
-                    f"{self.name}: this member's ownership of {sorted(tps)} was not confirmed by the group "
-                    f"within {self.fence_timeout:g}s (it may have been fenced out)"))
-
-        source.confirm_ownership(tps, answered)
-
-    def _current(self, tps: list[TopicPartition], request: int) -> bool:
-        with self._lock:
-            return any((a := self._assignments.get(tp)) is not None and a.request == request for tp in tps)
-
-    def _fenced(self, tps: list[TopicPartition], request: int, epoch: int) -> None:
-        ready: list[_Batch] = []
-        with self._lock:
-            for tp in tps:
-                a = self._assignments.get(tp)
-                if a is not None and a.request == request:
-                    a.epoch = epoch
-                    ready.extend(a.parked)
-                    a.parked = []
-        log.info("%s: epoch %d for %s", self.name, epoch, sorted(tps))
-        self._restart(ready)
-
-    def _fence_failed(self, tps: list[TopicPartition], request: int, error: BaseException) -> None:
-        failed: list[_Batch] = []
-        with self._lock:
-            for tp in tps:
-                a = self._assignments.get(tp)
-                if a is not None and a.request == request:
-                    a.failed = True
-                    failed.extend(a.parked)
-                    a.parked = []
-        log.warning("%s: no epoch for %s: %r", self.name, sorted(tps), error)
-        for batch in failed:
-            self._finish(batch, error if isinstance(error, StageError) else StageError(f"{self.name}: {error!r}"))
 
     # -- intake (the poll thread) -------------------------------------------------------------------------
     @property
@@ -637,7 +535,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         with self._lock:
             return (not self._queue.startable and not self._restarts and not self._handed and not self._outbox
                     and not self._logged_outbox and not self._read_outbox
-                    and self._busy_threads == 0)
+                    and self._busy_threads == 0 and self._epochs.busy == 0)
 
     def _start(self, batch: _Batch) -> None:
         """Drop the records of revoked assignments; wait for the partition's epoch; fold from the cache, or read."""
@@ -650,7 +548,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 env.count("stale_dropped")
                 env.nack(StageError(f"{self.name}: {env.meta} belongs to a revoked or rewound assignment"))
                 self._end()
-        if not batch.envelopes:
+        if not batch.envelopes or self._behind_failed(batch):
             self._release(batch, [])
             return
         epoch: int | None = None
@@ -658,16 +556,9 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         with self._lock:
             if self._abandoned:
                 parked = False
-            elif self.fenced:
-                tp = batch.tp
-                a = self._assignments.get(tp)
-                if a is None or a.failed:  # not told of this assignment (no source), or its epoch failed
-                    request = self._new_request([tp])
-                    a = self._assignments[tp]
-                parked = a.epoch is None
-                if parked:
-                    a.parked.append(batch)
-                epoch = a.epoch
+            elif self.fenced:  # parked until the assignment's epoch comes (asked for if nothing told of it)
+                epoch, request = self._epochs.epoch_or_park_locked(batch.tp, batch)
+                parked = epoch is None
             else:
                 parked = False
             cached = None if parked else self._cached(batch.key, epoch)
@@ -675,7 +566,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             self._finish(batch, abandoned(self.name, batch.where()))
             return
         if request is not None:
-            self._ask_fence([batch.tp], request)
+            self._epochs.ask([batch.tp], request)
         if parked:
             return
         batch.epoch = epoch
@@ -685,6 +576,27 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             self._fold(batch)
         else:
             self._read(batch)
+
+    def _behind_failed(self, batch: _Batch) -> bool:
+        """Whether ``batch`` follows a failed record of its entity in its partition (nacked: delivered again
+        after it). An entity records the highest offset it applied per partition, so applying a later record
+        first would make the failed one look applied when it comes again. A batch from that offset or before
+        (the redelivery) clears the mark, as does a new assignment of the partition."""
+        where = (batch.key, batch.tp)
+        with self._lock:
+            failed_at = self._failed_at.get(where)
+            if failed_at is None:
+                return False
+            if batch.envelopes[0].meta.offset <= failed_at:
+                del self._failed_at[where]
+                return False
+        error = StageError(f"{self.name}: {batch.where().strip()} follows a failed record of its entity at "
+                           f"{batch.tp.topic}/{batch.tp.partition}@{failed_at}; delivered again after it")
+        for env in batch.envelopes:
+            env.count("behind_failed")
+            env.nack(error)
+            self._end()
+        return True
 
     def _cached(self, key: Hashable, epoch: int | None) -> Stored[Any] | None:
         """Under the lock: the cached state of ``key`` if it belongs to ``epoch``."""
@@ -825,14 +737,18 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         self.publisher.publish(records, published)
 
     def _next_step(self, batch: _Batch, done: str) -> None:
-        """Run the step after ``done`` (``"read"``: the batch was just decided); the event log's steps go at once."""
+        """Run the step after ``done`` (``"read"``: the batch was just decided); the event log's steps go at once.
+        The retries of a batch until its state is written (reads, decisions, the state, and in conditional mode
+        the reads and decisions again after a conflict or a failed write) share one backoff; the log's steps,
+        after the state, have one of their own."""
         steps = self.steps
         if done == "read" and self.atomic_batches and self.fenced and self.log_events and self._send_atomic(batch):
             return
+        if done == "state":
+            batch.attempt = 0
         i = 0 if done == "read" else steps.index(done) + 1
         while i < len(steps):
             step, i = steps[i], i + 1
-            batch.attempt = 0
             if step == "state":
                 batch.step = step
                 if batch.state_write is None:
@@ -896,13 +812,26 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         records = [(env.value, env.meta) for env in batch.envelopes]
         if steps == ["decisions"]:  # with the index of the events they carry: one round trip less per batch
             early = self.aggregate.index(batch.key, records) if batch.index_early else []
-            return group_statements(batch.decisions, self.batch_rows, self.batch_bytes) + early
+            return self._grouped([*batch.decisions, *early])
         out: list[Any] = []
         if "events" in steps:
-            out += group_statements(self.aggregate.events(batch.key, records), self.batch_rows, self.batch_bytes)
+            out += self.aggregate.events(batch.key, records)
         if "index" in steps and not batch.index_early:
             out += self.aggregate.index(batch.key, records)
-        return out
+        return self._grouped(out)
+
+    def _grouped(self, statements: list[Any]) -> list[Any]:
+        """A step's statements as they leave: single rows when they fit one request (the outbox merges them
+        with other batches', see :meth:`_flush`; alone they go as one request, see :meth:`_run_all`), else
+        unlogged batches per partition."""
+        if self._fits_one(statements):
+            return statements
+        return group_statements(statements, self.batch_rows, self.batch_bytes)
+
+    def _fits_one(self, statements: list[Any]) -> bool:
+        """Whether ``statements`` are single rows that fit one unlogged request."""
+        return len(statements) <= self.batch_rows and _mergeable(statements) \
+            and sum(map(statement_size, statements)) <= self.batch_bytes
 
     def _write_conditionally(self, batch: _Batch) -> None:
         self._execute(batch, batch.state_write, lambda rows: self._on_written(batch, rows), sent_is_unknown=True)
@@ -918,12 +847,14 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
 
     def _run_all(self, batch: _Batch, statements: list[Any], then: Callable[[], None], merge: bool = True) -> None:
         """Execute idempotent statements together; ``then`` once all succeeded, a retry of all if one failed.
-        On the engine's worker, single-row writes wait in the outbox to be sent merged (:meth:`_flush`)."""
+        On the engine's worker, single-row writes wait in the outbox to be sent merged (:meth:`_flush`);
+        elsewhere (or not merged) single rows that fit one request go as one unlogged request."""
         if merge and self.merge_partitions > 1 and threading.current_thread() is self._dispatcher \
                 and _mergeable(statements):
             self._outbox.append((batch, statements, then))
             return
-        left = [len(statements)]
+        requests = [_unlogged(statements)] if len(statements) > 1 and self._fits_one(statements) else statements
+        left = [len(requests)]
         failed = [False]
         lock = threading.Lock()
 
@@ -941,13 +872,13 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 failed[0] = True
             self._failed(batch, error, sent=sent, again=lambda: self._run_all(batch, statements, then))
 
-        for statement in statements:
-            if not self._request(statement, done, retry_all, (batch,)):
+        for request in requests:
+            if not self._request(request, done, retry_all, (batch,)):
                 return
 
     def _flush(self) -> None:
         """Send the outboxes: the atomic batches (:meth:`_send_atomic`) as logged requests, and the other
-        single-row statements of consecutive batches as unlogged ones, each within :meth:`_chunks`' bounds.
+        single-row statements of consecutive batches as unlogged ones, each within :func:`requests_of`' bounds.
         Every statement is idempotent, so a request that failed or whose outcome is unknown is retried per
         batch; a request refused for good is sent again per batch, so that only the batch at fault fails."""
         if not self._outbox and not self._logged_outbox and not self._read_outbox:
@@ -960,36 +891,13 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         try:
             for i in range(0, len(reads), self.merge_partitions):
                 self._send_reads(reads[i:i + self.merge_partitions])
-            for chunk in self._chunks(logged, 3 * self.merge_partitions):
+            for chunk in requests_of(logged, 3 * self.merge_partitions, self.batch_rows, self.batch_bytes):
                 self._send_merged(chunk, logged=True)
-            for chunk in self._chunks(items, self.merge_partitions):
+            for chunk in requests_of(items, self.merge_partitions, self.batch_rows, self.batch_bytes):
                 self._send_merged(chunk)
         finally:
             with self._lock:
                 self._busy_threads -= 1
-
-    def _chunks(self, items: list[tuple[_Batch, list[Any], Callable[[], None]]], partitions: int
-                ) -> list[list[tuple[_Batch, list[Any], Callable[[], None]]]]:
-        """Consecutive items grouped into requests of up to ``partitions`` partitions, ``batch_rows`` rows and
-        ``batch_bytes`` (an item larger than that is a request of its own)."""
-        out: list[list[tuple[_Batch, list[Any], Callable[[], None]]]] = []
-        chunk: list[tuple[_Batch, list[Any], Callable[[], None]]] = []
-        keys: set[Any] = set()
-        rows = size = 0
-        for item in items:
-            mine = {statement.routing_key for statement in item[1]}
-            weight = sum(map(statement_size, item[1]))
-            if chunk and (len(keys | mine) > partitions or rows + len(item[1]) > self.batch_rows
-                          or size + weight > self.batch_bytes):
-                out.append(chunk)
-                chunk, keys, rows, size = [], set(), 0, 0
-            chunk.append(item)
-            keys |= mine
-            rows += len(item[1])
-            size += weight
-        if chunk:
-            out.append(chunk)
-        return out
 
     def _send_merged(self, chunk: list[tuple[_Batch, list[Any], Callable[[], None]]], logged: bool = False) -> None:
         if len(chunk) == 1 and not logged:
@@ -1113,8 +1021,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
 
     def _remember(self, batch: _Batch, stored: Stored[Any]) -> None:
         with self._lock:
-            a = self._assignments.get(batch.tp) if self.fenced else None
-            if self.fenced and (a is None or a.epoch != batch.epoch):
+            if self.fenced and self._epochs.epoch_locked(batch.tp) != batch.epoch:
                 return  # revoked or assigned again while the batch ran: its state is not the new epoch's
             self._cache[batch.key] = (stored, batch.tp, batch.epoch)
             self._cache.move_to_end(batch.key)
@@ -1122,6 +1029,12 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 self._cache.popitem(last=False)
 
     def _finish(self, batch: _Batch, error: BaseException | None) -> None:
+        if error is not None and batch.envelopes:
+            with self._lock:  # before the nacks: the entity's later records wait for these (see _behind_failed)
+                self._cache.pop(batch.key, None)
+                where = (batch.key, batch.tp)
+                first = batch.envelopes[0].meta.offset
+                self._failed_at[where] = min(first, self._failed_at.get(where, first))
         then = self.then
         shares: dict[_BatchShare, int] = {}  # a source batch's records: its share settled once per engine batch
         for env in batch.envelopes:
@@ -1138,9 +1051,6 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 share.done(records)
             else:
                 share.failed(error)
-        if error is not None:
-            with self._lock:
-                self._cache.pop(batch.key, None)
         self._release(batch, batch.envelopes)
 
     def _release(self, batch: _Batch, settled: list[Envelope[Any]]) -> None:
@@ -1160,9 +1070,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         with self._lock:
             self._abandoned = True
             waiting = self._queue.drain()
-            parked = [b for a in self._assignments.values() for b in a.parked]
-            for a in self._assignments.values():
-                a.parked = []
+            parked = self._epochs.abandon_locked()
         for env in waiting:
             env.nack(abandoned(self.name, f" on {env.meta}"))
             self._end()
@@ -1172,7 +1080,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
     def close(self) -> None:
         self._stopped = True
         self._wake.set()
-        self._fence_requests.put(None)
+        self._epochs.close()
         if self.publisher is not None:  # the engine owns its publisher
             self.publisher.close(failed=self.upstream_error is not None)
 

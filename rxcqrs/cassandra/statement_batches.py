@@ -1,4 +1,4 @@
-"""Grouping idempotent statements into unlogged batches that stay within Cassandra's batch limits.
+"""Grouping idempotent statements into batches that stay within Cassandra's batch limits.
 
 Statements of one partition (same routing key) go together, up to ``rows`` statements and about ``size``
 bytes of values per batch (Cassandra warns at 5 KiB and refuses at 50 KiB by default). Such a batch is one
@@ -8,9 +8,13 @@ in it must be idempotent on its own.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["group_statements", "statement_size"]
+__all__ = ["group_statements", "requests_of", "statement_size"]
+
+T = TypeVar("T")
+#: what waits to be sent: its owner, its statements (bound, single-row) and what to do once they are written
+Item = tuple[T, list[Any], Any]
 
 
 def group_statements(statements: list[Any], rows: int = 100, size: int = 40_000) -> list[Any]:
@@ -54,3 +58,25 @@ def statement_size(statement: Any) -> int:
         return 64 + sum(map(len, filter(None, values)))  # serialized values: bytes, or None (null)
     except TypeError:  # a value the driver did not serialize (e.g. UNSET_VALUE)
         return 64 + sum(len(v) if isinstance(v, (bytes, bytearray)) else 16 for v in values)
+
+
+def requests_of(items: list[Item[T]], partitions: int, rows: int = 100, size: int = 40_000) -> list[list[Item[T]]]:
+    """Consecutive ``items`` grouped into requests of up to ``partitions`` partitions, ``rows`` statements and
+    about ``size`` bytes (an item larger than that is a request of its own)."""
+    out: list[list[Item[T]]] = []
+    chunk: list[Item[T]] = []
+    keys: set[Any] = set()
+    count = weight = 0
+    for item in items:
+        mine = {statement.routing_key for statement in item[1]}
+        cost = sum(map(statement_size, item[1]))
+        if chunk and (len(keys | mine) > partitions or count + len(item[1]) > rows or weight + cost > size):
+            out.append(chunk)
+            chunk, keys, count, weight = [], set(), 0, 0
+        chunk.append(item)
+        keys |= mine
+        count += len(item[1])
+        weight += cost
+    if chunk:
+        out.append(chunk)
+    return out

@@ -20,7 +20,7 @@ from rxcqrs.exceptions import PermanentStageError
 from rxcqrs.messages import Envelope
 from rxcqrs.operators import branch, broadcast, map_envelope
 from tests.contract.commands import Backend, CassandraBackend, FakeBackend
-from tests.counters import envelopes, fold
+from tests.counters import envelopes, fold, partition_of
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.contract
@@ -132,6 +132,22 @@ def test_a_transient_outage_is_retried_until_it_ends(backend: Backend, stage: st
     results = Run(backend, stage, protocol).feed(COMMANDS)
     assert all(v is None for v in results.values())
     exact(backend, COMMANDS)
+
+
+@parametrized
+def test_a_failed_record_holds_back_its_entitys_later_records_until_delivered_again(
+        backend: Backend, stage: str, protocol: str) -> None:
+    """An entity records the highest offset it applied per partition: had a later record been applied while an
+    earlier one failed (its retries exhausted), the earlier one would look applied when delivered again."""
+    commands = [("e0", 1), ("e0", 2), ("e0", 4)]
+    backend.fault = first_times(7, "refused", "state")  # more attempts than FAST allows: the first batch fails
+    results = Run(backend, stage, protocol, max_batch=1).feed(commands)
+    home = partition_of("e0", 3)
+    assert [results[(home, offset)] is None for offset in range(3)] == [False, False, False]
+    assert backend.state("e0") is None
+    results = Run(backend, stage, protocol, max_batch=1).feed(commands)  # the redelivery
+    assert all(v is None for v in results.values())
+    exact(backend, commands)
 
 
 @parametrized
