@@ -33,12 +33,14 @@ def checkout(rev: str) -> Path:
     return tree
 
 
-def contender(tree: Path, topic: str, total: int) -> Any:
-    """``run(keyspace) -> (rate, info)`` running the revision in ``tree`` in a child process."""
+def contender(tree: Path, topic: str, total: int, protocol: str | None = None) -> Any:
+    """``run(keyspace) -> (rate, info)`` running the revision in ``tree`` in a child process (``protocol``: its
+    write protocol, for a revision that has them; None: its default)."""
 
     def run(ks: str) -> tuple[float, dict[str, Any]]:
         env = {**os.environ, "PYTHONPATH": str(tree)}
-        done = subprocess.run([sys.executable, __file__, topic, ks, str(total)], cwd=tree, env=env, check=True,
+        args = [topic, ks, str(total)] + ([protocol] if protocol else [])
+        done = subprocess.run([sys.executable, __file__, *args], cwd=tree, env=env, check=True,
                               capture_output=True, text=True, timeout=3600)
         result = json.loads(done.stdout.strip().splitlines()[-1])
         return result["rate"], {"cpu_us": result["cpu_us"], "verified": result["verified"]}
@@ -46,7 +48,7 @@ def contender(tree: Path, topic: str, total: int) -> Any:
     return run
 
 
-def _main(topic: str, ks: str, total: int) -> None:
+def _main(topic: str, ks: str, total: int, protocol: str | None) -> None:
     import logging
 
     logging.basicConfig(level=logging.ERROR)
@@ -66,7 +68,8 @@ def _main(topic: str, ks: str, total: int) -> None:
     session = connect()
     try:
         started = time.process_time()
-        rate, info = cart.rxcqrs_mode(session, topic, ks, total, "batched")
+        options = {"protocol": protocol} if protocol else {}
+        rate, info = cart.rxcqrs_mode(session, topic, ks, total, "batched", **options)
         cpu = marks.get("cpu", time.process_time()) - started
         print(json.dumps({"rate": rate, "cpu_us": round(cpu / total * 1e6, 1), "verified": bool(info["verified"])}))
     finally:
@@ -76,4 +79,4 @@ def _main(topic: str, ks: str, total: int) -> None:
 if __name__ == "__main__":
     here = Path(__file__).resolve().parent  # its modules are today's, not the revision's
     sys.path[:] = [entry for entry in sys.path if not entry or Path(entry).resolve() != here]
-    _main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    _main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)
