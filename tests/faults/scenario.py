@@ -145,7 +145,9 @@ class Scenario:
         if self.idempotent:
             figures.extra["exact_before_compensation"] = before == expected
         figures.save()
-        assert not wrong, f"{len(wrong)} carts differ from the fold of the topic, e.g. {wrong[:3]}"
+        shown = {c: {"expected": expected.get(c), "before compensation": before.get(c), "after": actual.get(c)}
+                 for c in (uuid.UUID(w) for w in wrong[:2])}
+        assert not wrong, f"{len(wrong)} carts differ from the fold of the topic, e.g. {shown}"
         assert figures.dead_letters == len(self.poison)
         if self.idempotent and not figures.unknown_outcomes:
             assert before == expected, "idempotent commands must be exact without any repair"
