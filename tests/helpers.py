@@ -120,3 +120,21 @@ def freeze_while_taken_over(zombie: Any, other: Any, position: Callable[[], dict
         assert other.poll() is None, other.stderr.read() if other.stderr else ""
     finally:
         os.kill(zombie.pid, signal.SIGCONT)
+
+
+def advancing(clock: Any, work: Callable[[], Any], step: float) -> dict[str, Any]:
+    """Run ``work`` on a thread while the time of ``clock`` (a VirtualClock) moves ``step`` at a time until it
+    ends: ``{"value": its result}`` or ``{"error": what it raised}``."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = work()
+        except Exception as exc:
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    clock.advance_until(lambda: not thread.is_alive(), step=step)
+    thread.join(5)
+    return out

@@ -182,26 +182,28 @@ class AssignmentEpochs(Generic[B]):
             return any((a := self._assignments.get(tp)) is not None and a.request == request for tp in tps)
 
     def _fenced(self, tps: list[TopicPartition], request: int, epoch: int) -> None:
-        ready: list[B] = []
-        with self._lock:
-            for tp in tps:
-                a = self._assignments.get(tp)
-                if a is not None and a.request == request:
-                    a.epoch = epoch
-                    ready.extend(a.parked)
-                    a.parked = []
+        ready = self._take_parked(tps, request, epoch=epoch)
         log.info("%s: epoch %d for %s", self.name, epoch, sorted(tps))
         self._ready(ready)
 
     def _fence_failed(self, tps: list[TopicPartition], request: int, error: BaseException) -> None:
-        failed: list[B] = []
+        failed = self._take_parked(tps, request, epoch=None)
+        log.warning("%s: no epoch for %s: %r", self.name, sorted(tps), error)
+        for batch in failed:
+            self._failed(batch, error if isinstance(error, StageError) else StageError(f"{self.name}: {error!r}"))
+
+    def _take_parked(self, tps: list[TopicPartition], request: int, *, epoch: int | None) -> list[B]:
+        """The parked batches of ``tps``' assignments that are still ``request``'s, which now have ``epoch``
+        (None: their epoch failed)."""
+        parked: list[B] = []
         with self._lock:
             for tp in tps:
                 a = self._assignments.get(tp)
                 if a is not None and a.request == request:
-                    a.failed = True
-                    failed.extend(a.parked)
+                    if epoch is None:
+                        a.failed = True
+                    else:
+                        a.epoch = epoch
+                    parked.extend(a.parked)
                     a.parked = []
-        log.warning("%s: no epoch for %s: %r", self.name, sorted(tps), error)
-        for batch in failed:
-            self._failed(batch, error if isinstance(error, StageError) else StageError(f"{self.name}: {error!r}"))
+        return parked

@@ -3,7 +3,6 @@ is raised as it is, and the retries end at the deadline or with the backoff (on 
 
 from __future__ import annotations
 
-import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,6 +13,7 @@ from rxcqrs.backoff import Backoff
 from rxcqrs.cassandra.fence import FIRST_EPOCH, Fence
 from rxcqrs.exceptions import RetriesExhaustedError
 from rxcqrs.testing import VirtualClock
+from tests.helpers import advancing
 
 
 class _Result:
@@ -58,23 +58,6 @@ def _fence(session: ScriptedSession, clock: VirtualClock, backoff: Backoff | Non
     return Fence(session, "ks", "group", "topic", backoff=backoff or Backoff(0.1, 10.0, 0.0), clock=clock)
 
 
-def _advancing(clock: VirtualClock, work: Any) -> Any:
-    """Run ``work`` on a thread while the test moves the virtual time until it ends; its result or error."""
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            out["value"] = work()
-        except Exception as exc:
-            out["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    clock.advance_until(lambda: not thread.is_alive(), step=0.05)
-    thread.join(5)
-    return out
-
-
 def test_the_first_epoch_then_the_next() -> None:
     session, clock = ScriptedSession([]), VirtualClock()
     fence = _fence(session, clock)
@@ -85,7 +68,7 @@ def test_the_first_epoch_then_the_next() -> None:
 def test_a_conflict_and_a_lost_answer_take_the_next_epoch() -> None:
     session, clock = ScriptedSession(["moved", OperationTimedOut("lost"), Unavailable("down")], epoch=5000), \
         VirtualClock()
-    out = _advancing(clock, lambda: _fence(session, clock).take(deadline=clock.now() + 60))
+    out = advancing(clock, lambda: _fence(session, clock).take(deadline=clock.now() + 60), 0.05)
     assert out == {"value": 5002}  # 5001 went to the other writer; the lost answer's epoch is skipped (harmless)
     assert session.writes == 4
 
@@ -100,7 +83,7 @@ def test_a_permanent_error_is_raised_as_it_is() -> None:
 def test_retries_end_at_the_deadline() -> None:
     session, clock = ScriptedSession([Unavailable("down")] * 1000, epoch=5000), VirtualClock()
     started = clock.now()
-    out = _advancing(clock, lambda: _fence(session, clock).take(deadline=started + 5.0))
+    out = advancing(clock, lambda: _fence(session, clock).take(deadline=started + 5.0), 0.05)
     error = out["error"]
     assert isinstance(error, RetriesExhaustedError) and isinstance(error.__cause__, Unavailable)
     assert "group/topic" in str(error) and f"after {session.writes} attempts" in str(error)
@@ -109,6 +92,6 @@ def test_retries_end_at_the_deadline() -> None:
 
 def test_without_a_deadline_retries_end_with_the_backoff() -> None:
     session, clock = ScriptedSession(["moved"] * 1000, epoch=5000), VirtualClock()
-    out = _advancing(clock, lambda: _fence(session, clock, Backoff(0.1, 1.0, 0.0)).take())
+    out = advancing(clock, lambda: _fence(session, clock, Backoff(0.1, 1.0, 0.0)).take(), 0.05)
     assert isinstance(out["error"], RetriesExhaustedError)
     assert session.writes == 5  # delays 0.1, 0.2, 0.4, 0.8; the next (1.6, capped at 1.0) is the backoff's end

@@ -3,7 +3,6 @@ an unknown answer is asked again within ``fence_timeout`` (on a virtual clock)."
 
 from __future__ import annotations
 
-import threading
 from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
@@ -14,6 +13,7 @@ from rxcqrs.cassandra.projection import ProjectionSink
 from rxcqrs.exceptions import StageError
 from rxcqrs.messages import TopicPartition
 from rxcqrs.testing import VirtualClock
+from tests.helpers import advancing
 
 TP = TopicPartition("stream", 0)
 
@@ -48,20 +48,13 @@ def sink(clock: VirtualClock) -> Iterator[ProjectionSink]:
 
 def _confirm(sink: ProjectionSink, clock: VirtualClock, source: Answers) -> dict[str, Any]:
     sink._source = source
-    out: dict[str, Any] = {}
 
-    def run() -> None:
-        try:
-            sink._confirm(TP)
-            out["confirmed"] = True
-        except Exception as exc:
-            out["error"] = exc
+    def confirm() -> bool:
+        sink._confirm(TP)
+        return True
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    clock.advance_until(lambda: not thread.is_alive(), step=0.25)
-    thread.join(5)
-    return out
+    out = advancing(clock, confirm, 0.25)
+    return {"confirmed": True} if out.get("value") else out
 
 
 def test_a_confirmed_ownership_is_used(sink: ProjectionSink, clock: VirtualClock) -> None:
