@@ -40,8 +40,10 @@ def contender(tree: Path, topic: str, total: int, protocol: str | None = None) -
     def run(ks: str) -> tuple[float, dict[str, Any]]:
         env = {**os.environ, "PYTHONPATH": str(tree)}
         args = [topic, ks, str(total)] + ([protocol] if protocol else [])
-        done = subprocess.run([sys.executable, __file__, *args], cwd=tree, env=env, check=True,
-                              capture_output=True, text=True, timeout=3600)
+        done = subprocess.run([sys.executable, __file__, *args], cwd=tree, env=env, capture_output=True, text=True,
+                              timeout=3600)
+        if done.returncode != 0:
+            raise RuntimeError(f"the revision in {tree} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
         result = json.loads(done.stdout.strip().splitlines()[-1])
         return result["rate"], {"cpu_us": result["cpu_us"], "verified": result["verified"]}
 
