@@ -273,11 +273,11 @@ def _mergeable(statements: list[Any]) -> bool:
     return all(type(statement) is BoundStatement for statement in statements)
 
 
-def _unlogged(statements: list[Any]) -> Any:
-    """Idempotent single-row statements as one unlogged request."""
+def _one_request(statements: list[Any], *, logged: bool = False) -> Any:
+    """Idempotent single-row statements as one request (an unlogged batch, or a logged one: all or nothing)."""
     from cassandra.query import BatchStatement, BatchType
 
-    request = BatchStatement(BatchType.UNLOGGED)
+    request = BatchStatement(BatchType.LOGGED if logged else BatchType.UNLOGGED)
     for statement in statements:
         request.add(statement)
     request.is_idempotent = True
@@ -783,8 +783,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         records = [(env.value, env.meta) for env in batch.envelopes]
         statements = [*batch.decisions, batch.state_write, *self.aggregate.events(batch.key, records),
                       *self.aggregate.index(batch.key, records)]
-        if len(statements) > self.batch_rows or not _mergeable(statements) \
-                or sum(map(statement_size, statements)) > self.batch_bytes:
+        if not self._fits_one(statements):
             return False
         batch.step = "state"
         item = (batch, statements, _then(self._all_done, batch, "index"))
@@ -853,7 +852,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 and _mergeable(statements):
             self._outbox.append((batch, statements, then))
             return
-        requests = [_unlogged(statements)] if len(statements) > 1 and self._fits_one(statements) else statements
+        requests = [_one_request(statements)] if len(statements) > 1 and self._fits_one(statements) else statements
         left = [len(requests)]
         failed = [False]
         lock = threading.Lock()
@@ -903,13 +902,8 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         if len(chunk) == 1 and not logged:
             self._send(*chunk[0])
             return
-        from cassandra.query import BatchStatement, BatchType
-
-        request = BatchStatement(BatchType.LOGGED if logged else BatchType.UNLOGGED)
-        for _batch, statements, _then in chunk:
-            for statement in statements:
-                request.add(statement)
-        request.is_idempotent = True
+        request = _one_request([statement for _batch, statements, _then in chunk for statement in statements],
+                               logged=logged)
 
         def done(_rows: Any) -> None:
             for _batch, _statements, then in chunk:
