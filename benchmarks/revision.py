@@ -24,8 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def checkout(rev: str) -> Path:
     """The worktree of ``rev`` (made once; a name such as ``HEAD~3`` is resolved to its commit first)."""
-    commit = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout.strip()
+    found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=ROOT,
+                           capture_output=True, text=True)
+    if found.returncode != 0:
+        raise SystemExit(f"--against {rev}: no such commit in this repository (give a commit, tag or branch)")
+    commit = found.stdout.strip()
     tree = ROOT / "build" / "against" / commit[:12]
     if not (tree / "rxcqrs").is_dir():
         subprocess.run(["git", "worktree", "add", "--force", "--detach", str(tree), commit], cwd=ROOT, check=True,
