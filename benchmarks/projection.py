@@ -142,19 +142,23 @@ def _entity_writes(session: Any, ks: str, view: EntityView) -> Callable[[StreamE
 
 
 class _HandTotals:
-    """item_totals by hand: cached rows per (item, partition), entity positions, one logged batch per partition
-    and poll with the next offset."""
+    """item_totals by hand: cached rows per (item, partition); one logged batch per partition and poll with the
+    partition's state in one Cassandra partition (its rows, entity positions, next offset) and the view's rows
+    copied from it (what rxcqrs writes)."""
 
     def __init__(self, session: Any, ks: str, epoch: int) -> None:
         self.session, self.epoch = session, epoch
-        self.read = session.prepare(f"SELECT units, carts FROM {ks}.item_totals WHERE item = ? "
-                                    "AND stream_partition = ?")
+        self.read = session.prepare(f"SELECT units, carts FROM {ks}.cart_views_item_totals_state WHERE "
+                                    "stream_topic = 'hand' AND stream_partition = ? AND item = ?")
         self.write = session.prepare(f"INSERT INTO {ks}.item_totals (item, stream_partition, units, carts) "
                                      "VALUES (?, ?, ?, ?) USING TIMESTAMP ?")
-        self.seen_write = session.prepare(f"INSERT INTO {ks}.cart_views_seen (entity, position) VALUES (?, ?) "
-                                          "USING TIMESTAMP ?")
-        self.offset_write = session.prepare(f"INSERT INTO {ks}.cart_views_offsets (stream_topic, stream_partition, "
-                                            "next_offset) VALUES ('hand', ?, ?) USING TIMESTAMP ?")
+        self.state_write = session.prepare(f"INSERT INTO {ks}.cart_views_item_totals_state (stream_topic, "
+                                           "stream_partition, item, units, carts) VALUES ('hand', ?, ?, ?, ?) "
+                                           "USING TIMESTAMP ?")
+        self.seen_write = session.prepare(f"INSERT INTO {ks}.cart_views_positions (stream_topic, stream_partition, "
+                                          "entity, position) VALUES ('hand', ?, ?, ?) USING TIMESTAMP ?")
+        self.offset_write = session.prepare(f"INSERT INTO {ks}.cart_views_next_offsets (stream_topic, "
+                                            "stream_partition, next_offset) VALUES ('hand', ?, ?) USING TIMESTAMP ?")
         self.rows: dict[tuple[Any, int], list[int]] = {}
         self.seen: dict[Any, int] = {}
 
@@ -181,8 +185,9 @@ class _HandTotals:
             for item in changed:
                 units, carts = self.rows[(item, partition)]
                 batch.add(self.write, (item, partition, units, carts, stamp))
+                batch.add(self.state_write, (partition, item, units, carts, stamp))
             for entity, position in positions.items():
-                batch.add(self.seen_write, (entity, position, stamp))
+                batch.add(self.seen_write, (partition, entity, position, stamp))
             batch.add(self.offset_write, (partition, items[-1][0] + 1, stamp))
             out.append(batch)
         return out
@@ -190,7 +195,7 @@ class _HandTotals:
     def _row(self, item: Any, partition: int) -> list[int]:
         found = self.rows.get((item, partition))
         if found is None:
-            row = self.session.execute(self.read, (item, partition)).one()
+            row = self.session.execute(self.read, (partition, item)).one()
             found = self.rows[(item, partition)] = [row.units, row.carts] if row else [0, 0]
         return found
 

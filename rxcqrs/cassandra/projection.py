@@ -7,19 +7,25 @@ tables, exact after any fault. Two kinds of read model, each with its own exactn
   the same timestamp and an older event replayed after a newer one loses, so any redelivery ends the same.
   Pick it for per-entity lists and lookups (``carts_by_owner``).
 * :class:`TotalsView` - **offsets with the read model**: rows that sum over many entities (counters, totals).
-  ``deltas(event)`` says what an event adds to which rows. The rows of one stream partition, each entity's
-  last applied position and the partition's next offset are written together in one logged batch, so a
-  crash lands all or none of them. On every assignment the source resumes a stream partition at its stored
-  offset (the beginning without one), not at the group's Kafka offsets; a record below the stored offset,
-  and an event at or below its entity's stored position (a repeat on the stream), add nothing. The rows are
-  per stream partition (``PRIMARY KEY ((<key>), stream_partition)``: one writer each); a total is their sum
-  (:meth:`Projection.totals`, or ``SELECT sum(...) ... WHERE <key> = ?``). The batch is fenced
+  ``deltas(event)`` says what an event adds to which rows. The state of one stream partition (its totals,
+  each entity's last applied position and the next offset) lives in **one Cassandra partition** of the
+  bookkeeping tables (partition key ``(stream_topic, stream_partition)``) and is written in one batch: a
+  single-partition mutation, applied all or nothing and never seen half applied. (A logged batch over many
+  partitions is atomic only in the end: after a crash the batchlog replays it late, and a re-read before that
+  would count a delta twice.) On every assignment the source resumes a stream partition at its stored offset
+  (the beginning without one), not at the group's Kafka offsets; a record below the stored offset, and an
+  event at or below its entity's stored position (a repeat on the stream), add nothing. The view's own rows
+  are per stream partition (``PRIMARY KEY ((<key>), stream_partition)``: one writer each), copies of the
+  state written in the same logged batch; a total is their sum (:meth:`Projection.totals`, or
+  ``SELECT sum(...) ... WHERE <key> = ?``). A record the stored offset already covers writes its rows again
+  from the state (a crash may have left a copy behind until the batchlog replays it). Every write is fenced
   (``USING TIMESTAMP epoch * 2^40 + offset``, an epoch per assignment from the fence row of the projection's
   group, used once the group confirms that this member still owns the partition): a projection member that
   stalled past its session timeout and wakes up loses every write to the member that took its partitions.
 
-Tables: each view's, ``<name>_offsets`` (stream_topic, stream_partition, next_offset) and ``<name>_seen``
-(entity, position) for the totals views, and the fence tables.
+Tables: each view's; for the totals views ``<name>_next_offsets`` (stream_topic, stream_partition,
+next_offset), ``<name>_positions`` (stream_topic, stream_partition, entity, position) and per view
+``<name>_<view>_state`` (stream_topic, stream_partition, <key>, <values>); and the fence tables.
 
 Threads: ``on_next`` (the poll thread) only queues; one worker thread takes what is queued, per stream
 partition in offset order, reads what it has not cached (the cache of a partition is dropped on every
@@ -102,8 +108,8 @@ class Projection:
                 raise ConfigError(f"view {view.table}: its key {list(view.key)} must be among its columns")
         self.entity_views = [v for v in self.views if isinstance(v, EntityView)]
         self.totals_views = [v for v in self.views if isinstance(v, TotalsView)]
-        self.offsets_table = qualified(self.keyspace, f"{self.name}_offsets")
-        self.seen_table = qualified(self.keyspace, f"{self.name}_seen")
+        self.offsets_table = qualified(self.keyspace, f"{self.name}_next_offsets")
+        self.seen_table = qualified(self.keyspace, f"{self.name}_positions")
         self._prepared: dict[str, Any] = {}
 
     # -- schema -------------------------------------------------------------------------------------------
@@ -119,12 +125,19 @@ class Projection:
             create_table(s, ks, totals.table, {**totals.key, "stream_partition": "int",
                                                **{v: "bigint" for v in totals.values}},
                          list(totals.key), [("stream_partition", "ASC")])
-        create_table(s, ks, f"{self.name}_offsets", {"stream_topic": "text", "stream_partition": "int",
-                                                     "next_offset": "bigint"}, ["stream_topic"],
-                     [("stream_partition", "ASC")])
-        create_table(s, ks, f"{self.name}_seen", {"entity": self.stream.store.key_column.cql, "position": "bigint"},
-                     ["entity"])
+        state_key = {"stream_topic": "text", "stream_partition": "int"}  # one partition per stream partition
+        for totals in self.totals_views:
+            create_table(s, ks, self.state_table_name(totals), {**state_key, **totals.key,
+                                                                **{v: "bigint" for v in totals.values}},
+                         list(state_key), [(k, "ASC") for k in totals.key])
+        create_table(s, ks, f"{self.name}_next_offsets", {**state_key, "next_offset": "bigint"}, list(state_key))
+        create_table(s, ks, f"{self.name}_positions", {**state_key, "entity": self.stream.store.key_column.cql,
+                                                       "position": "bigint"}, list(state_key), [("entity", "ASC")])
         create_fence_tables(s, ks)
+
+    def state_table_name(self, view: TotalsView) -> str:
+        """The table of ``view``'s state: its rows by stream partition, in the stream partition's partition."""
+        return f"{self.name}_{view.table}_state"
 
     def truncate(self) -> None:
         """Empty every view and the bookkeeping tables (the fence stays): the next run replays the stream from
@@ -133,7 +146,8 @@ class Projection:
         if not self.totals_views:
             raise ConfigError(f"projection {self.name}: without a totals view the stream resumes at the group's "
                               "Kafka offsets; rebuild into fresh tables with a new consumer group instead")
-        for table in [*(v.table for v in self.views), f"{self.name}_offsets", f"{self.name}_seen"]:
+        for table in [*(v.table for v in self.views), *(self.state_table_name(v) for v in self.totals_views),
+                      f"{self.name}_next_offsets", f"{self.name}_positions"]:
             self.session.execute(f"TRUNCATE {qualified(self.keyspace, table)}", timeout=120)
 
     def _statement(self, query: str) -> Any:
@@ -447,8 +461,9 @@ class ProjectionSink(SinkBase):
 
     def _totals_batch(self, tp: TopicPartition, part: _Partition, envelopes: list[Envelope[Any]],
                       events: list[StreamEvent[Any, Any]]) -> Any:
-        """One logged batch: the changed totals rows of this partition, the entities' positions and the next
-        offset, fenced; ``None`` when every record was applied before."""
+        """One logged batch: the partition's state (changed totals, the entities' positions, the next offset:
+        one Cassandra partition) and the view rows copied from it, fenced; the rows of records the stored
+        offset already covers are copied again. ``None`` when there is nothing to write."""
         from cassandra.query import BatchStatement, BatchType
 
         p = self.projection
@@ -459,12 +474,14 @@ class ProjectionSink(SinkBase):
                 (tp.topic, tp.partition)).one()
             part.next_offset = 0 if row is None else int(row.next_offset)
         changed: set[tuple[str, tuple[Any, ...]]] = set()
+        copied: set[tuple[str, tuple[Any, ...]]] = set()  # rows of records already applied: copied again
         positions: dict[Any, int] = {}
         for env, event in zip(envelopes, events, strict=True):
             if env.meta.offset < part.next_offset:
                 self.skipped += 1
+                copied.update((view.table, key) for view in p.totals_views for key in view.deltas(event))
                 continue
-            seen = self._seen(part, event.entity)
+            seen = self._seen(tp, part, event.entity)
             if event.position <= seen:
                 self.skipped += 1  # a repeat on the stream (the command side decided it again)
                 continue
@@ -477,25 +494,33 @@ class ProjectionSink(SinkBase):
             part.seen[event.entity] = positions[event.entity] = event.position
             self.applied += 1
         last = envelopes[-1].meta.offset
-        if last < part.next_offset:
+        if last < part.next_offset and not copied:
             return None
         assert part.epoch is not None
-        stamp = write_timestamp(part.epoch, last)
+        stamp = write_timestamp(part.epoch, max(last, part.next_offset - 1))
         batch = BatchStatement(BatchType.LOGGED)
         views = {v.table: v for v in p.totals_views}
-        for table, key in sorted(changed, key=repr):
+        for table, key in sorted(changed | copied, key=repr):
             view = views[table]
-            values = part.totals[(table, key)]
+            values = self._total(tp, part, view, key)
             columns = [*view.key, "stream_partition", *view.values]
             insert = p._statement(f"INSERT INTO {qualified(p.keyspace, table)} ({', '.join(columns)}) VALUES "
                                   f"({', '.join('?' * len(columns))}) USING TIMESTAMP ?")
             batch.add(insert, [*key, tp.partition, *(values[v] for v in view.values), stamp])
-        seen = p._statement(f"INSERT INTO {p.seen_table} (entity, position) VALUES (?, ?) USING TIMESTAMP ?")
-        for entity, position in positions.items():
-            batch.add(seen, (entity, position, stamp))
-        offsets = p._statement(f"INSERT INTO {p.offsets_table} (stream_topic, stream_partition, next_offset) "
-                               "VALUES (?, ?, ?) USING TIMESTAMP ?")
-        batch.add(offsets, (tp.topic, tp.partition, last + 1, stamp))
+            if (table, key) in changed:
+                state = ["stream_topic", "stream_partition", *view.key, *view.values]
+                insert = p._statement(f"INSERT INTO {qualified(p.keyspace, p.state_table_name(view))} "
+                                      f"({', '.join(state)}) VALUES ({', '.join('?' * len(state))}) "
+                                      "USING TIMESTAMP ?")
+                batch.add(insert, [tp.topic, tp.partition, *key, *(values[v] for v in view.values), stamp])
+        if last >= part.next_offset:
+            seen = p._statement(f"INSERT INTO {p.seen_table} (stream_topic, stream_partition, entity, position) "
+                                "VALUES (?, ?, ?, ?) USING TIMESTAMP ?")
+            for entity, position in positions.items():
+                batch.add(seen, (tp.topic, tp.partition, entity, position, stamp))
+            offsets = p._statement(f"INSERT INTO {p.offsets_table} (stream_topic, stream_partition, next_offset) "
+                                   "VALUES (?, ?, ?) USING TIMESTAMP ?")
+            batch.add(offsets, (tp.topic, tp.partition, last + 1, stamp))
         batch.is_idempotent = True
         return batch
 
@@ -544,12 +569,13 @@ class ProjectionSink(SinkBase):
             raise StageError(f"projection {self.projection.name}: the group did not confirm that this member owns "
                              f"{tp} (it may have been fenced out); its records are delivered again") from None
 
-    def _seen(self, part: _Partition, entity: Any) -> int:
+    def _seen(self, tp: TopicPartition, part: _Partition, entity: Any) -> int:
         found = part.seen.get(entity)
         if found is None:
             p = self.projection
-            row = p.session.execute(p._statement(f"SELECT position FROM {p.seen_table} WHERE entity = ?"),
-                                    (entity,)).one()
+            row = p.session.execute(p._statement(
+                f"SELECT position FROM {p.seen_table} WHERE stream_topic = ? AND stream_partition = ? AND "
+                "entity = ?"), (tp.topic, tp.partition, entity)).one()
             found = part.seen[entity] = -1 if row is None else int(row.position)
         return found
 
@@ -559,8 +585,8 @@ class ProjectionSink(SinkBase):
             p = self.projection
             where = " AND ".join(f"{k} = ?" for k in view.key)
             row = p.session.execute(p._statement(
-                f"SELECT {', '.join(view.values)} FROM {qualified(p.keyspace, view.table)} WHERE {where} AND "
-                "stream_partition = ?"), (*key, tp.partition)).one()
+                f"SELECT {', '.join(view.values)} FROM {qualified(p.keyspace, p.state_table_name(view))} WHERE "
+                f"stream_topic = ? AND stream_partition = ? AND {where}"), (tp.topic, tp.partition, *key)).one()
             found = part.totals[(view.table, key)] = {v: (getattr(row, v) or 0) if row is not None else 0
                                                       for v in view.values}
         return found

@@ -45,7 +45,8 @@ class Servers:
                     "RXCQRS_CASSANDRA_PORT": str(settings.cassandra_port),
                     "RXCQRS_CASSANDRA_STORAGE_PORT": str(settings.cassandra_storage_port),
                     "RXCQRS_CASSANDRA_JMX_PORT": str(settings.cassandra_jmx_port),
-                    "RXCQRS_NODES": str(settings.nodes), "RXCQRS_CASSANDRA_HOSTS": ",".join(settings.hosts)}
+                    "RXCQRS_NODES": str(settings.nodes), "RXCQRS_CASSANDRA_HOSTS": ",".join(settings.hosts),
+                    "PYTHONFAULTHANDLER": "1"}  # a consumer that crashes prints every thread's stack
 
     def pid(self, name: str) -> int:
         """``name``: a server (``kafka``) or a node of a cluster (``kafka-2``)."""
@@ -151,6 +152,10 @@ class Consumer:
     def kill(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(30)
+
+    def terminate(self) -> None:
+        """SIGTERM: the consumer drains and exits (see :meth:`wait`)."""
+        self.proc.send_signal(signal.SIGTERM)
 
 
 @dataclass

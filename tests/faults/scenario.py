@@ -199,8 +199,10 @@ def zombie(servers: Servers, run: Scenario) -> None:
     session_timeout = ConsumerSettings(group_id="x").session_timeout_ms / 1000
     assert run.published <= 0.4, "the rest is published as a stream once the group is stable"
     metrics_port = free_ports(1)[0]
-    first = run.consumer("--stop-when-idle", "5", "--metrics-port", str(metrics_port))
-    second = run.consumer("--stop-when-idle", "5")
+    # no --stop-when-idle: a member done with the first share before the other joined would leave; both are
+    # stopped with SIGTERM (a drain) once every record is committed
+    first = run.consumer("--metrics-port", str(metrics_port))
+    second = run.consumer()
     bootstrap = servers.bootstrap
 
     def every_partition_past(mark: dict[int, int | None]) -> bool:
@@ -208,8 +210,17 @@ def zombie(servers: Servers, run: Scenario) -> None:
         ends = end_offsets(run.topic, bootstrap_servers=bootstrap)
         return all((now[p] or 0) > (mark[p] or 0) or (now[p] or 0) >= ends[p] for p in ends)
 
+    def ended() -> bool:
+        return first.proc.poll() is not None or second.proc.poll() is not None
+
+    def both_running() -> None:
+        assert not ended(), f"a member ended early\n-- the first:\n{first.output[-3000:]}\n-- the other:\n" \
+                            f"{second.output[-3000:]}"
+
     # a stable group: both members in it, every partition being worked on
-    wait_until(lambda: group_size(run.group, bootstrap_servers=bootstrap) == 2, 120, "both members in the group")
+    wait_until(lambda: group_size(run.group, bootstrap_servers=bootstrap) == 2 or ended(), 120,
+               "both members in the group")
+    both_running()
     joined = committed_offsets(run.group, run.topic, bootstrap_servers=bootstrap)
     wait_until(lambda: every_partition_past(joined), 120, "every partition worked on")
     stream = run.trickle(per_second=150)  # the rest as a steady stream (~10 s), so the member has work coming in
@@ -238,6 +249,11 @@ def zombie(servers: Servers, run: Scenario) -> None:
         os.killpg(first.proc.pid, signal.SIGCONT)
     stream.join(300)
     thawed_after = round(time.monotonic() - frozen, 1)
+    wait_until(lambda: run.committed() >= sum(end_offsets(run.topic, bootstrap_servers=bootstrap).values())
+               or ended(), 300, "every record committed")
+    both_running()
+    for member in (first, second):  # a drain: the zombie still settles what it had in flight
+        member.terminate()
     run.finish(second)
     run.finish(first)
     try:

@@ -106,6 +106,77 @@ def test_both_read_models_are_exact_with_repeats_on_the_stream_and_poison_dead_l
     assert source.metrics.get("dead_lettered") == 1
 
 
+class PartialBatches:
+    """A session whose first ``failures`` totals batches land in part and then time out (unknown outcome), the
+    way a crash leaves a logged batch until the batchlog replays it: whole Cassandra partitions of it applied,
+    the others not. Alternately: the stream partition's state with half of the view's rows, and half of the
+    view's rows without the state. Everything else goes to ``session``."""
+
+    def __init__(self, session: Any, failures: int) -> None:
+        self._session = session
+        self.left = failures
+        self.landed: list[str] = []
+        self._queries: dict[bytes, str] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+    def prepare(self, query: str) -> Any:
+        prepared = self._session.prepare(query)
+        self._queries[prepared.query_id] = query
+        return prepared
+
+    def execute_async(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        from cassandra import WriteTimeout
+        from cassandra.query import BatchStatement, BatchType
+
+        entries = getattr(statement, "_statements_and_parameters", None)
+        if not self.left or not isinstance(statement, BatchStatement) or not entries:
+            return self._session.execute_async(statement, *args, **kwargs)
+        bookkeeping = ("_state ", "_positions ", "_next_offsets ")  # the stream partition's state tables
+        state = [e for e in entries if any(t in self._queries.get(e[1], "") for t in bookkeeping)]
+        rows = [e for e in entries if e not in state]
+        if not state or not rows:
+            return self._session.execute_async(statement, *args, **kwargs)
+        with_state = self.left % 2 == 1
+        self.left -= 1
+        part = BatchStatement(BatchType.LOGGED)
+        part._statements_and_parameters = [*(state if with_state else []), *rows[::2]]
+        self._session.execute(part)
+        self.landed.append("state and half the rows" if with_state else "half the rows")
+        return _Failed(WriteTimeout("injected: a batch applied in part", write_type=0))
+
+
+class _Failed:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def result(self) -> Any:
+        raise self.error
+
+
+def test_totals_batches_applied_in_part_then_timed_out_end_exact(topic_factory: Any, kafka_bootstrap: str,
+                                                                 group_id: str, cassandra_session: Any,
+                                                                 keyspace: str) -> None:
+    """Each of the first four totals batches lands only in part (whole Cassandra partitions of it) and reports a
+    timeout: the retries read the stream partition's state (never half applied), so nothing counts twice, and
+    the view rows the lost part left behind are written again."""
+    topic, commands, events = streamed(topic_factory, kafka_bootstrap, group_id, cassandra_session, keyspace,
+                                       20, 800, 3, partitions=2)
+    session = PartialBatches(cassandra_session, failures=4)
+    views = cart_views(session, keyspace, events)
+    views.create_schema()
+    group = f"{group_id}.views"
+    source = KafkaSource(events, ConsumerSettings(group_id=group, bootstrap_servers=kafka_bootstrap))
+    flow = run(source, views.sink())
+    ends = end_offsets(events, bootstrap_servers=kafka_bootstrap)
+    wait_until(lambda: committed_offsets(group, events, bootstrap_servers=kafka_bootstrap) == ends, 120,
+               "the stream projected")
+    flow.stop_and_wait()
+    assert session.landed == ["half the rows", "state and half the rows"] * 2
+    assert_views_exact(cassandra_session, keyspace, events, commands)
+
+
 def test_the_read_models_stay_exact_through_three_projection_kills(topic_factory: Any, kafka_bootstrap: str,
                                                                    group_id: str, cassandra_session: Any,
                                                                    keyspace: str, services_settings: Any) -> None:
