@@ -230,20 +230,20 @@ class ConfluentConsumer:
         return self._admin_call(request)
 
     def committed(self, tps: list[TopicPartition], timeout: float) -> dict[TopicPartition, int | None]:
+        """Through the consumer's own group coordinator connection (not queued behind its fetches). Never through
+        the admin client: librdkafka's ListConsumerGroupOffsets dereferences the consumer group an admin client
+        does not have when the coordinator answers with an error (``rd_kafka_handle_OffsetFetch`` ->
+        ``rd_kafka_cgrp_op``), and the process dies of SIGSEGV; a broker restart makes that answer
+        (``tests/faults/test_faults.py::test_the_confluent_clients_offset_reads_survive_broker_restarts``)."""
         if not tps:
             return {}
-        from confluent_kafka import ConsumerGroupTopicPartitions
+        from confluent_kafka import KafkaException
 
-        group = self._config["group.id"]
-        request = [ConsumerGroupTopicPartitions(group, [_ctp(tp) for tp in tps])]
-        found = self._admin_call(lambda admin: admin.list_consumer_group_offsets(request, request_timeout=timeout)[
-            group].result(timeout))
-        failed = [p for p in found.topic_partitions if p.error is not None]
+        found = self._consumer.committed([_ctp(tp) for tp in tps], timeout=timeout)
+        failed = [p for p in found if p.error is not None]
         if failed:  # an error is not "nothing committed": never read it as None
-            from confluent_kafka import KafkaException
-
             raise KafkaException(failed[0].error)
-        return {_tp(p): (None if p.offset < 0 else int(p.offset)) for p in found.topic_partitions}
+        return {_tp(p): (None if p.offset < 0 else int(p.offset)) for p in found}
 
     def group_size(self, timeout: float) -> int | None:
         """How many members the group has (for the liveness check), through the admin client."""

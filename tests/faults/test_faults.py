@@ -9,9 +9,12 @@ Kafka faults (broker killed, group churn) run once more with the second client, 
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -247,3 +250,53 @@ def test_a_kafka_to_kafka_copy_in_batches_keeps_every_record_through_a_broker_ki
     Figures(f"kk-batches-{client}", "batches", commands=total, duplicates=sum(copied.values()) - len(copied),
             seconds=round(time.monotonic() - started, 1), extra={"missing": missing}).save()
     assert missing == 0 and set(copied) <= {b"%d" % i for i in range(total)}
+
+
+_OFFSET_READS = """
+import sys, time
+from pathlib import Path
+from rxcqrs.kafka.confluent import ConfluentConsumer
+from rxcqrs.kafka.settings import ConsumerSettings
+from rxcqrs.messages import TopicPartition
+
+bootstrap, topic, group, stop = sys.argv[1:5]
+client = ConfluentConsumer.create(ConsumerSettings(group_id=group, bootstrap_servers=bootstrap))
+tps = [TopicPartition(topic, p) for p in range(8)]
+calls = errors = 0
+while not Path(stop).exists():
+    for call in (lambda: client.committed(tps, 1.0), lambda: client.group_size(1.0),
+                 lambda: client.end_offsets(tps, 1.0), lambda: client.topic_partitions(topic, 1.0)):
+        try:
+            call()
+        except Exception:
+            errors += 1
+        calls += 1
+client.close(5.0)
+print(f"survived {calls} calls ({errors} failed)")
+"""
+
+
+def test_the_confluent_clients_offset_reads_survive_broker_restarts(thawed: Servers, tmp_path: Path) -> None:
+    """What the poll thread asks Kafka besides records (what a group committed, its size, end offsets,
+    metadata), asked without pause by a process of its own while the broker is SIGKILLed and restarted four
+    times: it keeps going and ends cleanly. (librdkafka's admin ListConsumerGroupOffsets died of SIGSEGV on a
+    coordinator error after a restart, within a few restarts.)"""
+    topic, group, _ = names("reads")
+    create_topics({topic: 8}, bootstrap_servers=thawed.bootstrap)
+    stop = tmp_path / "stop"
+    reader = subprocess.Popen([sys.executable, "-c", _OFFSET_READS, thawed.bootstrap, topic, group, str(stop)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=thawed.env)
+    try:
+        for _ in range(4):
+            pause(3)  # reads against a running broker, then the outage
+            assert reader.poll() is None, reader.communicate()[0][-3000:]
+            thawed.kill("kafka")
+            pause(2)
+            thawed.start("kafka")
+        pause(3)
+        stop.touch()
+        output, _ = reader.communicate(timeout=60)
+    finally:
+        reader.kill()
+    assert reader.returncode == 0, f"exit {reader.returncode}:\n{output[-3000:]}"
+    assert "survived" in output, output[-3000:]
