@@ -211,8 +211,9 @@ class Committer:
         a provider reads is not forgotten by its own listener); the starts, for the client to apply."""
         self._tell(self._assign_listeners, tps, "an assign")
         starts = self._starts(tps)
-        with self._lock:
-            self._committed.update(starts)  # records before a start are not this source's to count
+        with self._lock:  # records before a start are not this source's to count, nor twice those it counted
+            for tp, start in starts.items():
+                self._committed[tp] = max(start, self._committed.get(tp, start))
         for tp in tps:
             self._gate.assign(tp, start=starts.get(tp))  # a start is committed like progress
         self.metrics.incr("assigned", len(tps))

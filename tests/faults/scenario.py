@@ -201,9 +201,14 @@ def zombie(servers: Servers, run: Scenario) -> None:
     metrics_port = free_ports(1)[0]
     # no --stop-when-idle: a member done with the first share before the other joined would leave; both are
     # stopped with SIGTERM (a drain) once every record is committed
-    first = run.consumer("--metrics-port", str(metrics_port))
-    second = run.consumer()
     bootstrap = servers.bootstrap
+    first = run.consumer("--metrics-port", str(metrics_port))
+    # the second starts once the first is in the group, so its schema is made (concurrent schema changes on a
+    # multi-node Cassandra can disagree: INCOMPATIBLE_SCHEMA)
+    wait_until(lambda: group_size(run.group, bootstrap_servers=bootstrap) >= 1
+               or first.proc.poll() is not None, 120, "the first member in the group")
+    assert first.proc.poll() is None, f"the first member ended early:\n{first.output[-3000:]}"
+    second = run.consumer()
 
     def every_partition_past(mark: dict[int, int | None]) -> bool:
         now = committed_offsets(run.group, run.topic, bootstrap_servers=bootstrap)

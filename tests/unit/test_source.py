@@ -338,3 +338,26 @@ def test_a_spy_counts_what_passes_and_how_it_ended() -> None:
         flow.wait(10)
     snapshot = watch.metrics.snapshot()
     assert (snapshot["pushed"], snapshot["acked"], snapshot["nacked"], snapshot["errors"]) == (6, 5, 1, 1)
+
+
+def test_records_read_again_from_a_lower_start_position_are_counted_once() -> None:
+    """Offsets kept outside Kafka may start a partition again below what this source committed (a member
+    that joined and left): the re-read records are committed again, but counted once."""
+    broker = FakeBroker()
+    fill(broker, "t", 2, 10)
+    sink = Collect()
+    source = fake_source(broker, "t")
+    source.start_at(lambda tps: {tp: 0 for tp in tps})  # always from the beginning
+    flow = run(source, sink)
+    wait_until(lambda: committed(broker) == {TopicPartition("t", p): 10 for p in range(2)}, what="all committed")
+    wait_until(lambda: source.committer.records_committed() == 20, what="20 counted")
+    other = fake_source(broker, "t")
+    other_flow = run(other, Collect())
+    wait_until(lambda: source.metrics.get("revoked") >= 1, what="a partition moved to the other member")
+    other_flow.stop_and_wait()
+    wait_until(lambda: source.metrics.get("assigned") >= 3 and len(sink.items) >= 30, what="read again from 0")
+    for p in range(2):
+        broker.append("t", b"new", partition=p)
+    wait_until(lambda: committed(broker) == {TopicPartition("t", p): 11 for p in range(2)}, what="the new ones")
+    flow.stop_and_wait()
+    assert source.committer.records_committed() == 22
