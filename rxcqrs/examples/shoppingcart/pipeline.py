@@ -13,7 +13,7 @@ from rxcqrs.examples.shoppingcart.codec import command_codec
 from rxcqrs.examples.shoppingcart.domain import Command
 from rxcqrs.examples.shoppingcart.generator import partition_for
 from rxcqrs.examples.shoppingcart.store import CartStore
-from rxcqrs.examples.shoppingcart.tuning import CART_WRITES
+from rxcqrs.examples.shoppingcart.tuning import CART_WRITES, CONDITIONAL_CART_WRITES
 from rxcqrs.flow import Flow
 from rxcqrs.kafka import KafkaSink, ProducerSettings
 from rxcqrs.messages import OutgoingRecord
@@ -23,11 +23,15 @@ __all__ = ["Mode", "MODES", "start_pipeline", "publish_commands"]
 
 
 def start_pipeline(source: Any, store: CartStore, *, mode: Mode = "batched", dead_letters: DeadLetters,
-                   concurrency: int = CART_WRITES, merge_partitions: int = 10, atomic_batches: bool = True,
+                   concurrency: int | None = None, merge_partitions: int = 10, atomic_batches: bool = True,
                    producer: Any = None, schema_registry: str | None = None) -> Flow:
     """Subscribe the example pipeline to ``source`` (a KafkaSource) and return the running :class:`Flow`;
     with ``schema_registry`` (a URL) the commands are read in the Confluent wire format, each writer schema
-    resolved to the command schema."""
+    resolved to the command schema. ``concurrency``: carts written at once (default: the tuning's, for batched
+    mode with the store's write protocol)."""
+    if concurrency is None:
+        paxos = mode == "batched" and store.write_protocol == "conditional"
+        concurrency = CONDITIONAL_CART_WRITES if paxos else CART_WRITES
     decoded = decode(command_codec(schema_registry), require_uuid_key=True, dead_letters=dead_letters)
     return aggregate_pipeline(source, decoded, store, mode=mode, name="carts", idempotent=store.idempotent,
                               max_concurrency=concurrency, merge_partitions=merge_partitions,
