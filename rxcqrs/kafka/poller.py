@@ -2,11 +2,14 @@
 
 A window covers every assigned partition: the poller polls again, without waiting, while some partition that
 is not held (rewinding or backing off, see :mod:`rxcqrs.kafka.rewinds`) has nothing buffered yet, so a window
-is not one partition's fetch, and it stops at the room the in-flight window leaves. Held partitions are
+is not one partition's fetch, and it stops at the room the in-flight window leaves (a poll returns when it has
+its records or at its timeout, so the timeout also sets how full a window gets). Held partitions are
 paused, the others resumed. (Pausing partitions that already have records, to make the client hand out the
 others, stalls kafka-python 3.0 fetches across rebalances; small per-partition fetches,
 ``max_partition_fetch_bytes``, do the balancing instead.) While downstream is busy the loop makes keep-alive
-polls, which fetch (almost) nothing and keep the member in the group.
+polls, which fetch (almost) nothing and keep the member in the group. A poll cannot be interrupted, so once
+a poll came back empty (the end of what there is) a window waits at most ``SETTLING_POLL`` while records are
+in flight: the ack that settles them is committed that soon after it, not a whole ``poll_timeout`` later.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from rxcqrs.kafka.settings import SourceSettings
 from rxcqrs.messages import TopicPartition
 from rxcqrs.metrics import Metrics
 
-__all__ = ["Poller"]
+__all__ = ["SETTLING_POLL", "Poller"]
+
+#: seconds a poll waits for records while others are in flight (see the module's docstring)
+SETTLING_POLL = 0.02
 
 
 @dataclass
@@ -39,6 +45,8 @@ class Poller:
     clock: Clock
     #: when the client was last polled (on the clock)
     last_poll: float = field(init=False)
+    #: the last window's waiting poll returned nothing
+    drained: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.last_poll = self.clock.now()
@@ -59,8 +67,11 @@ class Poller:
         to_resume = [tp for tp in active if tp in paused]
         if to_resume:
             call("resume", client.resume, to_resume)
-        room = self.settings.max_in_flight - committer.in_flight() - self.buffers.count
+        in_flight = committer.in_flight()
+        room = self.settings.max_in_flight - in_flight - self.buffers.count
         timeout = self.settings.poll_timeout
+        if self.drained and in_flight:
+            timeout = min(timeout, SETTLING_POLL)
         added = 0
         for _ in range(len(active) + 1):
             if room <= 0:
@@ -68,6 +79,8 @@ class Poller:
             records = call("poll", client.poll, timeout, max(1, min(room, self.max_poll_records)))
             self.last_poll = self.clock.now()
             self.metrics.incr("polls")
+            if timeout:  # the window's waiting poll (the others only collect what is there)
+                self.drained = not records
             timeout = 0.0
             if not records:
                 break

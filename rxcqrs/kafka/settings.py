@@ -218,6 +218,8 @@ class SourceSettings:
     failure_policy: FailurePolicy = "stop"
     commit_every: int = 1000
     commit_interval: float = 1.0
+    #: how long a poll waits for records (at the end of what there is, with records in flight: at most
+    #: ``rxcqrs.kafka.poller.SETTLING_POLL``, so their settling is committed soon)
     poll_timeout: float = 0.2
     #: how often a waiting source polls its paused partitions to stay in the group
     keepalive_interval: float = 1.0

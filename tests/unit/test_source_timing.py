@@ -1,16 +1,20 @@
 """The source's clocks on a virtual clock: commits every ``commit_interval``, a drain that ends at its
-deadline, and a rewound partition held for the backoff's delay; each at the defaults' size, without waiting."""
+deadline, and a rewound partition held for the backoff's delay; each at the defaults' size, without waiting.
+And the poll timeouts a window uses (the fake's polls wait on real time: short ones)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
 from rxcqrs import run
 from rxcqrs.backoff import Backoff
 from rxcqrs.exceptions import DrainTimeoutError
-from rxcqrs.kafka import KafkaSource
+from rxcqrs.kafka import ConsumerSettings, KafkaSource, SourceSettings
+from rxcqrs.kafka.poller import SETTLING_POLL
 from rxcqrs.messages import TopicPartition
-from rxcqrs.testing import VirtualClock
+from rxcqrs.testing import VirtualClock, fake_consumers
 from tests.helpers import Collect, fake_source, filled_broker, wait_until
 
 P0, P1 = TopicPartition("t", 0), TopicPartition("t", 1)
@@ -88,3 +92,37 @@ def test_a_rewound_partition_is_held_for_the_backoffs_delay() -> None:
     wait_until(lambda: broker.committed["g"].get(P0) == 3, 10, "redelivered after the backoff, and committed")
     flow.stop_and_wait()
     assert sink.offsets() == [0, 1, 2, 1, 2]
+
+
+def test_once_a_poll_came_back_empty_polls_wait_briefly_while_records_are_in_flight() -> None:
+    """A poll cannot be interrupted: at the end of what there is, the ack that settles the window must not
+    wait a whole ``poll_timeout`` for its commit; a window being filled keeps the full timeout."""
+    broker = filled_broker(1, 6)
+    timeouts: list[tuple[float, int]] = []  # (the poll's timeout, records in flight then)
+    source: KafkaSource | None = None
+
+    def record_polls(consumer: Any) -> None:
+        poll = consumer.poll
+
+        def recorded(timeout_ms: int = 0, max_records: int | None = None) -> Any:
+            if timeout_ms:
+                timeouts.append((timeout_ms / 1000, source.in_flight() if source else 0))
+            return poll(timeout_ms=timeout_ms, max_records=max_records)
+
+        consumer.poll = recorded
+
+    sink = Collect(hold=True)
+    source = KafkaSource("t", ConsumerSettings(group_id="g"),
+                         SourceSettings(poll_timeout=0.2, keepalive_interval=5.0, prefetch=True, max_in_flight=100),
+                         client_factory=fake_consumers(broker, prepare=record_polls))
+    flow = run(source, sink)
+    wait_until(lambda: len(sink.items) == 6 and any(t == SETTLING_POLL for t, _n in timeouts), 10,
+               "every record in flight and a poll after an empty one")
+    first_with_records = next(i for i, (_t, n) in enumerate(timeouts) if n)
+    assert timeouts[0][0] == 0.2 and timeouts[first_with_records][0] == 0.2  # until a poll came back empty
+    for env in sink.items:
+        env.ack()
+    wait_until(lambda: broker.committed["g"].get(P0) == 6, 10, "the settled window committed")
+    wait_until(lambda: timeouts[-1] == (0.2, 0), 10, "nothing in flight: polls wait poll_timeout again")
+    assert all(t == SETTLING_POLL for t, n in timeouts[first_with_records + 1:] if n)
+    flow.stop_and_wait()
