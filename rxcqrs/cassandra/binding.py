@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import struct
 import weakref
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 __all__ = ["bind_fast"]
 

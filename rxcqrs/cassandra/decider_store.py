@@ -47,6 +47,7 @@ from rxcqrs.cassandra.fence import (
 )
 from rxcqrs.cassandra.identifiers import identifier, qualified
 from rxcqrs.cassandra.schema import create_keyspace, create_table, prepare
+from rxcqrs.cassandra.timeuuid import uuid_of_int
 from rxcqrs.decider import Decider, Reject, type_hints
 from rxcqrs.exceptions import ConfigError, SchemaError
 from rxcqrs.messages import RecordMetadata
@@ -71,7 +72,7 @@ def event_id(meta: RecordMetadata, index: int) -> uuid.UUID:
     value = int.from_bytes(digest[:14] + index.to_bytes(2, "big"), "big")
     value = (value & ~(0xF << 76)) | (8 << 76)  # version 8 (RFC 9562: custom)
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # the RFC variant
-    return uuid.UUID(int=value)
+    return uuid_of_int(value)
 
 
 class DeciderStore(Generic[C, S, E]):

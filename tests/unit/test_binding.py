@@ -1,7 +1,9 @@
-"""bind_fast and time_uuid: the driver's own bytes, cheaper (hypothesis: any values, same result)."""
+"""bind_fast, time_uuid and uuid_of_int: the driver's (and the stdlib's) own results, cheaper (hypothesis:
+any values, same result)."""
 
 from __future__ import annotations
 
+import pickle
 import threading
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -14,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rxcqrs.cassandra.binding import bind_fast
-from rxcqrs.cassandra.timeuuid import time_uuid
+from rxcqrs.cassandra.timeuuid import time_uuid, uuid_of_int
 
 TYPES = [UUIDType, Int32Type, DateType, TimeUUIDType, VarcharType, LongType]
 
@@ -93,3 +95,11 @@ def test_time_uuids_are_version_1_now_and_never_repeat_across_threads() -> None:
     u = time_uuid()
     assert u.version == 1 and u.variant == uuid.RFC_4122
     assert abs(unix_time_from_uuid1(u) - datetime.now(timezone.utc).timestamp()) < 5
+
+
+@given(st.integers(min_value=0, max_value=(1 << 128) - 1))
+def test_uuid_of_int_is_the_uuid_of_that_int(value: int) -> None:
+    made, expected = uuid_of_int(value), uuid.UUID(int=value)
+    assert made == expected and hash(made) == hash(expected) and str(made) == str(expected)
+    assert made.bytes == expected.bytes and made.version == expected.version and made.is_safe == expected.is_safe
+    assert pickle.loads(pickle.dumps(made)) == expected
