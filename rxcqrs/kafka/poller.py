@@ -8,8 +8,9 @@ paused, the others resumed. (Pausing partitions that already have records, to ma
 others, stalls kafka-python 3.0 fetches across rebalances; small per-partition fetches,
 ``max_partition_fetch_bytes``, do the balancing instead.) While downstream is busy the loop makes keep-alive
 polls, which fetch (almost) nothing and keep the member in the group. A poll cannot be interrupted, so once
-a poll came back empty (the end of what there is) a window waits at most ``SETTLING_POLL`` while records are
-in flight: the ack that settles them is committed that soon after it, not a whole ``poll_timeout`` later.
+a window's waiting poll came back with fewer records than it asked for (it reached the end of what there is)
+the next waits at most ``SETTLING_POLL`` while records are in flight: the ack that settles them is committed
+that soon after it, not a whole ``poll_timeout`` later.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Poller:
     clock: Clock
     #: when the client was last polled (on the clock)
     last_poll: float = field(init=False)
-    #: the last window's waiting poll returned nothing
+    #: the last window's waiting poll returned fewer records than it asked for (it waited its timeout)
     drained: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
@@ -76,11 +77,12 @@ class Poller:
         for _ in range(len(active) + 1):
             if room <= 0:
                 break
-            records = call("poll", client.poll, timeout, max(1, min(room, self.max_poll_records)))
+            asked = max(1, min(room, self.max_poll_records))
+            records = call("poll", client.poll, timeout, asked)
             self.last_poll = self.clock.now()
             self.metrics.incr("polls")
             if timeout:  # the window's waiting poll (the others only collect what is there)
-                self.drained = not records
+                self.drained = sum(map(len, records.values())) < asked
             timeout = 0.0
             if not records:
                 break

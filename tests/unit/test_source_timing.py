@@ -94,35 +94,39 @@ def test_a_rewound_partition_is_held_for_the_backoffs_delay() -> None:
     assert sink.offsets() == [0, 1, 2, 1, 2]
 
 
-def test_once_a_poll_came_back_empty_polls_wait_briefly_while_records_are_in_flight() -> None:
+def test_at_the_end_of_what_there_is_polls_wait_briefly_while_records_are_in_flight() -> None:
     """A poll cannot be interrupted: at the end of what there is, the ack that settles the window must not
-    wait a whole ``poll_timeout`` for its commit; a window being filled keeps the full timeout."""
-    broker = filled_broker(1, 6)
-    timeouts: list[tuple[float, int]] = []  # (the poll's timeout, records in flight then)
+    wait a whole ``poll_timeout`` for its commit; while polls come back full, they keep the full timeout."""
+    broker = filled_broker(1, 5)  # polls of 2: 2, 2, then 1 (short: the end of what there is)
+    polls: list[tuple[float, int, int]] = []  # a waiting poll: its timeout, records in flight, records returned
     source: KafkaSource | None = None
 
     def record_polls(consumer: Any) -> None:
         poll = consumer.poll
 
         def recorded(timeout_ms: int = 0, max_records: int | None = None) -> Any:
+            in_flight = source.in_flight() if source else 0
+            records = poll(timeout_ms=timeout_ms, max_records=max_records)
             if timeout_ms:
-                timeouts.append((timeout_ms / 1000, source.in_flight() if source else 0))
-            return poll(timeout_ms=timeout_ms, max_records=max_records)
+                polls.append((timeout_ms / 1000, in_flight, sum(map(len, records.values()))))
+            return records
 
         consumer.poll = recorded
 
     sink = Collect(hold=True)
-    source = KafkaSource("t", ConsumerSettings(group_id="g"),
+    source = KafkaSource("t", ConsumerSettings(group_id="g", max_poll_records=2),
                          SourceSettings(poll_timeout=0.2, keepalive_interval=5.0, prefetch=True, max_in_flight=100),
                          client_factory=fake_consumers(broker, prepare=record_polls))
     flow = run(source, sink)
-    wait_until(lambda: len(sink.items) == 6 and any(t == SETTLING_POLL for t, _n in timeouts), 10,
-               "every record in flight and a poll after an empty one")
-    first_with_records = next(i for i, (_t, n) in enumerate(timeouts) if n)
-    assert timeouts[0][0] == 0.2 and timeouts[first_with_records][0] == 0.2  # until a poll came back empty
+    wait_until(lambda: len(sink.items) == 5 and any(t == SETTLING_POLL for t, _n, _got in polls), 10,
+               "every record in flight and a poll at the end of them")
+    short = next(i for i, (t, _n, _got) in enumerate(polls) if t == SETTLING_POLL)
+    assert all(t == 0.2 for t, _n, _got in polls[:short])
+    assert any(n and got == 2 for _t, n, got in polls[:short])  # records in flight, polls coming back full
+    assert polls[short - 1][2] == 1 and polls[short][1]  # after the one that came back short (not empty)
     for env in sink.items:
         env.ack()
-    wait_until(lambda: broker.committed["g"].get(P0) == 6, 10, "the settled window committed")
-    wait_until(lambda: timeouts[-1] == (0.2, 0), 10, "nothing in flight: polls wait poll_timeout again")
-    assert all(t == SETTLING_POLL for t, n in timeouts[first_with_records + 1:] if n)
+    wait_until(lambda: broker.committed["g"].get(P0) == 5, 10, "the settled window committed")
+    wait_until(lambda: polls[-1][:2] == (0.2, 0), 10, "nothing in flight: polls wait poll_timeout again")
+    assert all(t == SETTLING_POLL for t, n, _got in polls[short:] if n)
     flow.stop_and_wait()
