@@ -115,7 +115,10 @@ def hand_projection(session: Any, events: str, ks: str, total: int, view: Entity
                 futures = [session.execute_async(s) for _p, _o, e in decoded for s in write(e)]
             else:
                 assert totals is not None
-                futures = [session.execute_async(b) for b in totals.batches(decoded)]
+                copies, states = totals.batches(decoded)
+                for future in [session.execute_async(b) for b in copies]:
+                    future.result()
+                futures = [session.execute_async(b) for b in states]
             for future in futures:
                 future.result()
             consumer.commit(asynchronous=False)
@@ -142,34 +145,40 @@ def _entity_writes(session: Any, ks: str, view: EntityView) -> Callable[[StreamE
 
 
 class _HandTotals:
-    """item_totals by hand: cached rows per (item, partition); one logged batch per partition and poll with the
-    partition's state in one Cassandra partition (its rows, entity positions, next offset) and the view's rows
-    copied from it (what rxcqrs writes)."""
+    """item_totals by hand: cached rows per (item, partition); per partition and poll the view's rows copied from
+    the state (fenced, one unlogged batch), then the partition's state in its one Cassandra partition (its rows,
+    entity positions, next offset) as one batch conditional on the owner (what rxcqrs writes); each partition
+    claimed once (one lightweight transaction)."""
 
     def __init__(self, session: Any, ks: str, epoch: int) -> None:
         self.session, self.epoch = session, epoch
-        self.read = session.prepare(f"SELECT units, carts FROM {ks}.cart_views_item_totals_state WHERE "
-                                    "stream_topic = 'hand' AND stream_partition = ? AND item = ?")
+        state = f"{ks}.cart_views_state"
+        self.read = session.prepare(f"SELECT amounts FROM {state} WHERE stream_topic = 'hand' AND "
+                                    "stream_partition = ? AND kind = 'item_totals' AND item = ?")
         self.write = session.prepare(f"INSERT INTO {ks}.item_totals (item, stream_partition, units, carts) "
                                      "VALUES (?, ?, ?, ?) USING TIMESTAMP ?")
-        self.state_write = session.prepare(f"INSERT INTO {ks}.cart_views_item_totals_state (stream_topic, "
-                                           "stream_partition, item, units, carts) VALUES ('hand', ?, ?, ?, ?) "
-                                           "USING TIMESTAMP ?")
-        self.seen_write = session.prepare(f"INSERT INTO {ks}.cart_views_positions (stream_topic, stream_partition, "
-                                          "entity, position) VALUES ('hand', ?, ?, ?) USING TIMESTAMP ?")
-        self.offset_write = session.prepare(f"INSERT INTO {ks}.cart_views_next_offsets (stream_topic, "
-                                            "stream_partition, next_offset) VALUES ('hand', ?, ?) USING TIMESTAMP ?")
+        self.claim = session.prepare(f"UPDATE {state} SET owner = ? WHERE stream_topic = 'hand' AND "
+                                     "stream_partition = ? IF owner = null")
+        self.amounts = session.prepare(f"UPDATE {state} SET amounts = ? WHERE stream_topic = 'hand' AND "
+                                       "stream_partition = ? AND kind = ? AND item = ?")
+        self.offset_write = session.prepare(f"UPDATE {state} SET next_offset = ? WHERE stream_topic = 'hand' AND "
+                                            "stream_partition = ? IF owner = ?")
         self.rows: dict[tuple[Any, int], list[int]] = {}
         self.seen: dict[Any, int] = {}
+        self.claimed: set[int] = set()
 
-    def batches(self, decoded: list[tuple[int, int, StreamEvent[Any, Any]]]) -> list[Any]:
+    def batches(self, decoded: list[tuple[int, int, StreamEvent[Any, Any]]]) -> tuple[list[Any], list[Any]]:
+        """The copies, then the states, of a poll."""
         from cassandra.query import BatchStatement, BatchType
 
         by_partition: dict[int, list[tuple[int, StreamEvent[Any, Any]]]] = {}
         for partition, offset, event in decoded:
             by_partition.setdefault(partition, []).append((offset, event))
-        out = []
+        copies, states = [], []
         for partition, items in by_partition.items():
+            if partition not in self.claimed:
+                assert self.session.execute(self.claim, (self.epoch, partition)).one()[0]
+                self.claimed.add(partition)
             changed, positions = set(), {}
             for _offset, event in items:
                 if event.position <= self.seen.get(event.entity, -1):
@@ -181,22 +190,24 @@ class _HandTotals:
                     changed.add(item)
                 self.seen[event.entity] = positions[event.entity] = event.position
             stamp = write_timestamp(self.epoch, items[-1][0])
-            batch = BatchStatement(BatchType.LOGGED)
+            copy, state = BatchStatement(BatchType.UNLOGGED), BatchStatement(BatchType.UNLOGGED)
+            state.add(self.offset_write, (items[-1][0] + 1, partition, self.epoch))
             for item in changed:
                 units, carts = self.rows[(item, partition)]
-                batch.add(self.write, (item, partition, units, carts, stamp))
-                batch.add(self.state_write, (partition, item, units, carts, stamp))
+                copy.add(self.write, (item, partition, units, carts, stamp))
+                state.add(self.amounts, ({"units": units, "carts": carts}, partition, "item_totals", repr((item,))))
             for entity, position in positions.items():
-                batch.add(self.seen_write, (partition, entity, position, stamp))
-            batch.add(self.offset_write, (partition, items[-1][0] + 1, stamp))
-            out.append(batch)
-        return out
+                state.add(self.amounts, ({"position": position}, partition, ".positions", repr(entity)))
+            if changed:
+                copies.append(copy)
+            states.append(state)
+        return copies, states
 
     def _row(self, item: Any, partition: int) -> list[int]:
         found = self.rows.get((item, partition))
         if found is None:
-            row = self.session.execute(self.read, (partition, item)).one()
-            found = self.rows[(item, partition)] = [row.units, row.carts] if row else [0, 0]
+            row = self.session.execute(self.read, (partition, repr((item,)))).one()
+            found = self.rows[(item, partition)] = [row.amounts["units"], row.amounts["carts"]] if row else [0, 0]
         return found
 
 

@@ -9,23 +9,24 @@ tables, exact after any fault. Two kinds of read model, each with its own exactn
 * :class:`TotalsView` - **offsets with the read model**: rows that sum over many entities (counters, totals).
   ``deltas(event)`` says what an event adds to which rows. The state of one stream partition (its totals,
   each entity's last applied position and the next offset) lives in **one Cassandra partition** of the
-  bookkeeping tables (partition key ``(stream_topic, stream_partition)``) and is written in one batch: a
-  single-partition mutation, applied all or nothing and never seen half applied. (A logged batch over many
-  partitions is atomic only in the end: after a crash the batchlog replays it late, and a re-read before that
-  would count a delta twice.) On every assignment the source resumes a stream partition at its stored offset
-  (the beginning without one), not at the group's Kafka offsets; a record below the stored offset, and an
-  event at or below its entity's stored position (a repeat on the stream), add nothing. The view's own rows
-  are per stream partition (``PRIMARY KEY ((<key>), stream_partition)``: one writer each), copies of the
-  state written in the same logged batch; a total is their sum (:meth:`Projection.totals`, or
+  projection's state table (partition key ``(stream_topic, stream_partition)``), written by one lightweight
+  transaction per turn, conditional on the partition's **owner**: the epoch of the member that claimed it. On
+  every assignment a member takes an epoch from the fence row of the projection's group, has the group confirm
+  that it still owns the partition, then claims the state (``IF owner = <seen> AND next_offset = <seen>``,
+  after a serial read) and learns the stored next offset in the same step. A member that stalled past its
+  session timeout and wakes up with its cache and its work in flight can no longer change the state: its
+  writes are refused by Cassandra, not merely outranked (a new owner reads the state once, lazily, and would
+  otherwise read a zombie's late write of some rows beside older ones). The source resumes a stream partition
+  at its stored offset (the beginning without one), not at the group's Kafka offsets; a record below the
+  stored offset, and an event at or below its entity's stored position (a repeat on the stream), add nothing.
+  The view's own rows are per stream partition (``PRIMARY KEY ((<key>), stream_partition)``: one writer each),
+  copies of the state written once the state is (``USING TIMESTAMP epoch * 2^40 + offset``: a zombie's late
+  copy loses to its new owner's); a total is their sum (:meth:`Projection.totals`, or
   ``SELECT sum(...) ... WHERE <key> = ?``). A record the stored offset already covers writes its rows again
-  from the state (a crash may have left a copy behind until the batchlog replays it). Every write is fenced
-  (``USING TIMESTAMP epoch * 2^40 + offset``, an epoch per assignment from the fence row of the projection's
-  group, used once the group confirms that this member still owns the partition): a projection member that
-  stalled past its session timeout and wakes up loses every write to the member that took its partitions.
+  from the state (a crash between the state and its copies leaves them behind).
 
-Tables: each view's; for the totals views ``<name>_next_offsets`` (stream_topic, stream_partition,
-next_offset), ``<name>_positions`` (stream_topic, stream_partition, entity, position) and per view
-``<name>_<view>_state`` (stream_topic, stream_partition, <key>, <values>); and the fence tables.
+Tables: each view's; for the totals views ``<name>_state`` (stream_topic, stream_partition, kind, item; static
+owner and next_offset; amounts: a view's values, or an entity's position) and the fence tables.
 
 Threads: ``on_next`` (the poll thread) only queues; one worker thread takes what is queued, per stream
 partition in offset order, reads what it has not cached (the cache of a partition is dropped on every
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 Row = Mapping[str, Any]
 #: the read of the stored offsets on assignment, on the client's rebalance thread: well inside a session timeout
 _START_TIMEOUT = 10.0
+#: the state table's ``kind`` of the entities' positions (a view's rows go under its table's name: never this)
+_POSITIONS = ".positions"
 
 
 @dataclass(frozen=True)
@@ -108,8 +111,7 @@ class Projection:
                 raise ConfigError(f"view {view.table}: its key {list(view.key)} must be among its columns")
         self.entity_views = [v for v in self.views if isinstance(v, EntityView)]
         self.totals_views = [v for v in self.views if isinstance(v, TotalsView)]
-        self.offsets_table = qualified(self.keyspace, f"{self.name}_next_offsets")
-        self.seen_table = qualified(self.keyspace, f"{self.name}_positions")
+        self.state_table = qualified(self.keyspace, f"{self.name}_state")
         self._prepared: dict[str, Any] = {}
 
     # -- schema -------------------------------------------------------------------------------------------
@@ -125,19 +127,13 @@ class Projection:
             create_table(s, ks, totals.table, {**totals.key, "stream_partition": "int",
                                                **{v: "bigint" for v in totals.values}},
                          list(totals.key), [("stream_partition", "ASC")])
-        state_key = {"stream_topic": "text", "stream_partition": "int"}  # one partition per stream partition
-        for totals in self.totals_views:
-            create_table(s, ks, self.state_table_name(totals), {**state_key, **totals.key,
-                                                                **{v: "bigint" for v in totals.values}},
-                         list(state_key), [(k, "ASC") for k in totals.key])
-        create_table(s, ks, f"{self.name}_next_offsets", {**state_key, "next_offset": "bigint"}, list(state_key))
-        create_table(s, ks, f"{self.name}_positions", {**state_key, "entity": self.stream.store.key_column.cql,
-                                                       "position": "bigint"}, list(state_key), [("entity", "ASC")])
+        if self.totals_views:  # one partition per stream partition: its owner, next offset, totals and positions
+            create_table(s, ks, f"{self.name}_state",
+                         {"stream_topic": "text", "stream_partition": "int", "kind": "text", "item": "text",
+                          "owner": "bigint", "next_offset": "bigint", "amounts": "frozen<map<text, bigint>>"},
+                         ["stream_topic", "stream_partition"], [("kind", "ASC"), ("item", "ASC")],
+                         static=["owner", "next_offset"])
         create_fence_tables(s, ks)
-
-    def state_table_name(self, view: TotalsView) -> str:
-        """The table of ``view``'s state: its rows by stream partition, in the stream partition's partition."""
-        return f"{self.name}_{view.table}_state"
 
     def truncate(self) -> None:
         """Empty every view and the bookkeeping tables (the fence stays): the next run replays the stream from
@@ -146,8 +142,7 @@ class Projection:
         if not self.totals_views:
             raise ConfigError(f"projection {self.name}: without a totals view the stream resumes at the group's "
                               "Kafka offsets; rebuild into fresh tables with a new consumer group instead")
-        for table in [*(v.table for v in self.views), *(self.state_table_name(v) for v in self.totals_views),
-                      f"{self.name}_next_offsets", f"{self.name}_positions"]:
+        for table in [*(v.table for v in self.views), f"{self.name}_state"]:
             self.session.execute(f"TRUNCATE {qualified(self.keyspace, table)}", timeout=120)
 
     def _statement(self, query: str) -> Any:
@@ -250,16 +245,17 @@ class ProjectionSink(SinkBase):
         """Where newly assigned stream partitions resume (the client's rebalance thread): the next offsets
         stored with the totals, the beginning for a partition without one; not Kafka's committed offsets,
         which may be behind (a crash before the commit) or ahead (offsets lost and reset to the latest). The
-        committer calls it after the assign listeners, so what it reads seeds the partitions' bookkeeping and
-        the worker does not read it again."""
+        committer calls it after the assign listeners, so what it reads seeds the partitions' bookkeeping; the
+        worker's claim of a partition reads the next offset again (serially), in case a former owner's last
+        write landed in between."""
         p = self.projection
-        query = p._statement(f"SELECT stream_partition, next_offset FROM {p.offsets_table} WHERE stream_topic = ? "
-                             "AND stream_partition IN ?")
+        query = p._statement(f"SELECT stream_partition, next_offset FROM {p.state_table} WHERE stream_topic = ? "
+                             "AND stream_partition IN ? PER PARTITION LIMIT 1")
         out: dict[TopicPartition, int] = {}
         for topic in sorted({tp.topic for tp in tps}):
             mine = [tp for tp in tps if tp.topic == topic]
             rows = p.session.execute(query, (topic, [tp.partition for tp in mine]), timeout=_START_TIMEOUT)
-            stored = {int(row.stream_partition): int(row.next_offset) for row in rows}
+            stored = {int(row.stream_partition): int(row.next_offset or 0) for row in rows}
             out.update({tp: stored.get(tp.partition, 0) for tp in mine})
         with self._lock:  # the worker's skip check starts from what was read here (forgotten first: see _forget)
             for tp, offset in out.items():
@@ -323,7 +319,7 @@ class ProjectionSink(SinkBase):
             return True
         try:
             built = [(tp, live, *self._build(tp, live, events)) for tp, live, events in groups]
-            self._execute([s for *_x, statements in built for s in statements], groups[0][1][0])
+            self._write([writes for *_x, writes in built], groups[0][1][0])
         except Exception as exc:
             log.info("projection %s: a turn failed (%r); each partition again on its own", self.projection.name, exc)
             for tp, live, events in groups:
@@ -334,7 +330,7 @@ class ProjectionSink(SinkBase):
                     log.warning("projection %s: %s failed: %r", self.projection.name, tp, error)
                     self._settle(tp, live, self._as_stage_error(error, live[0]))
             return True
-        for tp, live, part, _statements in built:
+        for tp, live, part, _writes in built:
             part.next_offset = live[-1].meta.offset + 1
             self._settle(tp, live, None)
         return True
@@ -424,20 +420,34 @@ class ProjectionSink(SinkBase):
 
     def _project_once(self, tp: TopicPartition, live: list[Envelope[Any]], events: list[StreamEvent[Any, Any]]
                       ) -> None:
-        part, statements = self._build(tp, live, events)
-        self._execute(statements, live[0])
+        part, writes = self._build(tp, live, events)
+        self._write([writes], live[0])
         part.next_offset = live[-1].meta.offset + 1
         self._settle(tp, live, None)
 
     def _build(self, tp: TopicPartition, live: list[Envelope[Any]], events: list[StreamEvent[Any, Any]]
-               ) -> tuple[_Partition, list[Any]]:
+               ) -> tuple[_Partition, _Writes]:
         """The writes of a partition's records (reading what the partition's cache lacks)."""
         p = self.projection
         with self._lock:
             part = self._partitions.setdefault(tp, _Partition())
-        statements = [s for event in events for view in p.entity_views for s in self._entity_rows(view, event)]
-        batch = self._totals_batch(tp, part, live, events) if p.totals_views else None
-        return part, [*statements, *([batch] if batch is not None else [])]
+        rows = [s for event in events for view in p.entity_views for s in self._entity_rows(view, event)]
+        state, copies = self._totals_writes(tp, part, live, events) if p.totals_views else (None, None)
+        return part, _Writes(tp, part.epoch, [*rows, *([copies] if copies is not None else [])], state)
+
+    def _write(self, writes: list[_Writes], first: Envelope[Any]) -> None:
+        """The idempotent rows of every partition at once (entity views, the copies of the totals), then every
+        partition's state, each conditional on its owner. Rows before the state: a crash between them leaves
+        the records unapplied (the stored offset did not move), so they are projected again to the same rows;
+        a member that lost a partition writes rows that lose to the new owner's (fenced) and no state."""
+        self._execute([s for w in writes for s in w.rows], first)
+        conditional = [w for w in writes if w.state is not None]
+        for w, result in zip(conditional, self._execute([w.state for w in conditional], first), strict=True):
+            row = result.one()
+            if row is not None and not row[0]:
+                raise StageError(f"projection {self.projection.name}: {w.tp} is owned by a newer member (owner "
+                                 f"{getattr(row, 'owner', None)}, this member's epoch {w.epoch}); its records are "
+                                 "delivered again")
 
     def _entity_rows(self, view: EntityView, event: StreamEvent[Any, Any]) -> list[Any]:
         """The view's writes for ``event``: the rows of ``after`` in, those of ``before`` only out, at the
@@ -459,20 +469,17 @@ class ProjectionSink(SinkBase):
             out.append(_idempotent(insert.bind([*(row.get(c) for c in columns), event.position])))
         return out
 
-    def _totals_batch(self, tp: TopicPartition, part: _Partition, envelopes: list[Envelope[Any]],
-                      events: list[StreamEvent[Any, Any]]) -> Any:
-        """One logged batch: the partition's state (changed totals, the entities' positions, the next offset:
-        one Cassandra partition) and the view rows copied from it, fenced; the rows of records the stored
-        offset already covers are copied again. ``None`` when there is nothing to write."""
+    def _totals_writes(self, tp: TopicPartition, part: _Partition, envelopes: list[Envelope[Any]],
+                       events: list[StreamEvent[Any, Any]]) -> tuple[Any, Any]:
+        """The partition's state (changed totals, the entities' positions, the next offset) as one batch
+        conditional on the owner (one Cassandra partition: all or nothing), and the view rows copied from it,
+        fenced (the rows of records the stored offset already covers are copied again). ``None`` for either
+        when it has nothing to write."""
         from cassandra.query import BatchStatement, BatchType
 
         p = self.projection
         self._ensure_epoch(tp, part)
-        if part.next_offset is None:
-            row = self.projection.session.execute(p._statement(
-                f"SELECT next_offset FROM {p.offsets_table} WHERE stream_topic = ? AND stream_partition = ?"),
-                (tp.topic, tp.partition)).one()
-            part.next_offset = 0 if row is None else int(row.next_offset)
+        assert part.epoch is not None and part.next_offset is not None
         changed: set[tuple[str, tuple[Any, ...]]] = set()
         copied: set[tuple[str, tuple[Any, ...]]] = set()  # rows of records already applied: copied again
         positions: dict[Any, int] = {}
@@ -494,35 +501,31 @@ class ProjectionSink(SinkBase):
             part.seen[event.entity] = positions[event.entity] = event.position
             self.applied += 1
         last = envelopes[-1].meta.offset
-        if last < part.next_offset and not copied:
-            return None
-        assert part.epoch is not None
-        stamp = write_timestamp(part.epoch, max(last, part.next_offset - 1))
-        batch = BatchStatement(BatchType.LOGGED)
         views = {v.table: v for v in p.totals_views}
-        for table, key in sorted(changed | copied, key=repr):
-            view = views[table]
-            values = self._total(tp, part, view, key)
-            columns = [*view.key, "stream_partition", *view.values]
-            insert = p._statement(f"INSERT INTO {qualified(p.keyspace, table)} ({', '.join(columns)}) VALUES "
-                                  f"({', '.join('?' * len(columns))}) USING TIMESTAMP ?")
-            batch.add(insert, [*key, tp.partition, *(values[v] for v in view.values), stamp])
-            if (table, key) in changed:
-                state = ["stream_topic", "stream_partition", *view.key, *view.values]
-                insert = p._statement(f"INSERT INTO {qualified(p.keyspace, p.state_table_name(view))} "
-                                      f"({', '.join(state)}) VALUES ({', '.join('?' * len(state))}) "
-                                      "USING TIMESTAMP ?")
-                batch.add(insert, [tp.topic, tp.partition, *key, *(values[v] for v in view.values), stamp])
-        if last >= part.next_offset:
-            seen = p._statement(f"INSERT INTO {p.seen_table} (stream_topic, stream_partition, entity, position) "
-                                "VALUES (?, ?, ?, ?) USING TIMESTAMP ?")
-            for entity, position in positions.items():
-                batch.add(seen, (tp.topic, tp.partition, entity, position, stamp))
-            offsets = p._statement(f"INSERT INTO {p.offsets_table} (stream_topic, stream_partition, next_offset) "
-                                   "VALUES (?, ?, ?) USING TIMESTAMP ?")
-            batch.add(offsets, (tp.topic, tp.partition, last + 1, stamp))
-        batch.is_idempotent = True
-        return batch
+        copies = None
+        if changed or copied:
+            stamp = write_timestamp(part.epoch, max(last, part.next_offset - 1))
+            copies = BatchStatement(BatchType.UNLOGGED)  # idempotent, and written again until the state is
+            for table, key in sorted(changed | copied, key=repr):
+                view = views[table]
+                values = self._total(tp, part, view, key)
+                columns = [*view.key, "stream_partition", *view.values]
+                insert = p._statement(f"INSERT INTO {qualified(p.keyspace, table)} ({', '.join(columns)}) VALUES "
+                                      f"({', '.join('?' * len(columns))}) USING TIMESTAMP ?")
+                copies.add(insert, [*key, tp.partition, *(values[v] for v in view.values), stamp])
+            copies.is_idempotent = True
+        if last < part.next_offset:
+            return None, copies
+        state = BatchStatement(BatchType.UNLOGGED)
+        state.add(p._statement(f"UPDATE {p.state_table} SET next_offset = ? WHERE stream_topic = ? AND "
+                               "stream_partition = ? IF owner = ?"), (last + 1, tp.topic, tp.partition, part.epoch))
+        amounts = p._statement(f"UPDATE {p.state_table} SET amounts = ? WHERE stream_topic = ? AND "
+                               "stream_partition = ? AND kind = ? AND item = ?")
+        for table, key in sorted(changed, key=repr):
+            state.add(amounts, (self._total(tp, part, views[table], key), tp.topic, tp.partition, table, _item(key)))
+        for entity, position in positions.items():
+            state.add(amounts, ({"position": position}, tp.topic, tp.partition, _POSITIONS, _item(entity)))
+        return state, copies
 
     def _ensure_epoch(self, tp: TopicPartition, part: _Partition) -> None:
         if part.epoch is not None:
@@ -537,7 +540,43 @@ class ProjectionSink(SinkBase):
                                                    clock=self._clock)
         epoch = fence.take(deadline=self._clock.now() + self.fence_timeout)
         self._confirm(tp)
+        part.next_offset = self._claim(tp, epoch)
         part.epoch = epoch
+
+    def _claim(self, tp: TopicPartition, epoch: int) -> int:
+        """Make ``epoch`` the owner of ``tp``'s state; the stored next offset. A serial read of the owner and the
+        next offset, then ``IF owner = <read> AND next_offset = <read>`` (a write that came in between is read
+        again); refused when a newer epoch owns it. Retried within ``fence_timeout``: a lost answer is found
+        out by the next serial read (the owner is this epoch)."""
+        from cassandra import ConsistencyLevel
+
+        p = self.projection
+        read = p._statement(f"SELECT owner, next_offset FROM {p.state_table} WHERE stream_topic = ? AND "
+                            "stream_partition = ? LIMIT 1")
+        claim = p._statement(f"UPDATE {p.state_table} SET owner = ? WHERE stream_topic = ? AND stream_partition = ? "
+                             "IF owner = ? AND next_offset = ?")
+
+        def attempt(_left: float) -> int:
+            bound = read.bind((tp.topic, tp.partition))
+            bound.consistency_level = p.session.cluster.profile_manager.default.serial_consistency_level \
+                or ConsistencyLevel.SERIAL
+            row = p.session.execute(bound).one()
+            owner, next_offset = (None, None) if row is None else (row.owner, row.next_offset)
+            if owner is not None and owner > epoch:
+                raise StageError(f"projection {p.name}: {tp} is owned by a newer member (owner {owner}, this "
+                                 f"member's epoch {epoch}); its records are delivered again")
+            if owner != epoch:
+                answer = p.session.execute(claim, (epoch, tp.topic, tp.partition, owner, next_offset)).one()
+                if answer is not None and not answer[0]:
+                    raise _Moved()
+            return 0 if next_offset is None else int(next_offset)
+
+        def again(error: Exception) -> bool:
+            return isinstance(error, _Moved) or (not isinstance(error, StageError)
+                                                 and classify(error) is not Outcome.PERMANENT)
+
+        return retry_until(attempt, self._clock.now() + self.fence_timeout, again, self.backoff, self._clock,
+                           give_up=True)
 
     def _confirm(self, tp: TopicPartition) -> None:
         """Use a new epoch only once the group confirms this member still owns ``tp``: a member that woke up
@@ -572,34 +611,35 @@ class ProjectionSink(SinkBase):
     def _seen(self, tp: TopicPartition, part: _Partition, entity: Any) -> int:
         found = part.seen.get(entity)
         if found is None:
-            p = self.projection
-            row = p.session.execute(p._statement(
-                f"SELECT position FROM {p.seen_table} WHERE stream_topic = ? AND stream_partition = ? AND "
-                "entity = ?"), (tp.topic, tp.partition, entity)).one()
-            found = part.seen[entity] = -1 if row is None else int(row.position)
+            amounts = self._stored(tp, _POSITIONS, _item(entity))
+            found = part.seen[entity] = -1 if amounts is None else int(amounts["position"])
         return found
 
     def _total(self, tp: TopicPartition, part: _Partition, view: TotalsView, key: tuple[Any, ...]) -> dict[str, int]:
         found = part.totals.get((view.table, key))
         if found is None:
-            p = self.projection
-            where = " AND ".join(f"{k} = ?" for k in view.key)
-            row = p.session.execute(p._statement(
-                f"SELECT {', '.join(view.values)} FROM {qualified(p.keyspace, p.state_table_name(view))} WHERE "
-                f"stream_topic = ? AND stream_partition = ? AND {where}"), (tp.topic, tp.partition, *key)).one()
-            found = part.totals[(view.table, key)] = {v: (getattr(row, v) or 0) if row is not None else 0
-                                                      for v in view.values}
+            amounts = self._stored(tp, view.table, _item(key)) or {}
+            found = part.totals[(view.table, key)] = {v: int(amounts.get(v) or 0) for v in view.values}
         return found
 
-    def _execute(self, statements: list[Any], first: Envelope[Any]) -> None:
-        """Send every statement at once; return once all succeeded, or raise the first error (a permanent one
-        before the others: it decides how the records are nacked). Each wait is bounded by the driver's
+    def _stored(self, tp: TopicPartition, kind: str, item: str) -> Mapping[str, int] | None:
+        """The amounts of one item of ``tp``'s state (read once the partition is claimed: nobody else writes it)."""
+        p = self.projection
+        row = p.session.execute(p._statement(
+            f"SELECT amounts FROM {p.state_table} WHERE stream_topic = ? AND stream_partition = ? AND kind = ? AND "
+            "item = ?"), (tp.topic, tp.partition, kind, item)).one()
+        return None if row is None or row.amounts is None else row.amounts
+
+    def _execute(self, statements: list[Any], first: Envelope[Any]) -> list[Any]:
+        """Send every statement at once; their results once all succeeded, or raise the first error (a permanent
+        one before the others: it decides how the records are nacked). Each wait is bounded by the driver's
         request timeout."""
         futures = [self.projection.session.execute_async(s) for s in statements]
         errors: list[BaseException] = []
+        results = []
         for future in futures:
             try:
-                future.result()
+                results.append(future.result())
             except Exception as exc:
                 errors.append(exc)
         if errors:
@@ -608,6 +648,28 @@ class ProjectionSink(SinkBase):
                 raise PermanentStageError(f"projection {self.projection.name}: {permanent[0]!r} on {first.meta}"
                                           ) from permanent[0]
             raise errors[0]
+        return results
+
+
+@dataclass
+class _Writes:
+    """A partition's writes of one turn: idempotent ``rows`` (entity views, copies of the totals), then its
+    ``state``, conditional on ``epoch`` owning it (``None``: the records moved no state)."""
+
+    tp: TopicPartition
+    epoch: int | None
+    rows: list[Any]
+    state: Any
+
+
+class _Moved(Exception):
+    """A partition's state changed between the claim's read and its write (read again)."""
+
+
+def _item(key: Any) -> str:
+    """A totals key (a tuple of CQL values) or an entity as the state table's ``item``: its ``repr``, one text
+    per value for the types a key holds (uuid, text, numbers, dates, tuples of them)."""
+    return repr(key)
 
 
 def _idempotent(bound: Any) -> Any:

@@ -35,8 +35,9 @@ def drop_keyspace(session: Any, name: str) -> None:
 
 
 def create_table(session: Any, keyspace: str, table: str, columns: Mapping[str, str], partition_key: Sequence[str],
-                 clustering: Sequence[tuple[str, str]] = ()) -> str:
-    """``CREATE TABLE IF NOT EXISTS``; ``clustering`` is ``[(column, "ASC"|"DESC"), ...]``."""
+                 clustering: Sequence[tuple[str, str]] = (), static: Sequence[str] = ()) -> str:
+    """``CREATE TABLE IF NOT EXISTS``; ``clustering`` is ``[(column, "ASC"|"DESC"), ...]``; ``static``: columns
+    of the whole partition (a table with clustering columns only)."""
     cols = {identifier(c, "column"): cql_type(t) for c, t in columns.items()}
     pk = [identifier(c, "column") for c in partition_key]
     ck = [(identifier(c, "column"), order.upper()) for c, order in clustering]
@@ -47,8 +48,13 @@ def create_table(session: Any, keyspace: str, table: str, columns: Mapping[str, 
             raise ConfigError(f"key column {c!r} is not among the columns")
     if any(order not in ("ASC", "DESC") for _, order in ck):
         raise ConfigError("clustering order must be ASC or DESC")
+    shared = {identifier(c, "column") for c in static}
+    if shared and not ck:
+        raise ConfigError("static columns need clustering columns")
+    if not shared <= set(cols) or shared & {*pk, *(c for c, _ in ck)}:
+        raise ConfigError(f"static columns {sorted(shared)} must be columns outside the primary key")
     key = f"(({', '.join(pk)}){''.join(', ' + c for c, _ in ck)})"
-    body = ", ".join(f"{c} {t}" for c, t in cols.items())
+    body = ", ".join(f"{c} {t}{' static' if c in shared else ''}" for c, t in cols.items())
     order = f" WITH CLUSTERING ORDER BY ({', '.join(f'{c} {o}' for c, o in ck)})" if ck else ""
     name = qualified(keyspace, table)
     session.execute(f"CREATE TABLE IF NOT EXISTS {name} ({body}, PRIMARY KEY {key}){order}", timeout=_DDL_TIMEOUT)

@@ -107,10 +107,10 @@ def test_both_read_models_are_exact_with_repeats_on_the_stream_and_poison_dead_l
 
 
 class PartialBatches:
-    """A session whose first ``failures`` totals batches land in part and then time out (unknown outcome), the
-    way a crash leaves a logged batch until the batchlog replays it: whole Cassandra partitions of it applied,
-    the others not. Alternately: the stream partition's state with half of the view's rows, and half of the
-    view's rows without the state. Everything else goes to ``session``."""
+    """A session whose first ``failures`` totals writes land and then time out (unknown outcome), alternately:
+    half the view rows of a batch of copies (whole Cassandra partitions of it, the others not), and a stream
+    partition's whole state (its conditional batch: one partition, all or nothing). Everything else goes to
+    ``session``."""
 
     def __init__(self, session: Any, failures: int) -> None:
         self._session = session
@@ -133,18 +133,19 @@ class PartialBatches:
         entries = getattr(statement, "_statements_and_parameters", None)
         if not self.left or not isinstance(statement, BatchStatement) or not entries:
             return self._session.execute_async(statement, *args, **kwargs)
-        bookkeeping = ("_state ", "_positions ", "_next_offsets ")  # the stream partition's state tables
-        state = [e for e in entries if any(t in self._queries.get(e[1], "") for t in bookkeeping)]
-        rows = [e for e in entries if e not in state]
-        if not state or not rows:
+        state = all("_state " in self._queries.get(e[1], "") for e in entries)  # the stream partition's state
+        if state != (self.left % 2 == 1):  # half the rows first, then a state
             return self._session.execute_async(statement, *args, **kwargs)
-        with_state = self.left % 2 == 1
         self.left -= 1
-        part = BatchStatement(BatchType.LOGGED)
-        part._statements_and_parameters = [*(state if with_state else []), *rows[::2]]
-        self._session.execute(part)
-        self.landed.append("state and half the rows" if with_state else "half the rows")
-        return _Failed(WriteTimeout("injected: a batch applied in part", write_type=0))
+        if state:
+            self._session.execute(statement)
+            self.landed.append("the state, its answer lost")
+        else:
+            part = BatchStatement(BatchType.UNLOGGED)
+            part._statements_and_parameters = entries[::2]
+            self._session.execute(part)
+            self.landed.append("half the rows")
+        return _Failed(WriteTimeout("injected: a write applied, its answer lost", write_type=0))
 
 
 class _Failed:
@@ -158,9 +159,10 @@ class _Failed:
 def test_totals_batches_applied_in_part_then_timed_out_end_exact(topic_factory: Any, kafka_bootstrap: str,
                                                                  group_id: str, cassandra_session: Any,
                                                                  keyspace: str) -> None:
-    """Each of the first four totals batches lands only in part (whole Cassandra partitions of it) and reports a
-    timeout: the retries read the stream partition's state (never half applied), so nothing counts twice, and
-    the view rows the lost part left behind are written again."""
+    """Four writes of the totals report a timeout: twice the view rows land in part (whole Cassandra partitions of
+    them), twice the stream partition's state lands and its answer is lost. The retries claim the partition again
+    and read its state (all or nothing), so nothing counts twice, and the rows the lost part left behind are
+    written again."""
     topic, commands, events = streamed(topic_factory, kafka_bootstrap, group_id, cassandra_session, keyspace,
                                        20, 800, 3, partitions=2)
     session = PartialBatches(cassandra_session, failures=4)
@@ -173,7 +175,7 @@ def test_totals_batches_applied_in_part_then_timed_out_end_exact(topic_factory: 
     wait_until(lambda: committed_offsets(group, events, bootstrap_servers=kafka_bootstrap) == ends, 120,
                "the stream projected")
     flow.stop_and_wait()
-    assert session.landed == ["half the rows", "state and half the rows"] * 2
+    assert session.landed == ["half the rows", "the state, its answer lost"] * 2
     assert_views_exact(cassandra_session, keyspace, events, commands)
 
 
@@ -305,3 +307,50 @@ def test_a_frozen_projection_thawed_after_its_partitions_moved_on_changes_nothin
             p.kill()
             p.wait(30)
     assert_views_exact(cassandra_session, keyspace, events, commands)
+
+
+def test_a_zombie_totals_write_after_the_new_owner_read_the_state_is_refused(cassandra_session: Any,
+                                                                              keyspace: str) -> None:
+    """A member builds its writes of a turn, then stalls; the partition's new owner claims it and projects part
+    of the same records, reading the state; the old member's writes then arrive and are refused (not merely
+    outranked: the new owner already read the state, and would count what the zombie wrote twice). The new
+    owner's totals are the fold of the records."""
+    import datetime
+    import uuid
+    from types import SimpleNamespace
+
+    from rxcqrs.cassandra.event_stream import StreamEvent
+    from rxcqrs.cassandra.projection import Projection, ProjectionSink, TotalsView
+    from rxcqrs.exceptions import StageError
+    from rxcqrs.messages import RecordMetadata, TopicPartition
+
+    tp = TopicPartition("stream", 0)
+    view = TotalsView("bucket_totals", {"bucket": "int"}, ["n"], lambda e: {(e.entity % 3,): {"n": e.after}})
+    projection = Projection(cassandra_session, keyspace, "zombie", SimpleNamespace(), [view])  # type: ignore[arg-type]
+    projection.create_schema()
+    when = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+
+    def records(offsets: range) -> tuple[list[Any], list[Any]]:
+        envs = [SimpleNamespace(meta=RecordMetadata(tp.topic, tp.partition, o, 0), ack=lambda: None,
+                                nack=lambda _e: None) for o in offsets]
+        events = [StreamEvent(uuid.uuid4(), o, "added", when, "commands", 0, o, 0, None, o + 1) for o in offsets]
+        return envs, events
+
+    old, new = (ProjectionSink(projection, group="g") for _ in range(2))
+    try:
+        old._project_once(tp, *records(range(0, 10)))
+        part, stalled = old._build(tp, *records(range(10, 20)))  # built, not yet sent
+        new._project_once(tp, *records(range(10, 14)))  # claims the partition (a newer epoch) and reads its state
+        try:
+            old._write([stalled], records(range(10, 11))[0][0])
+            raise AssertionError("the zombie's state write was applied")
+        except StageError as exc:
+            assert "owned by a newer member" in str(exc)
+        new._project_once(tp, *records(range(14, 20)))  # reads the buckets the zombie's batch changed
+    finally:
+        old.close()
+        new.close()
+    expected: dict[tuple[int], dict[str, int]] = {}
+    for o in range(20):
+        expected.setdefault((o % 3,), {"n": 0})["n"] += o + 1
+    assert projection.all_totals(view) == expected
