@@ -20,10 +20,11 @@ tables, exact after any fault. Two kinds of read model, each with its own exactn
   at its stored offset (the beginning without one), not at the group's Kafka offsets; a record below the
   stored offset, and an event at or below its entity's stored position (a repeat on the stream), add nothing.
   The view's own rows are per stream partition (``PRIMARY KEY ((<key>), stream_partition)``: one writer each),
-  copies of the state written once the state is (``USING TIMESTAMP epoch * 2^40 + offset``: a zombie's late
-  copy loses to its new owner's); a total is their sum (:meth:`Projection.totals`, or
+  copies of the state written just before it (``USING TIMESTAMP epoch * 2^40 + offset``: a zombie's late copy
+  loses to its new owner's; a crash between the copies and the state leaves the stored offset where it was, so
+  the records are projected again to the same rows); a total is their sum (:meth:`Projection.totals`, or
   ``SELECT sum(...) ... WHERE <key> = ?``). A record the stored offset already covers writes its rows again
-  from the state (a crash between the state and its copies leaves them behind).
+  from the state (a state write whose answer was lost, then retried).
 
 Tables: each view's; for the totals views ``<name>_state`` (stream_topic, stream_partition, kind, item; static
 owner and next_offset; amounts: a view's values, or an entity's position) and the fence tables.
