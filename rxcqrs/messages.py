@@ -48,7 +48,10 @@ class RecordMetadata:
 
     @classmethod
     def of(cls, record: Any) -> "RecordMetadata":
-        """The metadata of a consumed record (a :class:`~rxcqrs.kafka.client.Record`)."""
+        """The metadata of a consumed record (a :class:`~rxcqrs.kafka.client.Record`); a record that is its own
+        metadata (confluent-kafka's) is returned as it is."""
+        if isinstance(record, RecordMetadata):
+            return record
         headers = record.headers
         return cls(record.topic, record.partition, record.offset, record.timestamp,
                    getattr(record, "timestamp_type", 0) or 0, record.key,

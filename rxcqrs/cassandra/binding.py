@@ -5,7 +5,8 @@ tuple) for every value even when no encryption policy is set: for an event-log r
 than the serialization itself. Here each prepared statement's column serializers are looked up once and the
 values serialized directly; anything the fast path does not cover (a dict of values, a column encryption
 policy, ``UNSET_VALUE``, a wrong count) goes through the driver's own ``bind``, so the result and the errors
-are the driver's. Safe from any thread (the cache only ever gains complete entries).
+are the driver's. A :class:`Binder` keeps one statement's serializers for a hot path. Safe from any thread
+(the cache only ever gains complete entries).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Sequence
 
-__all__ = ["bind_fast"]
+__all__ = ["Binder", "bind_fast", "binder"]
 
 Serializer = Callable[[Any, int], bytes]
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -46,41 +47,78 @@ def _serializer(cql_type: Any) -> Serializer:
     return _timestamp(cql_type.serialize) if cql_type is DateType else cql_type.serialize
 
 
-#: per prepared statement: its column serializers and protocol version, or None (the driver binds it)
-_serializers: "weakref.WeakKeyDictionary[Any, tuple[tuple[Serializer, ...], int] | None]" = weakref.WeakKeyDictionary()
+def _refuses_unset(serialize: Serializer, protocol: int) -> bool:
+    """Whether ``serialize`` raises on ``UNSET_VALUE`` (then a value left unset falls back to the driver)."""
+    from cassandra.query import UNSET_VALUE
 
-
-def _plan(prepared: Any) -> tuple[tuple[Serializer, ...], int] | None:
-    """The column serializers and protocol version of ``prepared``, or None where the fast path cannot go."""
     try:
-        return _serializers[prepared]
-    except KeyError:
-        pass
-    meta = prepared.column_metadata
-    plan: tuple[tuple[Serializer, ...], int] | None = None
-    if getattr(prepared, "column_encryption_policy", None) is None and meta:
-        plan = (tuple(_serializer(column.type) for column in meta), prepared.protocol_version)
-    _serializers[prepared] = plan
-    return plan
+        serialize(UNSET_VALUE, protocol)
+    except Exception:
+        return True
+    return False
+
+
+class Binder:
+    """:func:`bind_fast` for one prepared statement, its column serializers looked up once: what a hot path
+    keeps for a statement it binds again and again."""
+
+    __slots__ = ("prepared", "_serializers", "_protocol", "_check_unset", "_bound")
+
+    def __init__(self, prepared: Any) -> None:
+        from cassandra.query import BoundStatement
+
+        self.prepared = prepared
+        self._bound = BoundStatement
+        meta = prepared.column_metadata
+        self._serializers: tuple[Serializer, ...] | None = None
+        self._protocol = prepared.protocol_version
+        self._check_unset = False
+        if getattr(prepared, "column_encryption_policy", None) is None and meta:
+            self._serializers = tuple(_serializer(column.type) for column in meta)
+            # every driver serializer refuses UNSET_VALUE (so the driver binds it); one that took it would
+            # serialize it as a value
+            self._check_unset = not all(_refuses_unset(s, self._protocol) for s in self._serializers)
+
+    def bind(self, values: Sequence[Any] | Mapping[str, Any], idempotent: bool | None = None) -> Any:
+        """``prepared.bind(values)``; ``idempotent`` sets ``is_idempotent`` (None: the prepared statement's)."""
+        serializers = self._serializers
+        if serializers is None or (type(values) is not list and type(values) is not tuple
+                                   and isinstance(values, Mapping)) or len(values) != len(serializers) \
+                or (self._check_unset and _unset_in(values)):
+            bound = self.prepared.bind(values)
+        else:
+            protocol = self._protocol
+            bound = self._bound(self.prepared)
+            try:
+                bound.values = [None if value is None else serialize(value, protocol)
+                                for serialize, value in zip(serializers, values)]
+            except Exception:  # let the driver name the column and the types (and bind what is unset)
+                bound = self.prepared.bind(values)
+            bound.raw_values = values
+        if idempotent is not None:
+            bound.is_idempotent = idempotent
+        return bound
+
+
+def _unset_in(values: Sequence[Any]) -> bool:
+    from cassandra.query import UNSET_VALUE
+
+    return UNSET_VALUE in values
+
+
+#: per prepared statement: its binder
+_binders: "weakref.WeakKeyDictionary[Any, Binder]" = weakref.WeakKeyDictionary()
+
+
+def binder(prepared: Any) -> Binder:
+    """The :class:`Binder` of ``prepared`` (one per prepared statement, made on first use)."""
+    found = _binders.get(prepared)
+    if found is None:
+        found = _binders.setdefault(prepared, Binder(prepared))
+    return found
 
 
 def bind_fast(prepared: Any, values: Sequence[Any] | Mapping[str, Any], *, idempotent: bool | None = None) -> Any:
     """``prepared.bind(values)``, serialized without the driver's per-value descriptor; ``idempotent`` sets
     ``is_idempotent`` on the result (None: the prepared statement's)."""
-    from cassandra.query import UNSET_VALUE, BoundStatement  # (the driver is imported only when used)
-
-    plan = _plan(prepared)
-    if plan is None or isinstance(values, Mapping) or len(values) != len(plan[0]) or UNSET_VALUE in values:
-        bound = prepared.bind(values)
-    else:
-        serializers, protocol = plan
-        bound = BoundStatement(prepared)
-        try:
-            bound.values = [None if value is None else serialize(value, protocol)
-                            for serialize, value in zip(serializers, values, strict=True)]
-        except Exception:  # let the driver name the column and the types
-            bound = prepared.bind(values)
-        bound.raw_values = values
-    if idempotent is not None:
-        bound.is_idempotent = idempotent
-    return bound
+    return binder(prepared).bind(values, idempotent)

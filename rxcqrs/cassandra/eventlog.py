@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator, Mapping
 
-from rxcqrs.cassandra.binding import bind_fast
+from rxcqrs.cassandra.binding import binder
 from rxcqrs.cassandra.identifiers import cql_type, identifier, qualified
 from rxcqrs.cassandra.schema import create_table, prepare
 from rxcqrs.cassandra.timeuuid import time_uuid
@@ -118,6 +118,8 @@ class EventLog:
         self._payload_order = tuple(self.payload)
         cols = [self.entity, "bucket", "event_time", "event_id", "logged_at", *self.payload, "source_topic",
                 "source_partition", "source_offset"]
+        #: the session the insert was last bound for, and the insert's binder there
+        self._insert_binder: tuple[Any, Any] | None = None
         self._insert_query = f"INSERT INTO {self.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
 
     # -- DDL ----------------------------------------------------------------------------------------------
@@ -183,7 +185,10 @@ class EventLog:
                   *[get(c) for c in self._payload_order],
                   source.topic if source else None, source.partition if source else None,
                   source.offset if source else None]
-        return bind_fast(self.insert_statement(session), values, idempotent=True)
+        bound = self._insert_binder
+        if bound is None or bound[0] is not session:
+            bound = self._insert_binder = (session, binder(self.insert_statement(session)))
+        return bound[1].bind(values, True)
 
     def bucket_index_query(self) -> str:
         return f"INSERT INTO {self.buckets_name} ({self.entity}, bucket) VALUES (?, ?)"

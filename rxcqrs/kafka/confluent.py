@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, TypeVar
 from rxcqrs.exceptions import CommitError, FlowError, GroupMovedOnError
 from rxcqrs.kafka.client import RebalanceHandler, Record
 from rxcqrs.kafka.settings import ConsumerSettings
-from rxcqrs.messages import TopicPartition
+from rxcqrs.messages import RecordMetadata, TopicPartition
 from rxcqrs.redact import redact_error
 
 __all__ = ["ConfluentConsumer", "reach", "started"]
@@ -26,20 +26,19 @@ T = TypeVar("T")
 _GROUP_MOVED_ON = (27, 22, 25, 82)  # REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID
 
 
-class _Record:
-    """A librdkafka ``Message`` in the shape of kafka-python's ``ConsumerRecord``."""
+class _Record(RecordMetadata):
+    """A librdkafka ``Message`` in the shape of kafka-python's ``ConsumerRecord``, and its own
+    :class:`~rxcqrs.messages.RecordMetadata` (so that the stages make no second object per record)."""
 
-    __slots__ = ("topic", "partition", "offset", "timestamp", "timestamp_type", "key", "value", "headers")
+    __slots__ = ("value",)
 
     def __init__(self, message: Any) -> None:
-        self.topic = message.topic()
-        self.partition = message.partition()
-        self.offset = message.offset()
-        kind, self.timestamp = message.timestamp()
-        self.timestamp_type = 1 if kind == 2 else 0  # librdkafka: 1 create time, 2 log-append time
-        self.key = message.key()
+        kind, timestamp = message.timestamp()
+        headers = message.headers()
+        # librdkafka: 1 create time, 2 log-append time
+        super().__init__(message.topic(), message.partition(), message.offset(), timestamp, 1 if kind == 2 else 0,
+                         message.key(), tuple(headers) if headers else ())
         self.value = message.value()
-        self.headers = message.headers() or ()
 
 
 def _ctp(tp: TopicPartition, offset: int | None = None) -> Any:

@@ -59,6 +59,19 @@ def test_bind_fast_leaves_what_it_does_not_cover_to_the_driver() -> None:
     assert bind_fast(statement, unset).values == statement.bind(unset).values
 
 
+def test_a_column_type_whose_serializer_takes_unset_values_leaves_unset_to_the_driver() -> None:
+    class Lenient(VarcharType):  # a serializer that would write UNSET_VALUE as a value
+        @staticmethod
+        def serialize(value: object, protocol_version: int) -> bytes:
+            return str(value).encode()
+
+    columns = [ColumnMetadata("ks", "t", "c0", UUIDType), ColumnMetadata("ks", "t", "c1", Lenient)]
+    statement = PreparedStatement(columns, b"id", [0], "INSERT ...", "ks", 4, [], None)
+    values = [uuid.uuid4(), UNSET_VALUE]
+    assert bind_fast(statement, values).values == statement.bind(values).values == [values[0].bytes, UNSET_VALUE]
+    assert bind_fast(statement, [values[0], "x"]).values == [values[0].bytes, b"x"]
+
+
 def test_a_wrong_type_gets_the_drivers_error_naming_the_column() -> None:
     statement = prepared()
     bad = [uuid.uuid4(), "not an int", None, None, None, None]
