@@ -53,6 +53,7 @@ from typing import Any, Callable, Generic, Hashable, Iterable, Mapping, Protocol
 
 from rxcqrs import tracing
 from rxcqrs.backoff import Backoff
+from rxcqrs.cassandra.answers import on_answer
 from rxcqrs.cassandra.epochs import AssignmentEpochs, EpochSource
 from rxcqrs.cassandra.executor import was_applied
 from rxcqrs.cassandra.fence import Fence, WriteProtocol, check_protocol, write_timestamp
@@ -611,9 +612,10 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
 
     # -- the steps of a batch (driver callback threads) ---------------------------------------------------
     def _request(self, statement: Any, done: Callable[[Any], None], failed: Callable[..., None],
-                 batches: Sequence[_Batch] = ()) -> bool:
+                 batches: Sequence[_Batch] = (), *, made_here: bool = False) -> bool:
         """Send ``statement`` (for ``batches``): ``done(rows)`` or ``failed(error)`` later, from a driver thread;
-        if it cannot be sent, ``failed(error, sent=False)`` at once and False."""
+        if it cannot be sent, ``failed(error, sent=False)`` at once and False. ``made_here``: a batch request
+        made for this one send (a retry makes another), emptied once answered (see :mod:`.answers`)."""
         if tracing.ACTIVE and batches:
             done, failed = _traced_request(batches, done, failed)
         try:
@@ -621,7 +623,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         except Exception as exc:
             failed(exc, sent=False)
             return False
-        future.add_callbacks(done, failed)
+        on_answer(future, done, failed, batch=statement if made_here else None)
         return True
 
     def _execute(self, batch: _Batch, statement: Any, on_rows: Callable[[Any], None], *, sent_is_unknown: bool
@@ -852,7 +854,8 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 and _mergeable(statements):
             self._outbox.append((batch, statements, then))
             return
-        requests = [_one_request(statements)] if len(statements) > 1 and self._fits_one(statements) else statements
+        made_here = len(statements) > 1 and self._fits_one(statements)
+        requests = [_one_request(statements)] if made_here else statements
         left = [len(requests)]
         failed = [False]
         lock = threading.Lock()
@@ -872,7 +875,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             self._failed(batch, error, sent=sent, again=lambda: self._run_all(batch, statements, then))
 
         for request in requests:
-            if not self._request(request, done, retry_all, (batch,)):
+            if not self._request(request, done, retry_all, (batch,), made_here=made_here):
                 return
 
     def _flush(self) -> None:
@@ -921,7 +924,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 again = _then_send(self._send_logged, item) if logged else _then_send(self._run_all, item)
                 self._failed(item[0], error, sent=sent, again=again)
 
-        self._request(request, done, failed, [batch for batch, _s, _t in chunk])
+        self._request(request, done, failed, [batch for batch, _s, _t in chunk], made_here=True)
 
     def _send_reads(self, batches: list[_Batch]) -> None:
         """One request reading the entities of ``batches``; each batch goes on with its entity's rows. A failure

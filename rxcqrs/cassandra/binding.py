@@ -91,7 +91,7 @@ class Binder:
             bound = self._bound(self.prepared)
             try:
                 bound.values = [None if value is None else serialize(value, protocol)
-                                for serialize, value in zip(serializers, values)]
+                                for serialize, value in zip(serializers, values, strict=True)]
             except Exception:  # let the driver name the column and the types (and bind what is unset)
                 bound = self.prepared.bind(values)
             bound.raw_values = values

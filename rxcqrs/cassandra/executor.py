@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
 from rxcqrs.backoff import Backoff
+from rxcqrs.cassandra.answers import on_answer
 from rxcqrs.cassandra.keyed import KeyedQueue
 from rxcqrs.cassandra.outcomes import Outcome, classify
 from rxcqrs.cassandra.retrying import abandoned, exhausted, permanent, retry_later
@@ -199,7 +200,7 @@ class CassandraExecutor:
         except Exception as exc:
             self._failed(job, exc, sent=False)
             return
-        future.add_callbacks(self._rows, self._errback, callback_args=(job,), errback_args=(job,))
+        on_answer(future, lambda rows: self._rows(rows, job), lambda error: self._errback(error, job))
 
     # -- outcomes -----------------------------------------------------------------------------------------
     def _rows(self, rows: Any, job: Job) -> None:
