@@ -294,8 +294,18 @@ def main() -> int:
     parser.add_argument("--against", metavar="REV",
                         help="also run rxcqrs batched as git revision REV of this repository runs it (its engine, "
                              "defaults and verification), beside the batched contenders of cart and sustained")
+    parser.add_argument("--gc-threshold", type=int, default=None, metavar="OBJECTS",
+                        help="the young-generation GC threshold of this process, so of every contender run in it, "
+                             "the hand-written loops included (default: cart consume's, "
+                             "rxcqrs/examples/shoppingcart/tuning.py; 0: Python's own)")
     parser.add_argument("--json", default="build/bench.json")
     args = parser.parse_args()
+    from rxcqrs.examples.shoppingcart.tuning import GC_THRESHOLD
+    from rxcqrs.gc_tuning import set_young_threshold, young_threshold
+
+    set_young_threshold(GC_THRESHOLD if args.gc_threshold is None else args.gc_threshold)
+    print(f"every contender in this process runs with the young-generation GC threshold {young_threshold()}",
+          flush=True)
     import logging
 
     logging.basicConfig(level=logging.WARNING)

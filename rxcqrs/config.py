@@ -18,6 +18,8 @@
     atomic_batches = true                 # fenced: a batch's rows of every step as one logged request
     username = "app"
     password = "..."                      # masked in every repr and error
+    [process]
+    gc_threshold = 20000                  # the cyclic GC's young-generation threshold (0: Python's; see gc_tuning)
     [tracing]
     exporter = "otlp"                     # or "console"; OpenTelemetry spans per record (default: off)
     endpoint = "http://collector:4318/v1/traces"  # otlp only (default $OTEL_EXPORTER_OTLP_ENDPOINT)
@@ -25,11 +27,12 @@
 Environment: ``RXCQRS_KAFKA_BOOTSTRAP``, ``RXCQRS_KAFKA_BACKEND``, ``RXCQRS_CASSANDRA_HOSTS``,
 ``RXCQRS_CASSANDRA_PORT``, ``RXCQRS_CASSANDRA_LOCAL_DC``, ``RXCQRS_CASSANDRA_CONSISTENCY``,
 ``RXCQRS_CASSANDRA_SERIAL_CONSISTENCY``, ``RXCQRS_WRITE_PROTOCOL``, ``RXCQRS_MERGE_PARTITIONS``,
-``RXCQRS_ATOMIC_BATCHES``, ``RXCQRS_EVENTS_TOPIC``, ``RXCQRS_SCHEMA_REGISTRY``, ``RXCQRS_TRACE``. Flags:
+``RXCQRS_ATOMIC_BATCHES``, ``RXCQRS_EVENTS_TOPIC``, ``RXCQRS_SCHEMA_REGISTRY``, ``RXCQRS_TRACE``,
+``RXCQRS_GC_THRESHOLD``. Flags:
 ``--bootstrap-servers``,
 ``--kafka-backend``, ``--contact-points``, ``--local-dc``, ``--consistency``, ``--serial-consistency``,
 ``--write-protocol``, ``--merge-partitions``, ``--atomic-batches`` / ``--no-atomic-batches``, ``--events-topic``,
-``--schema-registry``, ``--trace``.
+``--schema-registry``, ``--trace``, ``--gc-threshold``.
 """
 
 from __future__ import annotations
@@ -89,6 +92,9 @@ class Config:
     #: OpenTelemetry tracing: None (off), "console" or "otlp" (to ``trace_endpoint``)
     trace: str | None = None
     trace_endpoint: str | None = None
+    #: the consumer process's young-generation GC threshold (None: the application's default;
+    #: 0: Python's own; see :mod:`rxcqrs.gc_tuning`)
+    gc_threshold: int | None = None
     source: str = "defaults"
 
     __repr__ = redacted_repr
@@ -148,16 +154,21 @@ def load_config(path: str | None = None, *, bootstrap_servers: str | None = None
                 serial_consistency: str | None = None, local_dc: str | None = None,
                 write_protocol: str | None = None, merge_partitions: int | None = None,
                 atomic_batches: bool | None = None, events_topic: str | None = None,
-                schema_registry: str | None = None, trace: str | None = None,
+                schema_registry: str | None = None, trace: str | None = None, gc_threshold: int | None = None,
                 environ: Mapping[str, str] | None = None) -> Config:
     """The file (``path`` or ``$RXCQRS_CONFIG``), then the environment, then these explicit values."""
     env = os.environ if environ is None else environ
     file = path or env.get("RXCQRS_CONFIG")
     data = _read_toml(Path(file)) if file else {}
-    unknown = set(data) - {"kafka", "cassandra", "tracing"}
+    unknown = set(data) - {"kafka", "cassandra", "tracing", "process"}
     if unknown:
-        raise ConfigError(f"config file {file}: unknown tables {sorted(unknown)}; use [kafka], [cassandra] and "
-                          "[tracing]")
+        raise ConfigError(f"config file {file}: unknown tables {sorted(unknown)}; use [kafka], [cassandra], "
+                          "[process] and [tracing]")
+    process = dict(data.get("process", {}))
+    in_file_gc = process.pop("gc_threshold", None)
+    if process:
+        raise ConfigError(f"config file {file}: [process] takes gc_threshold, got {sorted(process)}")
+    gc = _gc_threshold(gc_threshold, env, in_file_gc, file)
     traced = dict(data.get("tracing", {}))
     exporter = trace or env.get("RXCQRS_TRACE") or traced.pop("exporter", None)
     traced.pop("exporter", None)
@@ -223,7 +234,7 @@ def load_config(path: str | None = None, *, bootstrap_servers: str | None = None
     atomic = _atomic_batches(atomic_batches, env, cassandra.pop("atomic_batches", None), file)
     return Config(bootstrap, backend, kafka, hosts, port, cassandra, write_protocol=protocol,
                   merge_partitions=merge, atomic_batches=atomic, events_topic=events, schema_registry=registry,
-                  trace=exporter, trace_endpoint=endpoint, source=file or "defaults")
+                  trace=exporter, trace_endpoint=endpoint, gc_threshold=gc, source=file or "defaults")
 
 
 def _atomic_batches(flag: bool | None, env: Mapping[str, str], in_file: Any, file: str | None) -> bool:
@@ -253,3 +264,16 @@ def _merge_partitions(flag: int | None, env: Mapping[str, str], in_file: Any, fi
                               f"every entity's writes alone), got {value!r}")
         return int(value)
     return 10
+
+
+def _gc_threshold(flag: int | None, env: Mapping[str, str], in_file: Any, file: str | None) -> int | None:
+    """The flag, else ``$RXCQRS_GC_THRESHOLD``, else ``[process] gc_threshold``, else None."""
+    for where, value in (("--gc-threshold", flag), ("RXCQRS_GC_THRESHOLD", env.get("RXCQRS_GC_THRESHOLD")),
+                         (f"[process] gc_threshold in {file}", in_file)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not (isinstance(value, int) or str(value).isdigit()) or int(value) < 0:
+            raise ConfigError(f"{where}: the GC threshold must be a whole number of objects >= 0 (0: Python's own "
+                              f"700), got {value!r}")
+        return int(value)
+    return None

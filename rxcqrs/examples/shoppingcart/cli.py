@@ -18,7 +18,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
-from rxcqrs.examples.shoppingcart.tuning import BATCHES, MAX_POLL_RECORDS, PREFETCH, WINDOW
+from rxcqrs.examples.shoppingcart.tuning import BATCHES, GC_THRESHOLD, MAX_POLL_RECORDS, PREFETCH, WINDOW
 from rxcqrs.exceptions import RxCqrsError
 
 __all__ = ["main", "consume"]
@@ -70,6 +70,9 @@ def produce(args: argparse.Namespace) -> int:
 
 
 def consume(args: argparse.Namespace) -> int:
+    from rxcqrs.gc_tuning import set_young_threshold
+
+    set_young_threshold(GC_THRESHOLD if args.config.gc_threshold is None else args.config.gc_threshold)
     with _session(args) as session:
         return _consume(args, session)
 
@@ -397,6 +400,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="create the keyspace and tables if missing (never under a group that already committed)")
     c.add_argument("--replication", type=POSITIVE, default=1,
                    help="replication factor of a keyspace --create-schema creates (3 on a 3-node cluster)")
+    c.add_argument("--gc-threshold", default=argparse.SUPPRESS, type=NON_NEGATIVE, metavar="OBJECTS",
+                   help="the cyclic garbage collector's young-generation threshold this process runs with: the "
+                        "records in flight die young instead of being traversed by full collections (0: Python's "
+                        f"own 700; default {GC_THRESHOLD}, $RXCQRS_GC_THRESHOLD or [process] gc_threshold)")
     c.add_argument("--drain-timeout", type=SECONDS, default=60.0, metavar="SECONDS",
                    help="on SIGTERM/idle, how long to wait for records in flight before exiting without them")
     c.add_argument("--window", type=POSITIVE, default=WINDOW, help="records in flight at most")
@@ -463,7 +470,8 @@ def execute(args: argparse.Namespace, prog: str) -> int:
                                   atomic_batches=getattr(args, "atomic_batches", None),
                                   events_topic=getattr(args, "events_topic", None),
                                   schema_registry=getattr(args, "schema_registry", None),
-                                  trace=getattr(args, "trace", None))
+                                  trace=getattr(args, "trace", None),
+                                  gc_threshold=getattr(args, "gc_threshold", None))
         if args.config.trace:
             from rxcqrs import tracing
 

@@ -5,7 +5,8 @@ Measured with ``make bench`` on 2 cores with Kafka and Cassandra on the same mac
 
 from __future__ import annotations
 
-__all__ = ["WINDOW", "PREFETCH", "BATCHES", "CART_WRITES", "CONDITIONAL_CART_WRITES", "MAX_POLL_RECORDS"]
+__all__ = ["WINDOW", "PREFETCH", "BATCHES", "CART_WRITES", "CONDITIONAL_CART_WRITES", "MAX_POLL_RECORDS",
+           "GC_THRESHOLD"]
 
 #: records in flight at most (the source's window): room for many commands of each cart to wait together,
 #: so that batched mode folds them into one write (measured: 5,000 -> 10,000 took 0.7x -> 0.8x of the hand
@@ -28,3 +29,8 @@ CART_WRITES = 64
 CONDITIONAL_CART_WRITES = 256
 #: records one consumer poll returns at most
 MAX_POLL_RECORDS = 2000
+#: the cyclic GC's young-generation threshold ``cart consume`` sets for its process (:mod:`rxcqrs.gc_tuning`):
+#: at Python's 700 every record of the window is promoted and traversed by full collections (7-11 µs per command
+#: on 200 carts); at 20,000 they die young (measured in the README, "Throughput"; ``make bench`` runs every
+#: contender, the hand-written loops included, with it)
+GC_THRESHOLD = 20_000
