@@ -670,20 +670,24 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         records: list[Any] = []
         published: list[Any] = []
         last_offset: int | None = None
-        first_fold = batch.redelivered is None
-        if batch.redelivered is None:
-            batch.redelivered = {i for i, env in enumerate(batch.envelopes) if stored.handled(env.meta)}
-        elif any(stored.handled(env.meta) for i, env in enumerate(batch.envelopes) if i not in batch.redelivered):
+        seen = batch.redelivered
+        first_fold = seen is None
+        if seen is not None and any(stored.handled(env.meta) for i, env in enumerate(batch.envelopes)
+                                    if i not in seen):
             # a record that was new to the entity is applied now: this batch's own earlier conditional write
             # landed (its answer was lost, or it completed after a read that said otherwise): never apply twice
             batch.count("unknown_resolved_applied")
             self._remember(batch, stored)
             self._next_step(batch, "state")
             return
+        redelivered: set[int] = set()  # (first fold) the records the entity had applied already
+        known = stored.applied
         try:
-            for env in batch.envelopes:
+            for i, env in enumerate(batch.envelopes):
                 meta = env.meta
-                if stored.handled(meta):
+                if known.get(meta.partition, -1) >= meta.offset:  # stored.handled(meta)
+                    if first_fold:
+                        redelivered.add(i)
                     if self.idempotent:
                         if first_fold:
                             env.count("redelivered_skipped")
@@ -702,6 +706,8 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                             else decision.published
                 applied[meta.partition] = max(meta.offset, applied.get(meta.partition, -1))
                 last_offset = meta.offset
+            if first_fold:
+                batch.redelivered = redelivered
             if last_offset is None:  # every record was already applied: only log the redeliveries
                 self._next_step(batch, "state")
                 return

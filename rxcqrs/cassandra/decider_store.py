@@ -385,7 +385,7 @@ class DeciderStore(Generic[C, S, E]):
     def index(self, key: Any, records: list[tuple[C, RecordMetadata]]) -> list[Any]:
         """The bucket index of the records' buckets, written with every delivery (a row per bucket of the batch):
         a memory of rows written before would have to be kept true through failed writes and redeliveries."""
-        buckets = {self.log.bucket_of(meta.timestamp_utc): meta.timestamp_utc for _c, meta in records}
+        buckets = self.log.buckets_of(meta for _command, meta in records)
         return [self.log.bucket_index(self.session, key, when) for when in buckets.values()]
 
     # -- rebuild -------------------------------------------------------------------------------------------

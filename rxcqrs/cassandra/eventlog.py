@@ -29,7 +29,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from rxcqrs.cassandra.binding import binder
 from rxcqrs.cassandra.identifiers import cql_type, identifier, qualified
@@ -165,6 +165,18 @@ class EventLog:
     # -- writing ------------------------------------------------------------------------------------------
     def bucket_of(self, when: datetime) -> int:
         return int(when.timestamp()) // self.bucket_seconds
+
+    def buckets_of(self, records: Iterable[RecordMetadata]) -> dict[int, datetime]:
+        """The buckets of the records' timestamps, each with one of its times (a record of the same second as the
+        record before it is in its bucket: not converted again)."""
+        buckets: dict[int, datetime] = {}
+        second = -1
+        for meta in records:
+            if meta.timestamp // 1000 == second >= 0:
+                continue
+            second, when = meta.timestamp // 1000, meta.timestamp_utc
+            buckets[self.bucket_of(when)] = when
+        return buckets
 
     def insert_statement(self, session: Any) -> Any:
         """The prepared insert of one logging (its text built once; prepared once per session by ``prepare``)."""
