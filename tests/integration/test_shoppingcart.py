@@ -23,21 +23,31 @@ from tests.helpers import wait_until
 from tests.integration.test_source_kafka import committed
 
 
+class Hold:
+    """Passes the first ``after`` records on (a batch whole if it starts among them) and keeps every later one
+    in flight, never passed on: an interruption then leaves those uncommitted, for certain. ``held`` counts
+    them (read from the test's thread once the source has held some)."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.seen = 0
+        self.held = 0
+
+    def passes(self, item: Any) -> bool:
+        size = len(item) if isinstance(item, Batch) else 1
+        before, self.seen = self.seen, self.seen + size
+        if before < self.after:
+            return True
+        self.held += size
+        return False
+
+
 def run_pipeline(kafka_bootstrap: str, topic: str, group: str, store: CartStore, mode: str, total: int,
-                 partitions: int, hold_after: int | None = None, **source: Any) -> Any:
-    """``hold_after``: records after the first ``hold_after`` are kept in flight, never passed on (an
-    interruption then leaves them uncommitted, for certain)."""
+                 partitions: int, hold: Hold | None = None, **source: Any) -> Any:
     src = KafkaSource(topic, ConsumerSettings(group_id=group, bootstrap_servers=kafka_bootstrap),
                       SourceSettings(**source))
-    if hold_after is not None:
-        seen = [0]
-
-        def passes(item: Any) -> bool:
-            before = seen[0]
-            seen[0] += len(item) if isinstance(item, Batch) else 1
-            return before < hold_after
-
-        src.observable = src.observable.pipe(ops.filter(passes))  # type: ignore[method-assign]
+    if hold is not None:
+        src.observable = src.observable.pipe(ops.filter(hold.passes))  # type: ignore[method-assign]
     dead = KafkaSink(producer=ProducerSettings(bootstrap_servers=kafka_bootstrap))
     flow = start_pipeline(src, store, mode=mode, dead_letters=DeadLetters(dead))  # type: ignore[arg-type]
     return flow, src
@@ -76,10 +86,10 @@ def test_an_interrupted_run_ends_exact(mode, idempotent, batches, topic_factory,
     store.create()
     commands = generate(12, 600, seed=11)
     publish_commands(commands, topic, 4, ProducerSettings(bootstrap_servers=kafka_bootstrap))
+    hold = Hold(150)  # with batches the first ones pass whole, however large: wait until some are held
     flow, src = run_pipeline(kafka_bootstrap, topic, group_id, store, mode, 600, 4, max_in_flight=200,
-                             commit_interval=0.5, batches=batches, hold_after=150)
-    wait_until(lambda: src.metrics.get("acked") >= 100 and src.metrics.get("records_in") > 150, 60,
-               "a quarter done, more in flight")
+                             commit_interval=0.5, batches=batches, hold=hold)
+    wait_until(lambda: src.metrics.get("acked") >= 100 and hold.held > 0, 60, "a quarter done, more held in flight")
     flow.stop(drain=False)
     flow.wait(60)
     first = src.metrics.get("records_in")
