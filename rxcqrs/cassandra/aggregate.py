@@ -262,9 +262,12 @@ def _live(ticket: Any, seen: dict[int, bool]) -> bool:
     return known
 
 
-def _then_send(send: Callable[[_Batch, list[Any], Callable[[], None]], None],
-               item: tuple[_Batch, list[Any], Callable[[], None]]) -> Callable[[], None]:
-    return lambda: send(*item)
+#: what waits in an outbox: a batch, its single-row statements, what to do once written, their size
+_Outgoing = tuple["_Batch", list[Any], Callable[[], None], int]
+
+
+def _then_send(send: Callable[[_Batch, list[Any], Callable[[], None]], None], item: _Outgoing) -> Callable[[], None]:
+    return lambda: send(item[0], item[1], item[2])
 
 
 def _mergeable(statements: list[Any]) -> bool:
@@ -356,8 +359,8 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         self._wake = threading.Event()
         self._restarts: deque[_Batch] = deque()  # batches that waited for an epoch, started by the dispatcher
         self._handed: deque[Callable[[], None]] = deque()  # continuations handed over by driver callbacks
-        self._outbox: list[tuple[_Batch, list[Any], Callable[[], None]]] = []  # the worker's sends, merged
-        self._logged_outbox: list[tuple[_Batch, list[Any], Callable[[], None]]] = []  # atomic batches, merged
+        self._outbox: list[_Outgoing] = []  # the worker's sends, merged
+        self._logged_outbox: list[_Outgoing] = []  # atomic batches, merged
         self._read_outbox: list[_Batch] = []  # reads of entities missing the cache, merged (ManyReads)
         self._many_reads = callable(getattr(aggregate, "read_many", None)) and merge_partitions > 1
         self._busy_threads = 0  # batches being dispatched, continuations handed over, retries due
@@ -791,14 +794,15 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         records = [(env.value, env.meta) for env in batch.envelopes]
         statements = [*batch.decisions, batch.state_write, *self.aggregate.events(batch.key, records),
                       *self.aggregate.index(batch.key, records)]
-        if not self._fits_one(statements):
+        size = self._size_of_one(statements)
+        if size is None:
             return False
         batch.step = "state"
-        item = (batch, statements, _then(self._all_done, batch, "index"))
+        then = _then(self._all_done, batch, "index")
         if threading.current_thread() is self._dispatcher:
-            self._logged_outbox.append(item)
+            self._logged_outbox.append((batch, statements, then, size))
         else:
-            self._send_logged(*item)
+            self._send_logged(batch, statements, then)
         return True
 
     def _all_done(self, batch: _Batch, _step: str) -> None:
@@ -837,8 +841,15 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
 
     def _fits_one(self, statements: list[Any]) -> bool:
         """Whether ``statements`` are single rows that fit one unlogged request."""
-        return len(statements) <= self.batch_rows and _mergeable(statements) \
-            and sum(map(statement_size, statements)) <= self.batch_bytes
+        return self._size_of_one(statements) is not None
+
+    def _size_of_one(self, statements: list[Any]) -> int | None:
+        """The size of ``statements`` (:func:`statement_size`) if they are single rows that fit one unlogged
+        request, else None."""
+        if len(statements) > self.batch_rows or not _mergeable(statements):
+            return None
+        size = sum(map(statement_size, statements))
+        return size if size <= self.batch_bytes else None
 
     def _write_conditionally(self, batch: _Batch) -> None:
         self._execute(batch, batch.state_write, lambda rows: self._on_written(batch, rows), sent_is_unknown=True)
@@ -858,7 +869,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         elsewhere (or not merged) single rows that fit one request go as one unlogged request."""
         if merge and self.merge_partitions > 1 and threading.current_thread() is self._dispatcher \
                 and _mergeable(statements):
-            self._outbox.append((batch, statements, then))
+            self._outbox.append((batch, statements, then, sum(map(statement_size, statements))))
             return
         made_here = len(statements) > 1 and self._fits_one(statements)
         requests = [_one_request(statements)] if made_here else statements
@@ -907,15 +918,16 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
             with self._lock:
                 self._busy_threads -= 1
 
-    def _send_merged(self, chunk: list[tuple[_Batch, list[Any], Callable[[], None]]], logged: bool = False) -> None:
+    def _send_merged(self, chunk: list[_Outgoing], logged: bool = False) -> None:
         if len(chunk) == 1 and not logged:
-            self._send(*chunk[0])
+            batch, statements, then, _size = chunk[0]
+            self._send(batch, statements, then)
             return
-        request = _one_request([statement for _batch, statements, _then in chunk for statement in statements],
+        request = _one_request([statement for _batch, statements, _then, _size in chunk for statement in statements],
                                logged=logged)
 
         def done(_rows: Any) -> None:
-            for _batch, _statements, then in chunk:
+            for _batch, _statements, then, _size in chunk:
                 self._hand(then)
 
         def failed(error: BaseException, sent: bool = True) -> None:
@@ -930,7 +942,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
                 again = _then_send(self._send_logged, item) if logged else _then_send(self._run_all, item)
                 self._failed(item[0], error, sent=sent, again=again)
 
-        self._request(request, done, failed, [batch for batch, _s, _t in chunk], made_here=True)
+        self._request(request, done, failed, [item[0] for item in chunk], made_here=True)
 
     def _send_reads(self, batches: list[_Batch]) -> None:
         """One request reading the entities of ``batches``; each batch goes on with its entity's rows. A failure
@@ -966,7 +978,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
 
     def _send_logged(self, batch: _Batch, statements: list[Any], then: Callable[[], None]) -> None:
         """One batch's atomic writes as a logged request of their own."""
-        self._send_merged([(batch, statements, then)], logged=True)
+        self._send_merged([(batch, statements, then, 0)], logged=True)  # alone: no size is asked
 
     def _send(self, batch: _Batch, statements: list[Any], then: Callable[[], None]) -> None:
         """:meth:`_run_all` without the outbox."""

@@ -8,12 +8,13 @@ from typing import Any
 from rxcqrs.cassandra.statement_batches import requests_of, statement_size
 
 
-def _item(name: str, *partitions: str, size: int = 10) -> tuple[str, list[Any], None]:
-    return name, [SimpleNamespace(routing_key=p.encode(), values=[b"x" * size]) for p in partitions], None
+def _item(name: str, *partitions: str, size: int = 10) -> tuple[str, list[Any], None, int]:
+    statements = [SimpleNamespace(routing_key=p.encode(), values=[b"x" * size]) for p in partitions]
+    return name, statements, None, sum(map(statement_size, statements))
 
 
-def _names(requests: list[list[tuple[str, list[Any], None]]]) -> list[list[str]]:
-    return [[name for name, _s, _t in request] for request in requests]
+def _names(requests: list[list[tuple[str, list[Any], None, int]]]) -> list[list[str]]:
+    return [[name for name, _s, _t, _size in request] for request in requests]
 
 
 def test_items_share_a_request_up_to_the_partitions() -> None:
