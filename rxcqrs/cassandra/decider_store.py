@@ -46,7 +46,7 @@ from rxcqrs.cassandra.fence import (
     write_timestamp,
 )
 from rxcqrs.cassandra.identifiers import identifier, qualified
-from rxcqrs.cassandra.schema import create_keyspace, create_table, prepare
+from rxcqrs.cassandra.schema import create_keyspace, create_table, prepare, prepare_serial
 from rxcqrs.cassandra.timeuuid import uuid_of_int
 from rxcqrs.decider import Decider, Reject, type_hints
 from rxcqrs.exceptions import ConfigError, SchemaError
@@ -214,16 +214,12 @@ class DeciderStore(Generic[C, S, E]):
         with self._lock:
             if self._prepared:
                 return
-            from cassandra import ConsistencyLevel
-
             s, t = self.session, self.table
             state = [c for c in self.state_columns if c != self.key_field]
             columns = ", ".join([self.key_field, *state, "deleted", "seq", "applied"])
             self._read = prepare(s, f"SELECT {columns} FROM {t} WHERE {self.key_field} = ?")
             self._read_many = prepare(s, f"SELECT {columns} FROM {t} WHERE {self.key_field} IN ?")
-            self._read_serial = s.prepare(f"SELECT {columns} FROM {t} WHERE {self.key_field} = ?")
-            profile = s.cluster.profile_manager.default
-            self._read_serial.consistency_level = profile.serial_consistency_level or ConsistencyLevel.SERIAL
+            self._read_serial = prepare_serial(s, f"SELECT {columns} FROM {t} WHERE {self.key_field} = ?")
             row = [self.key_field, *state, "deleted"]
             marks = ", ".join("?" * (len(row) + 1))
             self._fenced = prepare(s, f"INSERT INTO {t} ({', '.join(row)}, applied) VALUES ({marks}) USING TIMESTAMP ?")

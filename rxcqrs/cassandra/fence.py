@@ -33,7 +33,7 @@ from typing import Any, Literal
 from rxcqrs.backoff import Backoff, retry_until
 from rxcqrs.cassandra.identifiers import identifier, qualified
 from rxcqrs.cassandra.outcomes import Outcome, classify
-from rxcqrs.cassandra.schema import create_table, prepare
+from rxcqrs.cassandra.schema import create_table, prepare, prepare_serial
 from rxcqrs.clock import SYSTEM, Clock
 from rxcqrs.exceptions import ConfigError, RetriesExhaustedError, SchemaError
 
@@ -92,11 +92,8 @@ class Fence:
     def _statements(self) -> tuple[Any, Any, Any]:
         with self._lock:
             if self._prepared is None:
-                from cassandra import ConsistencyLevel
-
-                read = self.session.prepare(f"SELECT epoch FROM {self.table} WHERE consumer_group = ? AND topic = ?")
-                profile = self.session.cluster.profile_manager.default
-                read.consistency_level = profile.serial_consistency_level or ConsistencyLevel.SERIAL
+                read = prepare_serial(self.session, f"SELECT epoch FROM {self.table} WHERE consumer_group = ? "
+                                                    "AND topic = ?")
                 first = prepare(self.session, f"INSERT INTO {self.table} (consumer_group, topic, epoch) "
                                               "VALUES (?, ?, ?) IF NOT EXISTS")
                 step = prepare(self.session, f"UPDATE {self.table} SET epoch = ? WHERE consumer_group = ? "

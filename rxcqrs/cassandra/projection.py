@@ -52,7 +52,7 @@ from rxcqrs.cassandra.fence import Fence, create_fence_tables, write_timestamp
 from rxcqrs.cassandra.identifiers import identifier, qualified
 from rxcqrs.cassandra.outcomes import Outcome, classify
 from rxcqrs.cassandra.retrying import exhausted
-from rxcqrs.cassandra.schema import create_keyspace, create_table, prepare
+from rxcqrs.cassandra.schema import create_keyspace, create_table, prepare, serial_consistency
 from rxcqrs.clock import SYSTEM, Clock
 from rxcqrs.exceptions import ConfigError, PermanentStageError, PoisonRecordError, SerializationError, StageError
 from rxcqrs.messages import Envelope, TopicPartition
@@ -549,8 +549,6 @@ class ProjectionSink(SinkBase):
         next offset, then ``IF owner = <read> AND next_offset = <read>`` (a write that came in between is read
         again); refused when a newer epoch owns it. Retried within ``fence_timeout``: a lost answer is found
         out by the next serial read (the owner is this epoch)."""
-        from cassandra import ConsistencyLevel
-
         p = self.projection
         read = p._statement(f"SELECT owner, next_offset FROM {p.state_table} WHERE stream_topic = ? AND "
                             "stream_partition = ? LIMIT 1")
@@ -559,8 +557,7 @@ class ProjectionSink(SinkBase):
 
         def attempt(_left: float) -> int:
             bound = read.bind((tp.topic, tp.partition))
-            bound.consistency_level = p.session.cluster.profile_manager.default.serial_consistency_level \
-                or ConsistencyLevel.SERIAL
+            bound.consistency_level = serial_consistency(p.session)
             row = p.session.execute(bound).one()
             owner, next_offset = (None, None) if row is None else (row.owner, row.next_offset)
             if owner is not None and owner > epoch:

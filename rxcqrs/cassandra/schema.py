@@ -1,4 +1,5 @@
-"""DDL helpers built only from validated identifiers and types, and a per-session prepared-statement cache."""
+"""DDL helpers built only from validated identifiers and types, a per-session prepared-statement cache, and
+serial reads at the session's serial consistency."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any, Mapping, Sequence
 from rxcqrs.cassandra.identifiers import cql_type, identifier, qualified
 from rxcqrs.exceptions import ConfigError
 
-__all__ = ["create_keyspace", "drop_keyspace", "create_table", "prepare"]
+__all__ = ["create_keyspace", "drop_keyspace", "create_table", "prepare", "prepare_serial", "serial_consistency"]
 
 _DDL_TIMEOUT = 60.0
 
@@ -75,3 +76,19 @@ def prepare(session: Any, query: str) -> Any:
     prepared = session.prepare(query)
     with _cache_lock:
         return per_session.setdefault(query, prepared)
+
+
+def serial_consistency(session: Any) -> Any:
+    """The consistency of a serial read on ``session``: its default profile's serial consistency (the
+    ``serial_consistency`` setting), ``SERIAL`` if it has none."""
+    from cassandra import ConsistencyLevel
+
+    return session.cluster.profile_manager.default.serial_consistency_level or ConsistencyLevel.SERIAL
+
+
+def prepare_serial(session: Any, query: str) -> Any:
+    """``query`` prepared as a serial read (:func:`serial_consistency`): a statement of its own, never the one
+    :func:`prepare` shares, whose consistency other readers use."""
+    prepared = session.prepare(query)
+    prepared.consistency_level = serial_consistency(session)
+    return prepared
