@@ -15,6 +15,7 @@ projection (events/s into each read model of the carts, beside a hand-written lo
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import subprocess
@@ -83,7 +84,12 @@ def compare(session: Any, section: str, label: str, contenders: dict[str, Any], 
     for i in range(rounds):
         for name in names[i % len(names):] + names[:i % len(names)]:
             ks = c.keyspace(section)
-            rate, info = contenders[name](ks)
+            gc.collect()
+            gc.freeze()  # what earlier contenders left alive is not the next one's to traverse
+            try:
+                rate, info = contenders[name](ks)
+            finally:
+                gc.unfreeze()
             rates[name].append(rate)
             cpus[name].append(info["cpu_us"])
             checks[name] = checks[name] and bool(info.get("verified"))

@@ -20,13 +20,13 @@ statements as CartStore):
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
+from benchmarks.waiting import wait_for as _wait
 from rxcqrs.cassandra.aggregate import Stored
 from rxcqrs.cassandra.decider_store import event_id
 from rxcqrs.cassandra.fence import Fence, write_timestamp
@@ -193,7 +193,7 @@ def hand_cart_batched(session: Any, topic: str, ks: str, total: int, protocol: s
             _index(session, store, per_cart)
             if count:
                 consumer.commit(asynchronous=False)
-        consumer.close()
+    consumer.close()  # like every contender, timed until its last commit
     return timed.result(total, verified=verify(session, ks, topic))
 
 
@@ -234,7 +234,7 @@ def hand_per_command(session: Any, topic: str, ks: str, total: int) -> Result:
                 future.result()
             if count:
                 consumer.commit(asynchronous=False)
-        consumer.close()
+    consumer.close()
     pool.shutdown()
     return timed.result(total, verified=verify(session, ks, topic))
 
@@ -257,7 +257,7 @@ def naive(session: Any, topic: str, ks: str, seconds: float) -> Result:
                 consumer.commit(message=m, asynchronous=False)
                 limits[m.partition()] = m.offset() + 1
                 done += 1
-        consumer.close()
+    consumer.close()
     rate, info = timed.result(max(done, 1), verified=verify(session, ks, topic, limits), records=done)
     return rate, info
 
@@ -292,10 +292,3 @@ def example_source(topic: str, group: str) -> Any:
                        SourceSettings(max_in_flight=WINDOW, prefetch=PREFETCH, batches=BATCHES))
 
 
-def _wait(condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    event = threading.Event()
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark run did not finish")
-        event.wait(0.05)  # polling a progress condition
