@@ -277,7 +277,8 @@ def rxcqrs_mode(session: Any, topic: str, ks: str, total: int, mode: str, idempo
     with Timed() as timed:
         source = example_source(topic, f"g.{ks}")
         flow = start_pipeline(source, store, mode=mode, dead_letters=DeadLetters(dead))  # type: ignore[arg-type]
-        _wait(lambda: source.committer.records_committed() >= total or not flow.running, 1800)
+        _wait(lambda: source.committer.records_committed() >= total or not flow.running, 1800,
+              source.committer.progress)
     flow.stop_and_wait()
     dead.on_completed()
     return timed.result(total, verified=verify(session, ks, topic))

@@ -84,7 +84,8 @@ def rxcqrs_projection(session: Any, events: str, ks: str, total: int, view: Enti
     with Timed() as timed:
         source = KafkaSource(events, _consumer_settings(f"g.{ks}"))
         flow = run(source, projection.sink())
-        _wait(lambda: source.committer.records_committed() >= total or not flow.running, 1800)
+        _wait(lambda: source.committer.records_committed() >= total or not flow.running, 1800,
+              source.committer.progress)
     flow.stop_and_wait()
     return timed.result(total, verified=_verified(session, ks, events, want, view))
 

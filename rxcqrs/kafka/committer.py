@@ -49,6 +49,8 @@ class Committer:
         self._lock = threading.Lock()
         self._committed: dict[TopicPartition, int] = {}  # last commit per partition, kept after a revoke
         self._records_committed = 0
+        #: notified after every commit (its lock held): what :meth:`wait_committed` waits on
+        self.progress = threading.Condition()
         self._last_commit = clock.now()
         self._rewinds = Rewinds(settings, metrics, name, gate, clock)
         self.check_failures = self._rewinds.check_failures
@@ -126,6 +128,8 @@ class Committer:
                 if before is not None and offset > before:
                     self._records_committed += offset - before
                 self._committed[tp] = offset
+        with self.progress:
+            self.progress.notify_all()
         self.metrics.incr("commits")
         self._rewinds.progressed(offsets)
 
@@ -249,6 +253,12 @@ class Committer:
         """Records whose offsets were committed by this source (not a sum of offsets)."""
         with self._lock:
             return self._records_committed
+
+    def wait_committed(self, records: int, timeout: float) -> bool:
+        """Block until this source has committed at least ``records`` records (True) or ``timeout`` seconds
+        passed (False); woken by each commit, so it finds the commit that reached ``records`` at once."""
+        with self.progress:
+            return self.progress.wait_for(lambda: self.records_committed() >= records, timeout)
 
     def started_at(self, tp: TopicPartition, position: int) -> None:
         """Where this source began on ``tp`` (the first offset it saw), so commits count records."""

@@ -162,6 +162,10 @@ class KafkaSource:
         """Records whose offsets this source has committed (not a sum of offsets)."""
         return self.committer.records_committed()
 
+    def wait_committed(self, records: int, timeout: float) -> bool:
+        """Block until this source has committed ``records`` records (True) or ``timeout`` passed (False)."""
+        return self.committer.wait_committed(records, timeout)
+
     @property
     def group_id(self) -> str:
         return self.consumer_settings.group_id

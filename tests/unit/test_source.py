@@ -361,3 +361,20 @@ def test_records_read_again_from_a_lower_start_position_are_counted_once() -> No
     wait_until(lambda: committed(broker) == {TopicPartition("t", p): 11 for p in range(2)}, what="the new ones")
     flow.stop_and_wait()
     assert source.committer.records_committed() == 22
+
+
+def test_wait_committed_returns_at_the_commit_that_reaches_the_count_and_false_at_its_deadline() -> None:
+    broker = FakeBroker()
+    broker.create_topic("t", 1)
+    source = fake_source(broker, "t")
+    flow = run(source, Collect())
+    assert source.wait_committed(1, timeout=0.05) is False  # nothing to commit yet: the deadline
+    woken = threading.Event()
+    waiter = threading.Thread(target=lambda: source.wait_committed(5, timeout=30) and woken.set())
+    waiter.start()
+    for i in range(5):
+        broker.append("t", f"{i}".encode(), partition=0)
+    waiter.join(30)
+    assert woken.is_set() and source.records_committed() == 5
+    assert source.wait_committed(5, timeout=0) is True
+    flow.stop_and_wait()
