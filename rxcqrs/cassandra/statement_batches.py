@@ -8,9 +8,11 @@ in it must be idempotent on its own.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import weakref
+from operator import itemgetter
+from typing import Any, Callable, TypeVar
 
-__all__ = ["group_statements", "requests_of", "statement_size"]
+__all__ = ["group_statements", "partition_of", "requests_of", "statement_size"]
 
 T = TypeVar("T")
 #: what waits to be sent: its owner, its statements (bound, single-row), what to do once they are written and
@@ -32,7 +34,7 @@ def group_statements(statements: list[Any], rows: int = 100, size: int = 40_000)
             groups.append([statement])
             continue
         cost = statement_size(statement)
-        partition = getattr(statement, "routing_key", None)
+        partition = partition_of(statement)
         group, weight = open_groups.get(partition, (None, 0))
         if group is None or len(group) >= rows or weight + cost > size:
             group, weight = [], 0
@@ -61,6 +63,29 @@ def statement_size(statement: Any) -> int:
         return 64 + sum(len(v) if isinstance(v, (bytes, bytearray)) else 16 for v in values)
 
 
+def partition_of(statement: Any) -> Any:
+    """What tells the partition a statement writes apart from others: a bound statement's serialized partition
+    key values (one value, or a tuple of them), else its ``routing_key``. Cheaper than a bound statement's
+    ``routing_key``, which packs a composite key into one value (the driver needs that only for the first
+    statement of a batch)."""
+    prepared = getattr(statement, "prepared_statement", None)
+    if prepared is None:
+        return statement.routing_key
+    key_of = _key_getters.get(prepared)
+    if key_of is None:
+        indexes = prepared.routing_key_indexes
+        key_of = _key_getters[prepared] = itemgetter(*indexes) if indexes else _no_key
+    return key_of(statement.values)
+
+
+def _no_key(_values: Any) -> None:
+    return None
+
+
+#: per prepared statement: what picks its partition key's values out of a bound statement's
+_key_getters: "weakref.WeakKeyDictionary[Any, Callable[[Any], Any]]" = weakref.WeakKeyDictionary()
+
+
 def requests_of(items: list[Item[T]], partitions: int, rows: int = 100, size: int = 40_000) -> list[list[Item[T]]]:
     """Consecutive ``items`` grouped into requests of up to ``partitions`` partitions, ``rows`` statements and
     about ``size`` bytes (an item larger than that is a request of its own)."""
@@ -69,7 +94,7 @@ def requests_of(items: list[Item[T]], partitions: int, rows: int = 100, size: in
     keys: set[Any] = set()
     count = weight = 0
     for item in items:
-        mine = {statement.routing_key for statement in item[1]}
+        mine = set(map(partition_of, item[1]))
         cost = item[3]
         if chunk and (len(keys | mine) > partitions or count + len(item[1]) > rows or weight + cost > size):
             out.append(chunk)

@@ -1,11 +1,15 @@
-"""requests_of: consecutive items grouped into requests within a count of partitions, rows and bytes."""
+"""requests_of: consecutive items grouped into requests within a count of partitions, rows and bytes; partition_of:
+the partition a bound statement writes, told apart as the driver's routing key tells it."""
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 from typing import Any
 
-from rxcqrs.cassandra.statement_batches import requests_of, statement_size
+import pytest
+
+from rxcqrs.cassandra.statement_batches import partition_of, requests_of, statement_size
 
 
 def _item(name: str, *partitions: str, size: int = 10) -> tuple[str, list[Any], None, int]:
@@ -37,3 +41,22 @@ def test_an_item_larger_than_a_request_goes_alone() -> None:
 
 def test_nothing_to_send_is_no_request() -> None:
     assert requests_of([], partitions=10) == []
+
+
+def _bound(key_indexes: list[int], values: list[bytes | None]) -> Any:
+    from cassandra.query import BoundStatement, PreparedStatement
+
+    prepared = PreparedStatement(None, b"id", key_indexes, "INSERT ...", "ks", 5, None, None)
+    bound = BoundStatement(prepared)
+    bound.values = values
+    return bound
+
+
+@pytest.mark.parametrize("key_indexes", [[0], [0, 2], [1, 0]])
+def test_partition_of_tells_bound_statements_apart_exactly_as_their_routing_keys_do(key_indexes: list[int]) -> None:
+    rows = [[a, b, c] for a, b, c in itertools.product([b"e1", b"e2"], [b"x", b"y"], [b"\x00\x01", b"\x00\x02"])]
+    for first, second in itertools.product(rows, repeat=2):
+        same_key = _bound(key_indexes, first).routing_key == _bound(key_indexes, second).routing_key
+        assert (partition_of(_bound(key_indexes, first)) == partition_of(_bound(key_indexes, second))) == same_key
+    assert partition_of(_bound([], [b"a"])) is None  # no partition key known: what routing_key says too
+    assert partition_of(SimpleNamespace(routing_key=b"k")) == b"k"  # not a bound statement: its routing key
