@@ -164,7 +164,7 @@ def sustained(session: Any, commands: int, rounds: int, against: str | None = No
     sampler = RssSampler(source.committer.records_committed)
     started = time.perf_counter()
     flow = start_pipeline(source, store, dead_letters=DeadLetters(dead))
-    c._wait(lambda: source.committer.records_committed() >= commands, 3600, source.committer.progress)
+    c.wait_committed(source, commands, 3600)
     took = time.perf_counter() - started
     slope = sampler.stop()
     flow.stop_and_wait()

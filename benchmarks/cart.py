@@ -277,11 +277,16 @@ def rxcqrs_mode(session: Any, topic: str, ks: str, total: int, mode: str, idempo
     with Timed() as timed:
         source = example_source(topic, f"g.{ks}")
         flow = start_pipeline(source, store, mode=mode, dead_letters=DeadLetters(dead))  # type: ignore[arg-type]
-        _wait(lambda: source.committer.records_committed() >= total or not flow.running, 1800,
-              source.committer.progress)
+        wait_committed(source, total, 1800, flow)
     flow.stop_and_wait()
     dead.on_completed()
     return timed.result(total, verified=verify(session, ks, topic))
+
+
+def wait_committed(source: Any, total: int, timeout: float, flow: Any = None) -> None:
+    """Return once ``source`` committed ``total`` records (or ``flow`` stopped), woken by its commits."""
+    _wait(lambda: source.committer.records_committed() >= total or (flow is not None and not flow.running), timeout,
+          source.committer.progress)
 
 
 def example_source(topic: str, group: str) -> Any:

@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import Any, Callable
 
-from benchmarks.cart import BOOTSTRAP, _wait
+from benchmarks.cart import BOOTSTRAP, wait_committed
 
 __all__ = ["cassandra_ceiling", "decode_insert", "kafka_to_kafka", "RssSampler"]
 
@@ -130,7 +130,7 @@ def decode_insert(session: Any, topic: str, total: int, order: tuple[str, ...] =
             flow = run(source, decode(codec, dead_letters=DeadLetters(dead)),
                        map_value(lambda c, ps=insert: ps.bind((uuid.uuid4(), c.cart_id, c.action))),
                        CassandraSink(session, max_concurrency=32))
-            _wait(lambda src=source: src.committer.records_committed() >= total, 600, source.committer.progress)
+            wait_committed(source, total, 600)
             took = time.perf_counter() - started
             flow.stop_and_wait()
             dead.on_completed()
@@ -196,7 +196,7 @@ def kafka_to_kafka(topic: str, total: int, backend: str, order: tuple[str, ...] 
                                                          max_poll_records=2000),
                                  SourceSettings(max_in_flight=5000, prefetch=True, batches=name == "rxcqrs_batches"))
             flow = run(source, map_value(lambda v: OutgoingRecord(v)), sink)
-            _wait(lambda src=source: src.committer.records_committed() >= total, 600, source.committer.progress)
+            wait_committed(source, total, 600)
             flow.stop_and_wait()
             if name == "rxcqrs_traced":
                 tracing.disable()  # every span exported (to nowhere): its cost is in the figure

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Callable
 
-from benchmarks.cart import BOOTSTRAP, Result, Timed, _wait
+from benchmarks.cart import BOOTSTRAP, Result, Timed, _wait, wait_committed
 from rxcqrs.cassandra.event_stream import StreamEvent
 from rxcqrs.cassandra.fence import write_timestamp
 from rxcqrs.cassandra.projection import EntityView, Projection, TotalsView
@@ -84,8 +84,7 @@ def rxcqrs_projection(session: Any, events: str, ks: str, total: int, view: Enti
     with Timed() as timed:
         source = KafkaSource(events, _consumer_settings(f"g.{ks}"))
         flow = run(source, projection.sink())
-        _wait(lambda: source.committer.records_committed() >= total or not flow.running, 1800,
-              source.committer.progress)
+        wait_committed(source, total, 1800, flow)
     flow.stop_and_wait()
     return timed.result(total, verified=_verified(session, ks, events, want, view))
 

@@ -49,7 +49,8 @@ class Committer:
         self._lock = threading.Lock()
         self._committed: dict[TopicPartition, int] = {}  # last commit per partition, kept after a revoke
         self._records_committed = 0
-        #: notified after every commit (its lock held): what :meth:`wait_committed` waits on
+        #: notified after every commit (under its own lock, never the committer's): what :meth:`wait_committed`
+        #: waits on
         self.progress = threading.Condition()
         self._last_commit = clock.now()
         self._rewinds = Rewinds(settings, metrics, name, gate, clock)
