@@ -74,7 +74,8 @@ def batched_contenders(session: Any, topic: str, commands: int, against: str | N
 
 def compare(session: Any, section: str, label: str, contenders: dict[str, Any], rounds: int) -> None:
     """Every contender once per round, the order rotating; medians of rate and CPU per command; ratios to the
-    conditional and the fenced hand loops."""
+    conditional and the fenced hand loops as medians of the rounds' own ratios (each round's contenders run
+    back to back, so a slow stretch of the machine moves both sides of a round's ratio alike)."""
     from benchmarks import cart as c
 
     rates: dict[str, list[float]] = {name: [] for name in contenders}
@@ -94,20 +95,26 @@ def compare(session: Any, section: str, label: str, contenders: dict[str, Any], 
             cpus[name].append(info["cpu_us"])
             checks[name] = checks[name] and bool(info.get("verified"))
             drop(session, ks)
-    conditional = statistics.median(rates[BATCHED[2]]) if BATCHED[2] in rates else None
-    fenced = statistics.median(rates[BATCHED[3]]) if BATCHED[3] in rates else None
-    fenced_cpu = statistics.median(cpus[BATCHED[3]]) if BATCHED[3] in cpus else None
     for name, values in rates.items():
-        rate, cpu = statistics.median(values), statistics.median(cpus[name])
-        ratios = {}
-        if conditional:
-            ratios["vs_conditional_loop"] = round(rate / conditional, 2)
-        if fenced:
-            ratios["vs_fenced_loop"] = round(rate / fenced, 2)
-        if fenced_cpu:
-            ratios["cpu_vs_fenced_loop"] = round(cpu / fenced_cpu, 2)
-        row(section, f"{name} [{label}]", rate, cpu_us=cpu, **ratios, rounds=len(values),
-            spread=f"{min(values):,.0f}-{max(values):,.0f}", verified=checks[name])
+        ratios: dict[str, Any] = {}
+        if BATCHED[2] in rates:
+            ratios["vs_conditional_loop"] = paired_ratio(values, rates[BATCHED[2]])
+        if BATCHED[3] in rates:
+            ratios["vs_fenced_loop"] = paired_ratio(values, rates[BATCHED[3]])
+            ratios["cpu_vs_fenced_loop"] = paired_ratio(cpus[name], cpus[BATCHED[3]])
+            ratios["cpu_ratio_spread"] = ratio_spread(cpus[name], cpus[BATCHED[3]])
+        row(section, f"{name} [{label}]", statistics.median(values), cpu_us=statistics.median(cpus[name]),
+            **ratios, rounds=len(values), spread=f"{min(values):,.0f}-{max(values):,.0f}", verified=checks[name])
+
+
+def paired_ratio(values: list[float], baseline: list[float]) -> float:
+    """The median over rounds of ``values[i] / baseline[i]``."""
+    return round(statistics.median(v / b for v, b in zip(values, baseline, strict=True)), 2)
+
+
+def ratio_spread(values: list[float], baseline: list[float]) -> str:
+    ratios = [v / b for v, b in zip(values, baseline, strict=True)]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
 
 
 def cart(session: Any, rounds: int, slow_rounds: int, commands: int, against: str | None = None) -> None:
