@@ -107,13 +107,18 @@ def compare(session: Any, section: str, label: str, contenders: dict[str, Any], 
             **ratios, rounds=len(values), spread=f"{min(values):,.0f}-{max(values):,.0f}", verified=checks[name])
 
 
+def round_ratios(values: list[float], baseline: list[float]) -> list[float]:
+    """``values[i] / baseline[i]`` for every round (the rounds must pair)."""
+    return [v / b for v, b in zip(values, baseline, strict=True)]
+
+
 def paired_ratio(values: list[float], baseline: list[float]) -> float:
     """The median over rounds of ``values[i] / baseline[i]``."""
-    return round(statistics.median(v / b for v, b in zip(values, baseline, strict=True)), 2)
+    return round(statistics.median(round_ratios(values, baseline)), 2)
 
 
 def ratio_spread(values: list[float], baseline: list[float]) -> str:
-    ratios = [v / b for v, b in zip(values, baseline, strict=True)]
+    ratios = round_ratios(values, baseline)
     return f"{min(ratios):.2f}-{max(ratios):.2f}"
 
 
