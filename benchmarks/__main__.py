@@ -316,8 +316,21 @@ def main() -> int:
                         help="the young-generation GC threshold of this process, so of every contender run in it, "
                              "the hand-written loops included (default: cart consume's, "
                              "rxcqrs/examples/shoppingcart/tuning.py; 0: Python's own)")
+    parser.add_argument("--isolate-cpus", metavar="SERVERS:CONTENDERS",
+                        help="pin the servers of `rxcqrs services` to some cores and every contender to the others, "
+                             "e.g. 0:1 (benchmarks/isolation.py); default: everything shares every core")
     parser.add_argument("--json", default="build/bench.json")
     args = parser.parse_args()
+    restore = None
+    if args.isolate_cpus:
+        from benchmarks.isolation import isolate, parse_cpus
+        from rxcqrs.exceptions import RxCqrsError
+
+        try:
+            restore = isolate(*parse_cpus(args.isolate_cpus))
+        except RxCqrsError as exc:
+            print(f"benchmarks: {exc}", file=sys.stderr)
+            return 2
     from rxcqrs.examples.shoppingcart.tuning import GC_THRESHOLD
     from rxcqrs.gc_tuning import set_young_threshold, young_threshold
 
@@ -356,6 +369,8 @@ def main() -> int:
                 kafka(args.kafka_records, args.rounds)
     finally:
         session.cluster.shutdown()
+        if restore is not None:
+            restore()
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(ROWS, indent=1))
         print(f"figures written to {args.json}", flush=True)
