@@ -1,11 +1,9 @@
 """``--isolate-cpus``: the servers that ``rxcqrs services`` started on some cores, every contender on the others.
 
-On a small machine Kafka's and Cassandra's JVMs share the cores with the consumer under test, and a contender
-that keeps them busy while it computes pays for it in its own CPU per command (preempted, caches cooled). With
-the servers on their own cores every contender's figure is its own work, as it is where the servers run on other
-machines. The servers' threads are pinned (the threads they start later inherit it) and set back to every core
-when the run ends; this process is pinned before it starts any thread, so every thread and child (a revision's
-process) inherits it.
+On a small machine Kafka's and Cassandra's JVMs share the cores with the consumers under test; this takes that
+sharing out of a run's figures, as where the servers run on other machines. The servers' threads are pinned
+(the threads they start later inherit it) and set back to every core when the run ends; this process is pinned
+before it starts any thread, so every thread and child (a revision's process) inherits it.
 """
 
 from __future__ import annotations
@@ -34,16 +32,13 @@ def parse_cpus(text: str) -> tuple[set[int], set[int]]:
     return servers, contenders
 
 
-def _pin(pid: int, cpus: set[int]) -> int:
-    """Every thread of process ``pid`` on ``cpus``; how many were pinned."""
-    pinned = 0
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process ``pid`` on ``cpus``."""
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             os.sched_setaffinity(int(task.name), cpus)
-            pinned += 1
         except (ProcessLookupError, FileNotFoundError):
             continue  # a thread that ended meanwhile
-    return pinned
 
 
 def isolate(servers: set[int], contenders: set[int]) -> Callable[[], None]:
