@@ -295,6 +295,24 @@ def tracing_cost(commands: int, rounds: int) -> None:
             verified=all(run[f"{name}_verified"] for run in runs))
 
 
+def _prepared_session(gc_threshold: int | None) -> Any:
+    """This process set up as every contender runs in it (the GC threshold, quiet clients); a session."""
+    from rxcqrs.examples.shoppingcart.tuning import GC_THRESHOLD
+    from rxcqrs.gc_tuning import set_young_threshold, young_threshold
+
+    set_young_threshold(GC_THRESHOLD if gc_threshold is None else gc_threshold)
+    print(f"every contender in this process runs with the young-generation GC threshold {young_threshold()}",
+          flush=True)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    for noisy in ("kafka", "cassandra"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    from rxcqrs.cassandra import connect
+
+    return connect()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS))
@@ -331,21 +349,9 @@ def main() -> int:
         except RxCqrsError as exc:
             print(f"benchmarks: {exc}", file=sys.stderr)
             return 2
-    from rxcqrs.examples.shoppingcart.tuning import GC_THRESHOLD
-    from rxcqrs.gc_tuning import set_young_threshold, young_threshold
-
-    set_young_threshold(GC_THRESHOLD if args.gc_threshold is None else args.gc_threshold)
-    print(f"every contender in this process runs with the young-generation GC threshold {young_threshold()}",
-          flush=True)
-    import logging
-
-    logging.basicConfig(level=logging.WARNING)
-    for noisy in ("kafka", "cassandra"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    from rxcqrs.cassandra import connect
-
-    session = connect()
-    try:
+    session = None
+    try:  # from here on, the servers get their cores back however the run ends (a failed connect included)
+        session = _prepared_session(args.gc_threshold)
         for section in args.only:
             if section == "cart":
                 cart(session, args.rounds, args.slow_rounds, args.commands, args.against)
@@ -368,12 +374,13 @@ def main() -> int:
             else:
                 kafka(args.kafka_records, args.rounds)
     finally:
-        session.cluster.shutdown()
         if restore is not None:
             restore()
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(ROWS, indent=1))
-        print(f"figures written to {args.json}", flush=True)
+        if session is not None:  # connected: what ran is written, even when a section failed
+            session.cluster.shutdown()
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(ROWS, indent=1))
+            print(f"figures written to {args.json}", flush=True)
     return 0
 
 

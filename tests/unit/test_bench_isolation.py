@@ -72,3 +72,36 @@ def test_without_a_running_server_isolation_is_refused_and_changes_nothing(monke
     with pytest.raises(ConfigError, match="no server"):
         isolate({CORES[0]}, {CORES[-1]})
     assert os.sched_getaffinity(0) == own
+
+
+def test_a_bad_set_ends_the_run_with_one_line_and_exit_2(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import benchmarks.__main__ as bench
+
+    monkeypatch.setattr(sys, "argv", ["benchmarks", "--isolate-cpus", "0:0"])
+    monkeypatch.setattr(bench, "_prepared_session", lambda _: pytest.fail("a refused run connects to nothing"))
+    assert bench.main() == 2
+    err = capsys.readouterr().err
+    assert err.startswith("benchmarks: --isolate-cpus '0:0'") and err.count("\n") == 1
+
+
+@needs_two
+def test_the_servers_get_their_cores_back_when_the_connect_fails(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    import benchmarks.__main__ as bench
+    import benchmarks.isolation
+
+    restored: list[bool] = []
+    monkeypatch.setattr(benchmarks.isolation, "isolate", lambda servers, contenders: lambda: restored.append(True))
+
+    def unreachable(_: object) -> None:
+        raise ConnectionError("no cassandra")
+
+    monkeypatch.setattr(bench, "_prepared_session", unreachable)
+    figures = tmp_path / "bench.json"
+    argv = ["benchmarks", "--isolate-cpus", f"{CORES[0]}:{CORES[-1]}", "--json", str(figures)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(ConnectionError):
+        bench.main()
+    assert restored == [True]
+    assert not figures.exists()  # nothing ran: no figures overwritten
