@@ -15,6 +15,7 @@ see :class:`rxcqrs.cassandra.decider_store.DeciderStore`. This module imports no
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
@@ -69,8 +70,9 @@ class Decider(Generic[C, S, E]):
             raise ConfigError(f"Decider {self.name!r}: two event types share a name ({names}); the log tells "
                               "events apart by their class name")
 
-    @property
+    @functools.cached_property
     def events(self) -> tuple[type, ...]:
+        """The event types (``event`` as a tuple)."""
         return self.event if isinstance(self.event, tuple) else (self.event,)
 
     def require_logged(self, mode: str) -> Callable[[C], E]:
@@ -87,13 +89,16 @@ class Decider(Generic[C, S, E]):
     def decided(self, state: S | None, command: C) -> list[E] | Reject:
         """``decide``'s answer as a list of events or a :class:`Reject`; anything else is a clear error."""
         answer = self.decide(state, command)
+        event_types = self.events
+        if type(answer) in event_types:  # one event: the common answer
+            return [answer]
         if isinstance(answer, Reject):
             return answer
         if answer is None:
             return []
         events = list(answer) if isinstance(answer, (list, tuple)) else [answer]
         for event in events:
-            if type(event) not in self.events:
+            if type(event) not in event_types:
                 raise ConfigError(f"Decider {self.name!r}: decide returned {event!r}, which is not one of the event "
                                   f"types {[e.__name__ for e in self.events]}; return events, a list of them, or "
                                   "Reject(reason)")

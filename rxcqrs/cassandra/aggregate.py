@@ -60,7 +60,7 @@ from rxcqrs.cassandra.fence import Fence, WriteProtocol, check_protocol, write_t
 from rxcqrs.cassandra.keyed import KeyedQueue
 from rxcqrs.cassandra.outcomes import Outcome, classify
 from rxcqrs.cassandra.retrying import abandoned, exhausted, permanent, retry_later
-from rxcqrs.cassandra.statement_batches import group_statements, requests_of, statement_size
+from rxcqrs.cassandra.statement_batches import group_statements, requests_of, statements_size
 from rxcqrs.clock import SYSTEM, Clock
 from rxcqrs.exceptions import ConfigError, PermanentStageError, StageError, UnknownOutcomeError
 from rxcqrs.messages import Batch, Envelope, RecordMetadata, TopicPartition
@@ -254,12 +254,22 @@ class _Record:
         self.ticket.ticket.count(name, amount)
 
 
-def _live(ticket: Any, seen: dict[int, bool]) -> bool:
-    """Whether ``ticket``'s assignment is current, asked once per ticket (``seen``)."""
-    known = seen.get(id(ticket))
-    if known is None:
-        known = seen[id(ticket)] = bool(ticket.live())
-    return known
+def _by_liveness(envelopes: list[Any]) -> tuple[list[Any], list[Any]]:
+    """``envelopes`` whose ticket's assignment is current, and the others; each ticket is asked once (a source
+    batch's records share one, and follow each other)."""
+    live: list[Any] = []
+    stale: list[Any] = []
+    asked: dict[int, bool] = {}
+    last: Any = None
+    current = True
+    for env in envelopes:
+        ticket = env.ticket
+        if ticket is not last:
+            last = ticket
+            known = asked.get(id(ticket))
+            current = asked[id(ticket)] = bool(ticket.live()) if known is None else known
+        (live if current else stale).append(env)
+    return live, stale
 
 
 #: what waits in an outbox: a batch, its single-row statements, what to do once written, their size
@@ -274,7 +284,7 @@ def _mergeable(statements: list[Any]) -> bool:
     """Whether statements can join another batch's in one unlogged request: bound single-row statements."""
     from cassandra.query import BoundStatement
 
-    return all(type(statement) is BoundStatement for statement in statements)
+    return not statements or set(map(type, statements)) == {BoundStatement}
 
 
 def _one_request(statements: list[Any], *, logged: bool = False) -> Any:
@@ -543,10 +553,8 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
 
     def _start(self, batch: _Batch) -> None:
         """Drop the records of revoked assignments; wait for the partition's epoch; fold from the cache, or read."""
-        alive: dict[int, bool] = {}  # per ticket (a source batch's records share one)
-        live = [env for env in batch.envelopes if _live(env.ticket, alive)]
-        if len(live) < len(batch.envelopes):
-            stale = [env for env in batch.envelopes if not _live(env.ticket, alive)]
+        live, stale = _by_liveness(batch.envelopes)
+        if stale:
             batch.envelopes = live
             for env in stale:  # their settle is ignored by the gate: the record is delivered again
                 env.count("stale_dropped")
@@ -844,11 +852,11 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         return self._size_of_one(statements) is not None
 
     def _size_of_one(self, statements: list[Any]) -> int | None:
-        """The size of ``statements`` (:func:`statement_size`) if they are single rows that fit one unlogged
-        request, else None."""
+        """The size of ``statements`` (see :func:`.statements_size`) if they are single rows that fit one
+        unlogged request, else None."""
         if len(statements) > self.batch_rows or not _mergeable(statements):
             return None
-        size = sum(map(statement_size, statements))
+        size = statements_size(statements)
         return size if size <= self.batch_bytes else None
 
     def _write_conditionally(self, batch: _Batch) -> None:
@@ -869,7 +877,7 @@ class AggregateSink(SinkBase, Generic[K, S, C]):
         elsewhere (or not merged) single rows that fit one request go as one unlogged request."""
         if merge and self.merge_partitions > 1 and threading.current_thread() is self._dispatcher \
                 and _mergeable(statements):
-            self._outbox.append((batch, statements, then, sum(map(statement_size, statements))))
+            self._outbox.append((batch, statements, then, statements_size(statements)))
             return
         made_here = len(statements) > 1 and self._fits_one(statements)
         requests = [_one_request(statements)] if made_here else statements

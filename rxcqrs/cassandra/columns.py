@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 from rxcqrs.cassandra.identifiers import cql_type, identifier
 from rxcqrs.exceptions import ConfigError, IdentifierError
 
-__all__ = ["Column", "columns_of"]
+__all__ = ["Column", "columns_of", "conversion_to_cql"]
 
 _SCALARS: dict[Any, str] = {str: "text", int: "bigint", float: "double", bool: "boolean", uuid.UUID: "uuid",
                             dt.datetime: "timestamp", dt.date: "date", decimal.Decimal: "decimal", bytes: "blob"}
@@ -44,6 +44,11 @@ class Column:
 
 def _same(value: Any) -> Any:
     return value
+
+
+def conversion_to_cql(col: Column) -> Callable[[Any], Any] | None:
+    """``col.to_cql``, or None where a value goes to the driver as it is (a hot path skips the call)."""
+    return None if col.to_cql is _same else col.to_cql
 
 
 def _strip_optional(hint: Any) -> Any:

@@ -26,12 +26,13 @@ timestamp; replay order is the source offset, then the place among the command's
 from __future__ import annotations
 
 import hashlib
+import operator
 import threading
 import uuid
 from typing import Any, Generic, Iterable, Iterator, Mapping, TypeVar
 
 from rxcqrs.cassandra.aggregate import Applied, Rejection, Stored
-from rxcqrs.cassandra.columns import Column, column, columns_of
+from rxcqrs.cassandra.columns import Column, column, columns_of, conversion_to_cql
 from rxcqrs.cassandra.compensation import Rebuilder, RebuildReport
 from rxcqrs.cassandra.eventlog import EventLog, LoggedEvent
 from rxcqrs.cassandra.fence import (
@@ -53,6 +54,8 @@ from rxcqrs.exceptions import ConfigError, SchemaError
 from rxcqrs.messages import RecordMetadata
 
 __all__ = ["DeciderStore", "event_id"]
+
+_second = operator.itemgetter(1)  # a (command, meta) pair's meta
 
 C = TypeVar("C")
 S = TypeVar("S")
@@ -104,6 +107,11 @@ class DeciderStore(Generic[C, S, E]):
                             entity_type=self.key_column.cql, payload=payload, bucket=bucket)
         self._event_types = {e.__name__: e for e in decider.events}
         self._event_fields = {e: list(type_hints(e)) for e in decider.events}
+        #: per event type: its name, then each logged field with its conversion (None: it goes as it is)
+        self._payload_plans = {e: (e.__name__, tuple((f, conversion_to_cql(self.event_columns[f]))
+                                                      for f in fields if f in self.event_columns))
+                               for e, fields in self._event_fields.items()}
+        self._key_of = operator.attrgetter(self.key_field)
         self._lock = threading.Lock()
         self._prepared = False
         from rxcqrs.cassandra.event_stream import EventStream
@@ -271,10 +279,10 @@ class DeciderStore(Generic[C, S, E]):
 
     def payload(self, event: Any) -> dict[str, Any]:
         """The event-log columns of ``event`` (its type's name and its fields)."""
-        out = {"event_type": type(event).__name__}
-        for f in self._event_fields[type(event)]:
-            if f in self.event_columns:
-                out[f] = self.event_columns[f].to_cql(getattr(event, f))
+        name, fields = self._payload_plans[type(event)]
+        out = {"event_type": name}
+        for f, convert in fields:
+            out[f] = getattr(event, f) if convert is None else convert(getattr(event, f))
         return out
 
     # -- reads --------------------------------------------------------------------------------------------
@@ -312,7 +320,7 @@ class DeciderStore(Generic[C, S, E]):
         prepare(self.session, self.log.bucket_index_query())
 
     def key(self, command: C) -> Any:
-        return self.decider.key_of(command)
+        return self._key_of(command)
 
     def read(self, key: Any, serial: bool = False) -> Any:
         self._prepare()
@@ -335,7 +343,7 @@ class DeciderStore(Generic[C, S, E]):
         answer = self.decider.decided(state, command)
         if isinstance(answer, Reject):
             return Rejection(answer.reason)
-        entity, when, stream = self.decider.key_of(command), meta.timestamp_utc, self.stream
+        entity, when, stream = self._key_of(command), meta.timestamp_utc, self.stream
         records, published = [], []
         for i, event in enumerate(answer):
             ident, payload = event_id(meta, i), self.payload(event)
@@ -381,7 +389,7 @@ class DeciderStore(Generic[C, S, E]):
     def index(self, key: Any, records: list[tuple[C, RecordMetadata]]) -> list[Any]:
         """The bucket index of the records' buckets, written with every delivery (a row per bucket of the batch):
         a memory of rows written before would have to be kept true through failed writes and redeliveries."""
-        buckets = self.log.buckets_of(meta for _command, meta in records)
+        buckets = self.log.buckets_of(map(_second, records))
         return [self.log.bucket_index(self.session, key, when) for when in buckets.values()]
 
     # -- rebuild -------------------------------------------------------------------------------------------

@@ -9,10 +9,11 @@ in it must be idempotent on its own.
 from __future__ import annotations
 
 import weakref
-from operator import itemgetter
+from itertools import chain
+from operator import attrgetter, itemgetter
 from typing import Any, Callable, TypeVar
 
-__all__ = ["group_statements", "partition_of", "requests_of", "statement_size"]
+__all__ = ["group_statements", "partition_of", "requests_of", "statement_size", "statements_size"]
 
 T = TypeVar("T")
 #: what waits to be sent: its owner, its statements (bound, single-row), what to do once they are written and
@@ -63,6 +64,17 @@ def statement_size(statement: Any) -> int:
         return 64 + sum(len(v) if isinstance(v, (bytes, bytearray)) else 16 for v in values)
 
 
+def statements_size(statements: list[Any]) -> int:
+    """The sum of the statements' :func:`statement_size` (of bound ones: made of their values at once)."""
+    try:
+        return 64 * len(statements) + sum(map(len, filter(None, chain.from_iterable(map(_values, statements)))))
+    except (TypeError, AttributeError):  # a value the driver did not serialize, or a statement that is not bound
+        return sum(map(statement_size, statements))
+
+
+_values = attrgetter("values")
+
+
 def partition_of(statement: Any) -> Any:
     """What tells the partition a statement writes apart from others: a bound statement's serialized partition
     key values (one value, or a tuple of them), else its ``routing_key``. Cheaper than a bound statement's
@@ -71,10 +83,11 @@ def partition_of(statement: Any) -> Any:
     prepared = getattr(statement, "prepared_statement", None)
     if prepared is None:
         return statement.routing_key
-    key_of = _key_getters.get(prepared)
+    key_of = _key_getters.get(id(prepared))
     if key_of is None:
         indexes = prepared.routing_key_indexes
-        key_of = _key_getters[prepared] = itemgetter(*indexes) if indexes else _no_key
+        key_of = _key_getters[id(prepared)] = itemgetter(*indexes) if indexes else _no_key
+        weakref.finalize(prepared, _key_getters.pop, id(prepared), None)  # before its id can be another's
     return key_of(statement.values)
 
 
@@ -82,8 +95,9 @@ def _no_key(_values: Any) -> None:
     return None
 
 
-#: per prepared statement: what picks its partition key's values out of a bound statement's
-_key_getters: "weakref.WeakKeyDictionary[Any, Callable[[Any], Any]]" = weakref.WeakKeyDictionary()
+#: per prepared statement (by id, while it lives): what picks its partition key's values out of a bound
+#: statement's (a plain dict: looked up for every statement of a hot path)
+_key_getters: dict[int, Callable[[Any], Any]] = {}
 
 
 def requests_of(items: list[Item[T]], partitions: int, rows: int = 100, size: int = 40_000) -> list[list[Item[T]]]:

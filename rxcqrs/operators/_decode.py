@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 import re
 import uuid
 from typing import Any, Callable, Literal, Protocol, TypeVar
@@ -83,7 +84,7 @@ def decode_(decoder: Decoder[T] | Callable[[bytes | None], T], *, require_uuid_k
         """A batch whose every record decodes goes on whole; one with poison goes on as single records (the
         poison ones dead-lettered or nacked, as above)."""
         try:
-            if require_uuid_key:
+            if require_uuid_key and not all(map(_CANONICAL_UUID, map(_key, batch.records))):  # a None key raises
                 for record in batch.records:
                     _uuid_key(record.key)
             values = [decode(value) for value in batch.values]
@@ -104,4 +105,5 @@ def _uuid_key(key: bytes | None) -> None:
         uuid.UUID(key.decode("utf-8"))  # the other forms UUID() accepts (braces, urn:uuid:, no hyphens)
 
 
+_key = operator.attrgetter("key")
 _CANONICAL_UUID = re.compile(rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}").fullmatch

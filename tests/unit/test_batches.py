@@ -168,6 +168,48 @@ def test_a_source_emits_batches_only_when_asked(batches: bool) -> None:
     assert {type(item) for item in seen} == ({Batch} if batches else {Envelope})
 
 
+@pytest.mark.parametrize("form", [str, lambda u: "{%s}" % u, lambda u: u.hex, lambda u: u.urn])
+def test_decode_takes_a_batch_whole_whatever_form_its_uuid_keys_have(form: Any) -> None:
+    import uuid
+
+    from reactivex import from_iterable
+
+    from rxcqrs.operators import DeadLetters, decode
+
+    keys = [form(uuid.uuid4()).encode() for _ in range(3)]
+    batch = Batch([b"a", b"b", b"c"], [Rec("src", 0, i, 0, k, b"x") for i, k in enumerate(keys)], Ticket(lambda _result: None))
+    seen: list[Any] = []
+    from_iterable([batch]).pipe(decode(bytes.upper, require_uuid_key=True,
+                                       dead_letters=DeadLetters(None))).subscribe(seen.append)  # type: ignore[arg-type]
+    assert [type(item) for item in seen] == [Batch] and seen[0].values == [b"A", b"B", b"C"]
+
+
+@pytest.mark.parametrize("bad_key", [None, b"not-a-uuid", b"\xff" * 36])
+def test_decode_dead_letters_the_record_of_a_key_that_is_no_uuid_and_passes_the_others(bad_key: bytes | None) -> None:
+    import uuid
+
+    from reactivex import from_iterable
+
+    from rxcqrs.operators import DeadLetters, decode
+
+    dead: list[Any] = []
+
+    class Letters:
+        def on_next(self, env: Any) -> None:
+            dead.append(env.value)
+            env.ack()
+
+    keys = [str(uuid.uuid4()).encode(), bad_key, str(uuid.uuid4()).encode()]
+    values = [b"a", b"b", b"c"]
+    records = [Rec("src", 0, i, 0, k, v) for i, (k, v) in enumerate(zip(keys, values, strict=True))]
+    batch = Batch(values, records, Ticket(lambda _result: None))
+    seen: list[Any] = []
+    op = decode(bytes.upper, require_uuid_key=True, dead_letters=DeadLetters(Letters()))  # type: ignore[arg-type]
+    from_iterable([batch]).pipe(op).subscribe(seen.append)
+    assert [(type(e).__name__, e.value) for e in seen] == [("Envelope", b"A"), ("Envelope", b"C")]
+    assert [r.value for r in dead] == [b"b"]
+
+
 def test_decode_takes_a_clean_batch_whole_and_a_batch_with_poison_as_single_records() -> None:
     import uuid
 

@@ -1,5 +1,6 @@
 """requests_of: consecutive items grouped into requests within a count of partitions, rows and bytes; partition_of:
-the partition a bound statement writes, told apart as the driver's routing key tells it."""
+the partition a bound statement writes, told apart as the driver's routing key tells it; statements_size: the sum
+of statement_size."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from rxcqrs.cassandra.statement_batches import partition_of, requests_of, statement_size
+import rxcqrs.cassandra.statement_batches as statement_batches
+from rxcqrs.cassandra.statement_batches import partition_of, requests_of, statement_size, statements_size
 
 
 def _item(name: str, *partitions: str, size: int = 10) -> tuple[str, list[Any], None, int]:
@@ -60,3 +62,22 @@ def test_partition_of_tells_bound_statements_apart_exactly_as_their_routing_keys
         assert (partition_of(_bound(key_indexes, first)) == partition_of(_bound(key_indexes, second))) == same_key
     assert partition_of(_bound([], [b"a"])) is None  # no partition key known: what routing_key says too
     assert partition_of(SimpleNamespace(routing_key=b"k")) == b"k"  # not a bound statement: its routing key
+
+
+def test_a_prepared_statement_that_is_gone_leaves_no_key_getter() -> None:
+    import gc
+
+    before = len(statement_batches._key_getters)
+    partition_of(_bound([0], [b"e1"]))
+    gc.collect()
+    assert len(statement_batches._key_getters) == before
+
+
+def test_statements_size_is_the_sum_of_each_statements_size() -> None:
+    from cassandra.query import UNSET_VALUE
+
+    bound = [_bound([0], [b"e1", None, b"xyz"]), _bound([0], [b"", b"abcd"])]
+    unset = _bound([0], [b"e1", UNSET_VALUE])
+    plain = SimpleNamespace(routing_key=b"k")  # not a bound statement: no values
+    for statements in (bound, [*bound, unset], [*bound, plain], []):
+        assert statements_size(statements) == sum(map(statement_size, statements))
