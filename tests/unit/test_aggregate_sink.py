@@ -194,6 +194,42 @@ def test_records_of_a_revoked_assignment_are_dropped_not_written() -> None:
     assert counters.state("e") is None and counters.state_writes == 0 and gate.stale == 2
 
 
+def test_of_an_entitys_records_only_those_of_the_current_assignment_are_written() -> None:
+    counters = Counters()
+    gate = CommitGate()
+    tp = TopicPartition("t", partition_of("e", 3))
+    epochs = [gate.assign(tp)]
+
+    def ticket(partition: int, offset: int) -> GateTicket:
+        gate.emit(tp, offset, epochs[-1])
+        return GateTicket(gate, tp, epochs[-1], offset, lambda _n, _c: None)
+
+    sink = engine(counters, linger=0.05)
+    stale = envelopes([("e", 1), ("e", 2)], ticket=ticket)
+    epochs.append(gate.assign(tp))  # revoked and assigned again: its records come again, from offset 0
+    current = envelopes([("e", 1), ("e", 2), ("e", 3)], ticket=ticket)
+    for env in [*stale, *current]:
+        sink.on_next(env)
+    sink.on_completed()
+    assert counters.state("e") == fold([("e", 1), ("e", 2), ("e", 3)])["e"] and gate.stale == 2
+
+
+def test_each_ticket_is_asked_once_whatever_the_order_of_its_records() -> None:
+    from types import SimpleNamespace
+
+    from rxcqrs.cassandra.aggregate import _by_liveness
+
+    asked: list[str] = []
+
+    def ticket(name: str, live: bool) -> Any:
+        return SimpleNamespace(live=lambda: asked.append(name) or live)
+
+    a, b = ticket("a", True), ticket("b", False)
+    records = [SimpleNamespace(ticket=t, n=i) for i, t in enumerate([a, a, b, b, a, b])]
+    live, stale = _by_liveness(records)
+    assert [r.n for r in live] == [0, 1, 4] and [r.n for r in stale] == [2, 3, 5] and asked == ["a", "b"]
+
+
 def test_a_zombies_late_write_loses_to_the_new_owner() -> None:
     """The old owner (epoch E) writes after the new owner (epoch E + 1) took the partition over and wrote a
     state folded from fewer offsets: Cassandra keeps the new owner's."""
