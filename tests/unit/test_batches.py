@@ -177,7 +177,8 @@ def test_decode_takes_a_batch_whole_whatever_form_its_uuid_keys_have(form: Any) 
     from rxcqrs.operators import DeadLetters, decode
 
     keys = [form(uuid.uuid4()).encode() for _ in range(3)]
-    batch = Batch([b"a", b"b", b"c"], [Rec("src", 0, i, 0, k, b"x") for i, k in enumerate(keys)], Ticket(lambda _result: None))
+    records = [Rec("src", 0, i, 0, k, b"x") for i, k in enumerate(keys)]
+    batch = Batch([b"a", b"b", b"c"], records, Ticket(lambda _result: None))
     seen: list[Any] = []
     from_iterable([batch]).pipe(decode(bytes.upper, require_uuid_key=True,
                                        dead_letters=DeadLetters(None))).subscribe(seen.append)  # type: ignore[arg-type]
