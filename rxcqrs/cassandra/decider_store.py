@@ -111,7 +111,6 @@ class DeciderStore(Generic[C, S, E]):
         self._payload_plans = {e: (e.__name__, tuple((f, conversion_to_cql(self.event_columns[f]))
                                                       for f in fields if f in self.event_columns))
                                for e, fields in self._event_fields.items()}
-        self._key_of = operator.attrgetter(self.key_field)
         self._lock = threading.Lock()
         self._prepared = False
         from rxcqrs.cassandra.event_stream import EventStream
@@ -320,7 +319,7 @@ class DeciderStore(Generic[C, S, E]):
         prepare(self.session, self.log.bucket_index_query())
 
     def key(self, command: C) -> Any:
-        return self._key_of(command)
+        return self.decider.key_of(command)
 
     def read(self, key: Any, serial: bool = False) -> Any:
         self._prepare()
@@ -343,7 +342,7 @@ class DeciderStore(Generic[C, S, E]):
         answer = self.decider.decided(state, command)
         if isinstance(answer, Reject):
             return Rejection(answer.reason)
-        entity, when, stream = self._key_of(command), meta.timestamp_utc, self.stream
+        entity, when, stream = self.decider.key_of(command), meta.timestamp_utc, self.stream
         records, published = [], []
         for i, event in enumerate(answer):
             ident, payload = event_id(meta, i), self.payload(event)
